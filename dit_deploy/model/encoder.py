@@ -1,0 +1,132 @@
+"""DIT's image encoder: SAM's ViT with text tokens prepended in every block.
+
+The parameters are SAM's ``ImageEncoderViT`` (so SAM and DIT checkpoints load by
+name) plus DIT's per-block text projections ``probs`` and, when the text width
+differs from the encoder width, ``prob_text``. The forward is DIT's own:
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DITConfig
+from .sam_modules import ImageEncoderViT, get_rel_pos
+
+
+def resize_abs_pos(pos_embed: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """SAM's absolute position table (1, S, S, C) bicubically resized to (1, h, w, C)."""
+    if pos_embed.shape[1] == h and pos_embed.shape[2] == w:
+        return pos_embed
+    resized = F.interpolate(
+        pos_embed.permute(0, 3, 1, 2), size=(h, w), mode="bicubic", align_corners=False
+    )
+    return resized.permute(0, 2, 3, 1)
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """SAM's decomposed relative-position bias for visual queries.
+
+    Args:
+        q: (B, heads, h*w, head_dim) visual queries (unscaled).
+        rel_pos_h, rel_pos_w: tables (2*S-1, head_dim), linearly resized to 2*h-1 here.
+    Returns:
+        (B, heads, h*w, h*w) bias for the visual-to-visual attention block.
+    """
+    b, heads, _, dim = q.shape
+    r_h = get_rel_pos(h, h, rel_pos_h)  # (h, h, dim)
+    r_w = get_rel_pos(w, w, rel_pos_w)  # (w, w, dim)
+    r_q = q.reshape(b * heads, h, w, dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
+    bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+    return bias.reshape(b, heads, h * w, h * w)
+
+
+def text_visual_attention(
+    attn: nn.Module, x: torch.Tensor, num_text: int, hw: tuple[int, int], use_sdpa: bool
+) -> torch.Tensor:
+    """DIT attention: GLOBAL over [text; visual] tokens, rel-pos bias on visual x visual only.
+
+    Args:
+        attn: one of SAM's ``Attention`` modules (its qkv/proj/rel_pos parameters).
+        x: (B, L + h*w, C) tokens, text first.
+    Returns:
+        (B, L + h*w, C).
+    """
+    b, n, c = x.shape
+    heads = attn.num_heads
+    q, k, v = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = None
+    if attn.use_rel_pos:
+        bias = decomposed_rel_pos_bias(q[:, :, num_text:], attn.rel_pos_h, attn.rel_pos_w, *hw)
+        # zero bias for every row/column that touches a text token
+        bias = F.pad(bias, (num_text, 0, num_text, 0))
+    if use_sdpa:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    else:
+        scores = (q @ k.transpose(-2, -1)) * attn.scale
+        if bias is not None:
+            scores = scores + bias
+        out = scores.softmax(dim=-1) @ v
+    return attn.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class DITImageEncoder(ImageEncoderViT):
+    """SAM ViT + DIT text injection. ``forward(image, text) -> image embedding``."""
+
+    def __init__(self, config: DITConfig) -> None:
+        enc = config.encoder
+        super().__init__(
+            img_size=enc.build_size,
+            patch_size=enc.patch_size,
+            embed_dim=enc.embed_dim,
+            depth=enc.depth,
+            num_heads=enc.num_heads,
+            mlp_ratio=enc.mlp_ratio,
+            out_chans=enc.out_chans,
+            qkv_bias=enc.qkv_bias,
+            norm_layer=partial(nn.LayerNorm, eps=enc.layer_norm_eps),
+            use_rel_pos=enc.use_rel_pos,
+            window_size=enc.window_size,
+            global_attn_indexes=tuple(enc.global_attn_indexes),
+        )
+        self.variant = config.variant
+        self.use_sdpa = True
+        self.prob_text = (
+            nn.Linear(config.text_encoder.hidden_size, enc.embed_dim)
+            if config.projects_text
+            else None
+        )
+        self.probs = nn.ModuleList(nn.Linear(enc.embed_dim, enc.embed_dim) for _ in range(enc.depth))
+        for prob in self.probs:  # zero init: training starts from SAM's behaviour
+            nn.init.zeros_(prob.weight)
+            nn.init.zeros_(prob.bias)
+        self.text_dropout = nn.Dropout(config.text_dropout)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(B, 3, H, W) image + (B, L, text_width) features -> (B, out_chans, H/16, W/16)."""
+        x = self.patch_embed(image)  # (B, h, w, C)
+        b, h, w, c = x.shape
+        if self.pos_embed is not None:
+            x = x + resize_abs_pos(self.pos_embed, h, w)
+        visual = x.reshape(b, h * w, c)
+        if self.prob_text is not None:
+            text = self.prob_text(text)
+        num_text = text.shape[1]
+        slots = text
+        for i, block in enumerate(self.blocks):
+            # layer-wise: always from the original text; end-to-end: from the current slots
+            source = text if self.variant == "layer_wise" else slots
+            tokens = torch.cat([self.text_dropout(self.probs[i](source)), visual], dim=1)
+            tokens = tokens + text_visual_attention(
+                block.attn, block.norm1(tokens), num_text, (h, w), self.use_sdpa
+            )
+            tokens = tokens + block.mlp(block.norm2(tokens))
+            slots, visual = tokens[:, :num_text], tokens[:, num_text:]
+        return self.neck(visual.reshape(b, h, w, c).permute(0, 3, 1, 2))
