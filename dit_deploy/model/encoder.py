@@ -2,12 +2,13 @@
 
 The parameters are SAM's ``ImageEncoderViT`` (so SAM and DIT checkpoints load by
 name) plus DIT's per-block text projections ``probs`` and, when the text width
-differs from the encoder width, ``prob_text``. The forward is DIT's own:
+differs from the encoder width, ``prob_text``. The forward is DIT's own.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +28,17 @@ def resize_abs_pos(pos_embed: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return resized.permute(0, 2, 3, 1)
 
 
-def decomposed_rel_pos_bias(
-    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, h: int, w: int
-) -> torch.Tensor:
+def decomposed_rel_pos_bias(q: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor) -> torch.Tensor:
     """SAM's decomposed relative-position bias for visual queries.
 
     Args:
         q: (B, heads, h*w, head_dim) visual queries (unscaled).
-        rel_pos_h, rel_pos_w: tables (2*S-1, head_dim), linearly resized to 2*h-1 here.
+        r_h: (h, h, head_dim) and r_w: (w, w, head_dim) tables from :func:`rel_pos_tables`.
     Returns:
         (B, heads, h*w, h*w) bias for the visual-to-visual attention block.
     """
     b, heads, _, dim = q.shape
-    r_h = get_rel_pos(h, h, rel_pos_h)  # (h, h, dim)
-    r_w = get_rel_pos(w, w, rel_pos_w)  # (w, w, dim)
+    h, w = r_h.shape[0], r_w.shape[0]
     r_q = q.reshape(b * heads, h, w, dim)
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
@@ -48,14 +46,27 @@ def decomposed_rel_pos_bias(
     return bias.reshape(b, heads, h * w, h * w)
 
 
+def rel_pos_tables(attn: nn.Module, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's tables (2S-1, dim) linearly resized to the grid and gathered: (h,h,dim), (w,w,dim).
+
+    They depend only on the input size, so an export for a fixed size folds them.
+    """
+    return get_rel_pos(h, h, attn.rel_pos_h), get_rel_pos(w, w, attn.rel_pos_w)
+
+
 def text_visual_attention(
-    attn: nn.Module, x: torch.Tensor, num_text: int, hw: tuple[int, int], use_sdpa: bool
+    attn: nn.Module,
+    x: torch.Tensor,
+    num_text: int,
+    tables: tuple[torch.Tensor, torch.Tensor] | None,
+    use_sdpa: bool,
 ) -> torch.Tensor:
     """DIT attention: GLOBAL over [text; visual] tokens, rel-pos bias on visual x visual only.
 
     Args:
         attn: one of SAM's ``Attention`` modules (its qkv/proj/rel_pos parameters).
         x: (B, L + h*w, C) tokens, text first.
+        tables: the block's :func:`rel_pos_tables`, or None without relative positions.
     Returns:
         (B, L + h*w, C).
     """
@@ -63,8 +74,8 @@ def text_visual_attention(
     heads = attn.num_heads
     q, k, v = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
     bias = None
-    if attn.use_rel_pos:
-        bias = decomposed_rel_pos_bias(q[:, :, num_text:], attn.rel_pos_h, attn.rel_pos_w, *hw)
+    if tables is not None:
+        bias = decomposed_rel_pos_bias(q[:, :, num_text:], *tables)
         # zero bias for every row/column that touches a text token
         bias = F.pad(bias, (num_text, 0, num_text, 0))
     if use_sdpa:
@@ -75,6 +86,11 @@ def text_visual_attention(
             scores = scores + bias
         out = scores.softmax(dim=-1) @ v
     return attn.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class PositionTables(NamedTuple):
+    absolute: torch.Tensor | None  # (1, h, w, C)
+    relative: list[tuple[torch.Tensor, torch.Tensor] | None]  # per block: (h,h,d), (w,w,d)
 
 
 class DITImageEncoder(ImageEncoderViT):
@@ -109,12 +125,26 @@ class DITImageEncoder(ImageEncoderViT):
             nn.init.zeros_(prob.bias)
         self.text_dropout = nn.Dropout(config.text_dropout)
 
+    def position_tables(self, h: int, w: int) -> PositionTables:
+        """Absolute (1, h, w, C) and per-block relative tables resized for an h x w grid."""
+        pos = resize_abs_pos(self.pos_embed, h, w) if self.pos_embed is not None else None
+        rel = [rel_pos_tables(b.attn, h, w) if b.attn.use_rel_pos else None for b in self.blocks]
+        return PositionTables(pos, rel)
+
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """(B, 3, H, W) image + (B, L, text_width) features -> (B, out_chans, H/16, W/16)."""
+        p = self.patch_embed.proj
+        h, w = image.shape[-2] // p.stride[0], image.shape[-1] // p.stride[1]
+        return self.forward_with_tables(image, text, self.position_tables(h, w))
+
+    def forward_with_tables(
+        self, image: torch.Tensor, text: torch.Tensor, tables: PositionTables
+    ) -> torch.Tensor:
+        """The forward with the size-dependent tables given (export folds them to constants)."""
         x = self.patch_embed(image)  # (B, h, w, C)
         b, h, w, c = x.shape
-        if self.pos_embed is not None:
-            x = x + resize_abs_pos(self.pos_embed, h, w)
+        if tables.absolute is not None:
+            x = x + tables.absolute
         visual = x.reshape(b, h * w, c)
         if self.prob_text is not None:
             text = self.prob_text(text)
@@ -123,9 +153,10 @@ class DITImageEncoder(ImageEncoderViT):
         for i, block in enumerate(self.blocks):
             # layer-wise: always from the original text; end-to-end: from the current slots
             source = text if self.variant == "layer_wise" else slots
+            # concatenation, not slot assignment: no in-place writes (no ScatterND in ONNX)
             tokens = torch.cat([self.text_dropout(self.probs[i](source)), visual], dim=1)
             tokens = tokens + text_visual_attention(
-                block.attn, block.norm1(tokens), num_text, (h, w), self.use_sdpa
+                block.attn, block.norm1(tokens), num_text, tables.relative[i], self.use_sdpa
             )
             tokens = tokens + block.mlp(block.norm2(tokens))
             slots, visual = tokens[:, :num_text], tokens[:, num_text:]
