@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..postprocess import MaskResult, postprocess_batch
-from ..preprocess import ImageInput, load_image, preprocess_batch
+from ..preprocess import ImageSource, preprocess_batch
 from ..tokenizer import WordPieceTokenizer
 from . import checkpoint as ckpt
 from .config import DITConfig, get_config
@@ -60,6 +60,12 @@ class DITModel:
         tokenizer = WordPieceTokenizer.from_vocab_file(
             vocab_file, lowercase=config.text_encoder.lowercase, max_tokens=config.max_tokens
         )
+        if len(tokenizer.vocab) > config.text_encoder.vocab_size:
+            raise ConfigError(
+                f"vocabulary {vocab_file} has {len(tokenizer.vocab)} entries but the text "
+                f"encoder of {config.name!r} embeds only {config.text_encoder.vocab_size}; "
+                "pass the vocab.txt of the text encoder the model was trained with"
+            )
         return cls(build_dit(config), tokenizer, vocab_file)
 
     @classmethod
@@ -130,12 +136,11 @@ class DITModel:
     # ---- inference ------------------------------------------------------------------
 
     def prepare(
-        self, images: Sequence[ImageInput], texts: Sequence[str]
+        self, images: Sequence[ImageSource], texts: Sequence[str]
     ) -> tuple[dict[str, np.ndarray], list]:
         """Numpy inputs for the network (``image``, ``input_ids``, ``attention_mask``)."""
         cfg = self.config
-        arrays = [load_image(im) for im in images]
-        batch, boxes = preprocess_batch(arrays, cfg.input_size, cfg.pixel_mean, cfg.pixel_std)
+        batch, boxes = preprocess_batch(images, cfg.input_size, cfg.pixel_mean, cfg.pixel_std)
         ids, mask = self.tokenizer.encode_batch(list(texts))
         return {"image": batch, "input_ids": ids, "attention_mask": mask}, boxes
 
@@ -150,7 +155,7 @@ class DITModel:
         )
         return out.low_res_logits.float().cpu().numpy()
 
-    def predict_batch(self, pairs: Sequence[tuple[ImageInput, str]]) -> list[MaskResult]:
+    def predict_batch(self, pairs: Sequence[tuple[ImageSource, str]]) -> list[MaskResult]:
         """Masks for (image, expression) pairs; one image may appear with many expressions."""
         if not pairs:
             return []
@@ -158,6 +163,6 @@ class DITModel:
         feeds, boxes = self.prepare(images, texts)
         return postprocess_batch(self.low_res_logits(feeds), boxes, self.config.mask_threshold)
 
-    def predict(self, image: ImageInput, text: str) -> MaskResult:
+    def predict(self, image: ImageSource, text: str) -> MaskResult:
         """The mask (original H x W, bool) and score for one image and one expression."""
         return self.predict_batch([(image, text)])[0]

@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX export (split or fused graphs), validated against PyTorch."""
