@@ -40,3 +40,7 @@ class BackendUnavailableError(DITError):
 
 class ValidationError(DITError):
     """An exported artifact differs from its reference by more than the tolerance."""
+
+
+class DatasetError(DITError):
+    """A path is not a dataset, or one of its files (refs, annotations, images, masks) is bad."""

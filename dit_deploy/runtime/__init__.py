@@ -1,0 +1,6 @@
+"""The torch-free runtime: numpy + onnxruntime (or TensorRT). Never imports torch."""
+
+from .manifest import Manifest, read_manifest
+from .predictor import Predictor
+
+__all__ = ["Manifest", "Predictor", "read_manifest"]

@@ -1,0 +1,95 @@
+"""``Predictor``: an export directory -> masks, with no torch.
+
+    p = Predictor("exports/refcoco_vit_b", backend="onnxruntime")
+    r = p.predict("horse.jpg", "pretty prancing gray horse with blue halter")
+    rs = p.predict_batch([("a.jpg", "left man"), ("a.jpg", "right man"), ("b.png", "the cup")])
+
+The manifest drives tokenization, letterboxing and the threshold. Thread-safe: the
+predictor holds no per-call state, and ONNX Runtime sessions may be shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from ..postprocess import MaskResult, postprocess_batch
+from ..preprocess import ImageSource, preprocess_batch
+from ..tokenizer import WordPieceTokenizer
+from .backends import Backend, open_backend
+from .manifest import Manifest, read_manifest
+
+
+class Predictor:
+    """Runs an export directory (split or fused graphs) on one backend and device."""
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        backend: str = "onnxruntime",
+        device: str = "cpu",
+        layout: str | None = None,
+        threads: int | None = None,
+        max_batch: int = 8,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.manifest: Manifest = read_manifest(self.export_dir)
+        available = self.manifest.layouts
+        if layout is None:
+            layout = "fused" if "fused" in available else "split"
+        if layout not in available:
+            raise ArtifactError(
+                f"{self.export_dir} has no {layout!r} graphs (has: {available or 'none'}); "
+                f"re-export with --layout {layout} or pick one of {available}"
+            )
+        self.layout = layout
+        roles = ("dit_fused",) if layout == "fused" else ("text_encoder", "dit_encoder", "mask_decoder")
+        self.graphs: dict[str, Backend] = {
+            role: open_backend(backend, self.export_dir / self.manifest.graphs[role].file, device, threads)
+            for role in roles
+        }
+        tok = self.manifest.tokenizer
+        self.tokenizer = WordPieceTokenizer.from_vocab_file(
+            self.export_dir / tok["vocab_file"], lowercase=tok["lowercase"], max_tokens=tok["max_tokens"]
+        )
+        self.max_batch = max_batch
+
+    def prepare(
+        self, images: Sequence[ImageSource], texts: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray], list]:
+        """Model inputs (``image``, ``input_ids``, ``attention_mask``) + letterbox records."""
+        m = self.manifest
+        batch, boxes = preprocess_batch(images, m.input_size, m.pixel_mean, m.pixel_std)
+        ids, mask = self.tokenizer.encode_batch(list(texts))
+        return {"image": batch, "input_ids": ids, "attention_mask": mask}, boxes
+
+    def low_res_logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, 1, S/4, S/4) logits for prepared inputs."""
+        if self.layout == "fused":
+            return self.graphs["dit_fused"].run(feeds)["low_res_logits"]
+        text = self.graphs["text_encoder"].run(
+            {"input_ids": feeds["input_ids"], "attention_mask": feeds["attention_mask"]}
+        )
+        emb = self.graphs["dit_encoder"].run({"image": feeds["image"], **text})
+        return self.graphs["mask_decoder"].run({**emb, **text})["low_res_logits"]
+
+    def predict_batch(self, pairs: Sequence[tuple[ImageSource, str]]) -> list[MaskResult]:
+        """Masks for (image, expression) pairs, run ``max_batch`` pairs at a time."""
+        if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[1], str):
+            raise InputError("predict_batch takes a list of (image, text) pairs; use predict()")
+        results: list[MaskResult] = []
+        for start in range(0, len(pairs), self.max_batch):
+            chunk = pairs[start : start + self.max_batch]
+            images, texts = zip(*chunk, strict=True)
+            feeds, boxes = self.prepare(images, texts)
+            results += postprocess_batch(
+                self.low_res_logits(feeds), boxes, self.manifest.mask_threshold
+            )
+        return results
+
+    def predict(self, image: ImageSource, text: str) -> MaskResult:
+        """Mask (bool, original H x W) and score for one image and one expression."""
+        return self.predict_batch([(image, text)])[0]
