@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv with everything dit-deploy needs on a CPU machine (idempotent).
+# torch first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build);
+# GPU users install their own CUDA torch and then `pip install -e ".[torch,export,gpu]"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,train,dev]"
+.venv/bin/python -c "import torch, onnxruntime, dit_deploy; print('dit-deploy', dit_deploy.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"
