@@ -31,7 +31,7 @@ class CheckpointError(DITError):
 
 
 class ArtifactError(DITError):
-    """An export directory, graph, manifest or engine is missing, corrupt or from another version."""
+    """An export directory, graph, manifest or engine is missing, corrupt or outdated."""
 
 
 class BackendUnavailableError(DITError):

@@ -40,7 +40,9 @@ def model():
 def test_missing_key_is_named(tmp_path, model):
     state = _authors_state()
     del state["visual_encoder.probs.2.weight"]
-    with pytest.raises(CheckpointError, match=r"missing keys \(1\): visual_encoder\.probs\.2\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \(1\): visual_encoder\.probs\.2\.weight"
+    ):
         load_dit_checkpoint(model, _save(tmp_path, state))
 
 
@@ -56,14 +58,18 @@ def test_renamed_key_is_named_both_ways(tmp_path, model):
 def test_extra_key_is_named(tmp_path, model):
     state = _authors_state()
     state["visual_encoder.extra_adapter.weight"] = torch.zeros(3)
-    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): visual_encoder\.extra_adapter"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected keys \(1\): visual_encoder\.extra_adapter"
+    ):
         load_dit_checkpoint(model, _save(tmp_path, state))
 
 
 def test_shape_mismatch_is_named(tmp_path, model):
     state = _authors_state()
     state["text_proj.weight"] = torch.zeros(32, 16)
-    with pytest.raises(CheckpointError, match=r"text_proj\.weight: checkpoint \(32, 16\) vs model \(32, 32\)"):
+    with pytest.raises(
+        CheckpointError, match=r"text_proj\.weight: checkpoint \(32, 16\) vs model \(32, 32\)"
+    ):
         load_dit_checkpoint(model, _save(tmp_path, state))
 
 
@@ -128,9 +134,13 @@ def test_sam_checkpoint_initialises_encoder_and_decoder(tmp_path, model):
     torch.save(sam, path)
     report = load_sam_checkpoint(model, path)
     state = model.state_dict()
-    torch.testing.assert_close(state["visual_encoder.blocks.1.attn.rel_pos_h"],
-                               sam["image_encoder.blocks.1.attn.rel_pos_h"])
-    torch.testing.assert_close(state["mask_decoder.iou_token.weight"], sam["mask_decoder.iou_token.weight"])
+    torch.testing.assert_close(
+        state["visual_encoder.blocks.1.attn.rel_pos_h"],
+        sam["image_encoder.blocks.1.attn.rel_pos_h"],
+    )
+    torch.testing.assert_close(
+        state["mask_decoder.iou_token.weight"], sam["mask_decoder.iou_token.weight"]
+    )
     assert "visual_encoder.probs.0.weight" in report.kept_initialisation
     assert torch.count_nonzero(state["visual_encoder.probs.0.weight"]) == 0  # DIT's zero init
 
@@ -195,7 +205,11 @@ def test_registry_covers_variants_and_sizes():
         for variant in ("layer_wise", "e2e"):
             assert f"{variant}_{size}" in names
     b = get_config("layer_wise_vit_b")
-    assert (b.encoder.embed_dim, b.encoder.depth, b.encoder.global_attn_indexes) == (768, 12, (2, 5, 8, 11))
+    assert (b.encoder.embed_dim, b.encoder.depth, b.encoder.global_attn_indexes) == (
+        768,
+        12,
+        (2, 5, 8, 11),
+    )
     assert (b.input_size, b.max_tokens, b.mask_threshold, b.grid_size) == (512, 20, 0.35, 32)
     assert not b.projects_text
     assert get_config("layer_wise_vit_h").projects_text  # BERT 768 -> ViT-H 1280

@@ -27,7 +27,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="module")
 def model() -> DITModel:
     return DITModel.from_checkpoint(
-        FIXTURES / "authors" / "layer_wise.pth", config="layer_wise_tiny",
+        FIXTURES / "authors" / "layer_wise.pth",
+        config="layer_wise_tiny",
         vocab=FIXTURES / "tiny_vocab.txt",
     )
 
@@ -48,12 +49,21 @@ def _pairs(n: int):
 def test_export_checks_are_within_issue_tolerance(model, tmp_path):
     result = run_export(model, tmp_path / "e", layout="both", log=lambda *_: None)
     by_name = {c.name: c for c in result.checks}
-    for name in ("mask_decoder.low_res_logits", "split_chain.low_res_logits", "dit_fused.low_res_logits"):
+    for name in (
+        "mask_decoder.low_res_logits",
+        "split_chain.low_res_logits",
+        "dit_fused.low_res_logits",
+    ):
         assert by_name[name].max_abs <= 1e-4, by_name[name].line()
         assert by_name[name].mask_iou >= 0.999
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
-        "dit_encoder.onnx", "dit_fused.onnx", "manifest.json", "mask_decoder.onnx",
-        "text_encoder.onnx", "vocab.txt"]
+        "dit_encoder.onnx",
+        "dit_fused.onnx",
+        "manifest.json",
+        "mask_decoder.onnx",
+        "text_encoder.onnx",
+        "vocab.txt",
+    ]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -118,8 +128,13 @@ def test_graphs_are_clean_and_carry_metadata(export_dir):
 def test_failed_validation_writes_nothing_and_lists_every_output(model, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ValidationError) as err:
-        run_export(model, out, layout="split", tolerance=Tolerance(atol=0.0, rtol=0.0, min_mask_iou=1.0),
-                   log=lambda *_: None)
+        run_export(
+            model,
+            out,
+            layout="split",
+            tolerance=Tolerance(atol=0.0, rtol=0.0, min_mask_iou=1.0),
+            log=lambda *_: None,
+        )
     message = str(err.value)
     assert "dit_encoder.image_embedding" in message and "split_chain.low_res_logits" in message
     assert not out.exists()
@@ -183,7 +198,9 @@ def test_runtime_runs_where_torch_cannot_be_imported(export_dir):
         assert "torch" not in sys.modules
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
@@ -191,14 +208,39 @@ def test_runtime_runs_where_torch_cannot_be_imported(export_dir):
 def test_cli_exit_codes(export_dir, tmp_path):
     cli = [sys.executable, str(Path(__file__).parents[1] / "export" / "to_onnx.py")]
     wrong = subprocess.run(
-        cli + ["validate", str(export_dir), "--checkpoint", str(FIXTURES / "authors" / "e2e.pth"),
-               "--config", "e2e_tiny", "--vocab", str(FIXTURES / "tiny_vocab.txt")],
-        capture_output=True, text=True, timeout=300)
+        cli
+        + [
+            "validate",
+            str(export_dir),
+            "--checkpoint",
+            str(FIXTURES / "authors" / "e2e.pth"),
+            "--config",
+            "e2e_tiny",
+            "--vocab",
+            str(FIXTURES / "tiny_vocab.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert wrong.returncode == 1
     assert "error:" in wrong.stderr and "FAILED" in wrong.stderr and "Traceback" not in wrong.stderr
-    missing = subprocess.run(cli + ["--checkpoint", str(tmp_path / "x.pth"), "--config", "e2e_tiny",
-                                    "--vocab", str(FIXTURES / "tiny_vocab.txt"), "--out", str(tmp_path / "o")],
-                             capture_output=True, text=True, timeout=300)
+    missing = subprocess.run(
+        cli
+        + [
+            "--checkpoint",
+            str(tmp_path / "x.pth"),
+            "--config",
+            "e2e_tiny",
+            "--vocab",
+            str(FIXTURES / "tiny_vocab.txt"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert missing.returncode == 1 and "checkpoint not found" in missing.stderr
     assert not (tmp_path / "o").exists()
 

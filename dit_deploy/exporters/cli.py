@@ -21,18 +21,34 @@ EPILOG = """examples:
 def _model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model (one of --checkpoint or --pretrained)")
     src.add_argument("--checkpoint", type=Path, help="authors'-format DIT checkpoint (.pth)")
-    src.add_argument("--config", default="layer_wise_vit_b", help="registry name (default: %(default)s)")
+    src.add_argument(
+        "--config", default="layer_wise_vit_b", help="registry name (default: %(default)s)"
+    )
     src.add_argument("--text-encoder", type=Path, help="BERT directory (vocab.txt, config.json)")
     src.add_argument("--vocab", type=Path, help="vocab.txt, if not in --text-encoder")
     src.add_argument("--pretrained", help="our model directory or a bundled model name")
     tol = p.add_argument_group("validation against PyTorch")
-    tol.add_argument("--atol", type=float, default=Tolerance.atol, help="absolute tolerance (%(default)s)")
-    tol.add_argument("--rtol", type=float, default=Tolerance.rtol,
-                     help="relative tolerance, times max|reference| (%(default)s)")
-    tol.add_argument("--min-mask-iou", type=float, default=Tolerance.min_mask_iou,
-                     help="minimum IoU of thresholded masks (%(default)s)")
-    tol.add_argument("--images", type=Path, nargs="*",
-                     help="validation images (default: generated synthetic scenes)")
+    tol.add_argument(
+        "--atol", type=float, default=Tolerance.atol, help="absolute tolerance (%(default)s)"
+    )
+    tol.add_argument(
+        "--rtol",
+        type=float,
+        default=Tolerance.rtol,
+        help="relative tolerance, times max|reference| (%(default)s)",
+    )
+    tol.add_argument(
+        "--min-mask-iou",
+        type=float,
+        default=Tolerance.min_mask_iou,
+        help="minimum IoU of thresholded masks (%(default)s)",
+    )
+    tol.add_argument(
+        "--images",
+        type=Path,
+        nargs="*",
+        help="validation images (default: generated synthetic scenes)",
+    )
     tol.add_argument("--texts", nargs="*", help="one expression per --images entry")
 
 
@@ -47,8 +63,9 @@ def _load_model(args: argparse.Namespace):
         raise SystemExit("error: give --checkpoint (with --config/--text-encoder) or --pretrained")
     from ..model.checkpoint import sha256_file
 
-    model = DITModel.from_checkpoint(args.checkpoint, config=args.config,
-                                     text_encoder=args.text_encoder, vocab=args.vocab)
+    model = DITModel.from_checkpoint(
+        args.checkpoint, config=args.config, text_encoder=args.text_encoder, vocab=args.vocab
+    )
     return model, {"checkpoint": args.checkpoint.name, "sha256": sha256_file(args.checkpoint)}
 
 
@@ -66,16 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["validate"]:
         return validate_main(argv[1:])
     p = argparse.ArgumentParser(
-        prog="export/to_onnx.py", description="Export a DIT model to ONNX (split or fused "
+        prog="export/to_onnx.py",
+        description="Export a DIT model to ONNX (split or fused "
         "graphs), validate every output against PyTorch in ONNX Runtime, and write an export "
         "directory (graphs + vocab.txt + manifest.json) only if all outputs pass. "
         "Run 'export/to_onnx.py validate DIR' to re-check an existing export.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _model_args(p)
     p.add_argument("--out", type=Path, required=True, help="export directory to write")
-    p.add_argument("--layout", choices=["split", "fused", "both"], default="split",
-                   help="split: text encoder + DIT encoder + mask decoder; fused: one graph")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default: %(default)s)")
+    p.add_argument(
+        "--layout",
+        choices=["split", "fused", "both"],
+        default="split",
+        help="split: text encoder + DIT encoder + mask decoder; fused: one graph",
+    )
+    p.add_argument(
+        "--opset", type=int, default=17, help="ONNX opset, 17..20 (default: %(default)s)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
     try:
@@ -83,21 +109,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         model, source = _load_model(args)
         tol = Tolerance(args.atol, args.rtol, args.min_mask_iou)
-        result = run_export(model, args.out, args.layout, args.opset, tol, _pairs(args), source,
-                            args.overwrite)
+        result = run_export(
+            model, args.out, args.layout, args.opset, tol, _pairs(args), source, args.overwrite
+        )
     except DITError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     size = sum(f.stat().st_size for f in result.out_dir.iterdir()) / 1e6
-    print(f"exported {len(result.graphs)} graph(s), all outputs within tolerance -> "
-          f"{result.out_dir} ({size:.1f} MB)")
+    print(
+        f"exported {len(result.graphs)} graph(s), all outputs within tolerance -> "
+        f"{result.out_dir} ({size:.1f} MB)"
+    )
     return 0
 
 
 def validate_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="export/to_onnx.py validate",
-        description="Re-run an export directory in ONNX Runtime (CPU) against the PyTorch model.")
+        description="Re-run an export directory in ONNX Runtime (CPU) against the PyTorch model.",
+    )
     p.add_argument("export_dir", type=Path)
     _model_args(p)
     args = p.parse_args(argv)
@@ -109,8 +139,13 @@ def validate_main(argv: Sequence[str]) -> int:
         manifest = read_manifest(args.export_dir)
         model, _ = _load_model(args)
         pairs = _pairs(args) or default_validation_pairs()
-        checks = validate_directory(args.export_dir, manifest, model, pairs,
-                                    Tolerance(args.atol, args.rtol, args.min_mask_iou))
+        checks = validate_directory(
+            args.export_dir,
+            manifest,
+            model,
+            pairs,
+            Tolerance(args.atol, args.rtol, args.min_mask_iou),
+        )
         for check in checks:
             print(check.line())
         raise_on_failures(checks, f"{args.export_dir} does not match the PyTorch model")

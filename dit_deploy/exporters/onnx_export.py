@@ -47,9 +47,13 @@ class GraphInfo:
     op_counts: dict[str, int]
 
     def line(self) -> str:
-        top = ", ".join(f"{op} {n}" for op, n in sorted(self.op_counts.items(), key=lambda x: -x[1])[:6])
-        return (f"{self.role:<13} {self.file:<18} {self.seconds:6.1f} s "
-                f"{self.size_bytes / 1e6:8.2f} MB  {sum(self.op_counts.values())} ops ({top})")
+        top = ", ".join(
+            f"{op} {n}" for op, n in sorted(self.op_counts.items(), key=lambda x: -x[1])[:6]
+        )
+        return (
+            f"{self.role:<13} {self.file:<18} {self.seconds:6.1f} s "
+            f"{self.size_bytes / 1e6:8.2f} MB  {sum(self.op_counts.values())} ops ({top})"
+        )
 
 
 @dataclass
@@ -93,7 +97,11 @@ def _wrapper(role: str, model: DITModel) -> torch.nn.Module:
 def _example(spec: TensorSpec, batch: int, vocab_size: int) -> torch.Tensor:
     shape = [batch if d == "batch" else d for d in spec.shape]
     if spec.dtype == "int64":
-        return torch.randint(1, vocab_size, shape) if spec.name == "input_ids" else torch.ones(shape, dtype=torch.int64)
+        return (
+            torch.randint(1, vocab_size, shape)
+            if spec.name == "input_ids"
+            else torch.ones(shape, dtype=torch.int64)
+        )
     return torch.randn(shape)
 
 
@@ -115,9 +123,15 @@ def export_graph(
     dynamic = {s.name: {0: "batch"} for s in [*inputs, *outputs]}
     with torch.no_grad():
         torch.onnx.export(
-            module, args, str(path), input_names=[s.name for s in inputs],
-            output_names=[s.name for s in outputs], dynamic_axes=dynamic,
-            opset_version=opset, do_constant_folding=True, dynamo=False,
+            module,
+            args,
+            str(path),
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
     graph = onnxslim.slim(onnx.load(str(path)))
     graph = onnx.shape_inference.infer_shapes(graph)
@@ -125,8 +139,12 @@ def export_graph(
     for key, value in sorted(metadata.items()):
         graph.metadata_props.add(key=key, value=value)
     large = graph.ByteSize() > TWO_GB
-    onnx.save(graph, str(path), save_as_external_data=large,
-              location=path.name + ".data" if large else None)
+    onnx.save(
+        graph,
+        str(path),
+        save_as_external_data=large,
+        location=path.name + ".data" if large else None,
+    )
     onnx.checker.check_model(str(path), full_check=True)
     return dict(Counter(node.op_type for node in graph.graph.node))
 
@@ -150,8 +168,12 @@ def torch_reference(model: DITModel, feeds: dict[str, np.ndarray]) -> dict[str, 
         text = net.encode_text(t["input_ids"], t["attention_mask"])
         emb = net.encode_image(t["image"], text)
         out = net.decode(emb, text)
-    return {"text_features": text.numpy(), "image_embedding": emb.numpy(),
-            "low_res_logits": out.low_res_logits.numpy(), "iou_pred": out.iou_pred.numpy()}
+    return {
+        "text_features": text.numpy(),
+        "image_embedding": emb.numpy(),
+        "low_res_logits": out.low_res_logits.numpy(),
+        "iou_pred": out.iou_pred.numpy(),
+    }
 
 
 def validate_directory(
@@ -166,27 +188,38 @@ def validate_directory(
     feeds, _ = model.prepare(images, texts)
     ref = torch_reference(model, feeds)
     thr = manifest.mask_threshold
-    sessions = {role: OnnxRuntimeBackend(export_dir / g.file) for role, g in manifest.graphs.items()}
+    sessions = {
+        role: OnnxRuntimeBackend(export_dir / g.file) for role, g in manifest.graphs.items()
+    }
     checks: list[OutputCheck] = []
 
     def pick(names):
         return {n: ref[n] for n in names}
 
     if "split" in manifest.layouts:
-        text = sessions["text_encoder"].run(pick([]) | {k: feeds[k] for k in ("input_ids", "attention_mask")})
+        text = sessions["text_encoder"].run(
+            pick([]) | {k: feeds[k] for k in ("input_ids", "attention_mask")}
+        )
         checks += compare_outputs(text, pick(["text_features"]), tol, thr, "text_encoder.")
-        emb = sessions["dit_encoder"].run({"image": feeds["image"], "text_features": ref["text_features"]})
+        emb = sessions["dit_encoder"].run(
+            {"image": feeds["image"], "text_features": ref["text_features"]}
+        )
         checks += compare_outputs(emb, pick(["image_embedding"]), tol, thr, "dit_encoder.")
         dec = sessions["mask_decoder"].run(
-            {"image_embedding": ref["image_embedding"], "text_features": ref["text_features"]})
-        checks += compare_outputs(dec, pick(["low_res_logits", "iou_pred"]), tol, thr, "mask_decoder.")
+            {"image_embedding": ref["image_embedding"], "text_features": ref["text_features"]}
+        )
+        checks += compare_outputs(
+            dec, pick(["low_res_logits", "iou_pred"]), tol, thr, "mask_decoder."
+        )
         # the whole ONNX chain, errors compounding as they will at run time
         emb = sessions["dit_encoder"].run({"image": feeds["image"], **text})
         chain = sessions["mask_decoder"].run({**emb, **text})
         checks += compare_outputs(chain, pick(["low_res_logits"]), tol, thr, "split_chain.")
     if "fused" in manifest.layouts:
         fused = sessions["dit_fused"].run(feeds)
-        checks += compare_outputs(fused, pick(["low_res_logits", "iou_pred"]), tol, thr, "dit_fused.")
+        checks += compare_outputs(
+            fused, pick(["low_res_logits", "iou_pred"]), tol, thr, "dit_fused."
+        )
     return checks
 
 
@@ -198,15 +231,30 @@ def build_manifest(model: DITModel, roles: Sequence[str], opset: int, source: di
     c = model.config
     io = _graph_io(model)
     return Manifest(
-        config_name=c.name, variant=c.variant, input_size=c.input_size, max_tokens=c.max_tokens,
-        mask_threshold=c.mask_threshold, pixel_mean=list(c.pixel_mean), pixel_std=list(c.pixel_std),
-        tokenizer={"vocab_file": VOCAB_FILE, "lowercase": c.text_encoder.lowercase,
-                   "max_tokens": c.max_tokens, "sha256": sha256_file(model.vocab_file)},
+        config_name=c.name,
+        variant=c.variant,
+        input_size=c.input_size,
+        max_tokens=c.max_tokens,
+        mask_threshold=c.mask_threshold,
+        pixel_mean=list(c.pixel_mean),
+        pixel_std=list(c.pixel_std),
+        tokenizer={
+            "vocab_file": VOCAB_FILE,
+            "lowercase": c.text_encoder.lowercase,
+            "max_tokens": c.max_tokens,
+            "sha256": sha256_file(model.vocab_file),
+        },
         graphs={r: GraphSpec(file=f"{r}.onnx", inputs=io[r][0], outputs=io[r][1]) for r in roles},
         config=c.to_dict(),
-        versions={"dit_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__},
-        source=source, opset=opset,
+        versions={
+            "dit_deploy": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "transformers": transformers.__version__,
+        },
+        source=source,
+        opset=opset,
     )
 
 
@@ -247,16 +295,25 @@ def run_export(
             for role in roles:
                 start = time.perf_counter()
                 path = tmp / f"{role}.onnx"
-                ops = export_graph(_wrapper(role, model), *io[role], path, opset,
-                                   manifest.metadata_props() | {"dit.graph": role},
-                                   model.config.text_encoder.vocab_size)
-                info = GraphInfo(role, path.name, time.perf_counter() - start, path.stat().st_size, ops)
+                ops = export_graph(
+                    _wrapper(role, model),
+                    *io[role],
+                    path,
+                    opset,
+                    manifest.metadata_props() | {"dit.graph": role},
+                    model.config.text_encoder.vocab_size,
+                )
+                info = GraphInfo(
+                    role, path.name, time.perf_counter() - start, path.stat().st_size, ops
+                )
                 result.graphs.append(info)
                 log(info.line())
         finally:
             model.network.visual_encoder.use_sdpa = previous_sdpa
-        graphs = {r: GraphSpec(g.file, g.inputs, g.outputs, sha256_file(tmp / g.file), g.precision)
-                  for r, g in manifest.graphs.items()}
+        graphs = {
+            r: GraphSpec(g.file, g.inputs, g.outputs, sha256_file(tmp / g.file), g.precision)
+            for r, g in manifest.graphs.items()
+        }
         manifest = Manifest(**{**manifest.__dict__, "graphs": graphs})
         result.manifest = manifest
         shutil.copyfile(model.vocab_file, tmp / VOCAB_FILE)

@@ -40,7 +40,10 @@ class OutputCheck:
         return bool(close and masks)
 
     def line(self) -> str:
-        text = f"{self.name:<24} max|d| {self.max_abs:.3e} mean|d| {self.mean_abs:.3e} (limit {self.limit:.1e})"
+        text = (
+            f"{self.name:<24} max|d| {self.max_abs:.3e} mean|d| {self.mean_abs:.3e} "
+            f"(limit {self.limit:.1e})"
+        )
         if self.mask_iou is not None:
             text += f"  mask IoU {self.mask_iou:.5f} (min {self.min_mask_iou})"
         return text + ("  ok" if self.ok else "  FAILED")

@@ -74,7 +74,9 @@ class EncoderForExport(nn.Module):
         for i in range(len(self.encoder.blocks)):
             h, w = getattr(self, f"rel_h_{i}"), getattr(self, f"rel_w_{i}")
             rel.append(None if h is None else (h, w))
-        return self.encoder.forward_with_tables(image, text_features, PositionTables(self.abs_pos, rel))
+        return self.encoder.forward_with_tables(
+            image, text_features, PositionTables(self.abs_pos, rel)
+        )
 
 
 class DecoderForExport(nn.Module):

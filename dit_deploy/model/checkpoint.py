@@ -128,8 +128,11 @@ def load_state_dict_strict(
             report.ignored_unused.append(key)
         else:
             unexpected.append(key)
-    missing = [k for k in expected if k not in usable and not any(
-        re.fullmatch(p, k) for p in may_be_missing)]
+    missing = [
+        k
+        for k in expected
+        if k not in usable and not any(re.fullmatch(p, k) for p in may_be_missing)
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
@@ -152,7 +155,9 @@ def load_state_dict_strict(
 def authors_state_dict(raw: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """The authors' ``{'state_dict': ...}`` (or a bare state dict) in our key names."""
     state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
         raise CheckpointError("not a DIT checkpoint: expected a state dict of tensors")
     return _rename_legacy_layernorm(_strip_prefix(state, "module."))
 
@@ -250,8 +255,12 @@ def load_text_encoder(model: DIT, path: str | Path) -> LoadReport:
         model,
         state,
         str(path),
-        may_be_missing=(r"visual_encoder\..*", r"prompt_encoder\..*", r"mask_decoder\..*",
-                        r"text_proj\..*"),
+        may_be_missing=(
+            r"visual_encoder\..*",
+            r"prompt_encoder\..*",
+            r"mask_decoder\..*",
+            r"text_proj\..*",
+        ),
     )
 
 
@@ -265,7 +274,9 @@ def save_pretrained(model: DIT, out_dir: str | Path, vocab_file: str | Path | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "dit_config": model.config.name})
+    save_file(
+        state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "dit_config": model.config.name}
+    )
     (out / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     if vocab_file is not None:
         (out / VOCAB_FILE).write_bytes(Path(vocab_file).read_bytes())

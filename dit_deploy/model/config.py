@@ -101,7 +101,7 @@ class DITConfig:
                 f"encoder out_chans {enc.out_chans} must equal decoder transformer_dim "
                 f"{self.decoder.transformer_dim}"
             )
-        if not 0 < self.text_encoder.feature_layer:
+        if not self.text_encoder.feature_layer > 0:
             raise ConfigError("text_encoder.feature_layer must be >= 1")
         if self.max_tokens < 3:
             raise ConfigError("max_tokens must leave room for [CLS], one word and [SEP]")
@@ -137,7 +137,7 @@ class DITConfig:
             raise ConfigError(f"invalid DIT config: {exc}") from exc
 
     def replace(self, **changes: Any) -> DITConfig:
-        """A copy with top-level fields or ``encoder``/``text_encoder``/``decoder`` dicts changed."""
+        """A copy with top-level fields, or fields of the encoder/text_encoder/decoder, changed."""
         data = self.to_dict()
         for key, value in changes.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):

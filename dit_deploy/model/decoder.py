@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .config import DecoderConfig
 from .sam_modules import MaskDecoder, TwoWayTransformer
@@ -53,5 +52,3 @@ class DITMaskDecoder(MaskDecoder):
         _, uc, uh, uw = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
         return masks, self.iou_prediction_head(iou_token_out)
-
-

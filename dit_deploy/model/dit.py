@@ -52,9 +52,7 @@ class DIT(nn.Module):
         """(B, 3, S, S) normalised image + text features -> (B, C, S/16, S/16) embedding."""
         return self.visual_encoder(image, text_features)
 
-    def decode(
-        self, image_embedding: torch.Tensor, text_features: torch.Tensor
-    ) -> DITOutput:
+    def decode(self, image_embedding: torch.Tensor, text_features: torch.Tensor) -> DITOutput:
         """Image embedding + text features -> low-res logits (B, 1, S/4, S/4) and iou (B, 1)."""
         b, _, h, w = image_embedding.shape
         sparse = self.text_proj(text_features)  # the 20 text tokens are the prompts

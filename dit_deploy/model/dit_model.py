@@ -1,10 +1,10 @@
 """``DITModel``: the PyTorch reference model with its tokenizer and pre/post-processing.
 
-    model = DITModel.from_checkpoint("dit_refcoco.pth", config="layer_wise_vit_b",
-                                     text_encoder="bert-base-uncased/")
-    result = model.predict("horse.jpg", "pretty prancing gray horse with blue halter")
-    result.mask   # bool (H, W) at the original resolution
-    result.score  # mean foreground probability in [0, 1]
+model = DITModel.from_checkpoint("dit_refcoco.pth", config="layer_wise_vit_b",
+                                 text_encoder="bert-base-uncased/")
+result = model.predict("horse.jpg", "pretty prancing gray horse with blue halter")
+result.mask   # bool (H, W) at the original resolution
+result.score  # mean foreground probability in [0, 1]
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ class DITModel:
         if not path.is_dir() and (ASSETS / str(name_or_dir)).is_dir():
             path = ASSETS / str(name_or_dir)
         if not path.is_dir():
-            bundled = sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
+            bundled = (
+                sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
+            )
             raise CheckpointError(
                 f"no model directory or bundled model named {str(name_or_dir)!r}; "
                 f"bundled: {bundled or 'none'}"

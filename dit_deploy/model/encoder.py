@@ -119,7 +119,9 @@ class DITImageEncoder(ImageEncoderViT):
             if config.projects_text
             else None
         )
-        self.probs = nn.ModuleList(nn.Linear(enc.embed_dim, enc.embed_dim) for _ in range(enc.depth))
+        self.probs = nn.ModuleList(
+            nn.Linear(enc.embed_dim, enc.embed_dim) for _ in range(enc.depth)
+        )
         for prob in self.probs:  # zero init: training starts from SAM's behaviour
             nn.init.zeros_(prob.weight)
             nn.init.zeros_(prob.bias)

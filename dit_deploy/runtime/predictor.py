@@ -46,14 +46,20 @@ class Predictor:
                 f"re-export with --layout {layout} or pick one of {available}"
             )
         self.layout = layout
-        roles = ("dit_fused",) if layout == "fused" else ("text_encoder", "dit_encoder", "mask_decoder")
+        roles = (
+            ("dit_fused",) if layout == "fused" else ("text_encoder", "dit_encoder", "mask_decoder")
+        )
         self.graphs: dict[str, Backend] = {
-            role: open_backend(backend, self.export_dir / self.manifest.graphs[role].file, device, threads)
+            role: open_backend(
+                backend, self.export_dir / self.manifest.graphs[role].file, device, threads
+            )
             for role in roles
         }
         tok = self.manifest.tokenizer
         self.tokenizer = WordPieceTokenizer.from_vocab_file(
-            self.export_dir / tok["vocab_file"], lowercase=tok["lowercase"], max_tokens=tok["max_tokens"]
+            self.export_dir / tok["vocab_file"],
+            lowercase=tok["lowercase"],
+            max_tokens=tok["max_tokens"],
         )
         self.max_batch = max_batch
 

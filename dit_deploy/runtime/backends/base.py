@@ -32,15 +32,20 @@ class Backend(ABC):
         names = {spec.name for spec in self.inputs}
         if set(feeds) != names:
             raise InputError(
-                f"{type(self).__name__}: inputs {sorted(feeds)} given, graph expects {sorted(names)}"
+                f"{type(self).__name__}: inputs {sorted(feeds)} given, "
+                f"graph expects {sorted(names)}"
             )
         batch = None
         for spec in self.inputs:
             array = feeds[spec.name]
             if not isinstance(array, np.ndarray):
-                raise InputError(f"input {spec.name!r} must be a numpy array, got {type(array).__name__}")
+                raise InputError(
+                    f"input {spec.name!r} must be a numpy array, got {type(array).__name__}"
+                )
             if array.dtype != np.dtype(spec.dtype):
-                raise InputError(f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
+                raise InputError(
+                    f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}"
+                )
             if array.ndim != len(spec.shape):
                 raise InputError(
                     f"input {spec.name!r} has shape {array.shape}, expected {tuple(spec.shape)}"

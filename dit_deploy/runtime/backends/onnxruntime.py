@@ -11,8 +11,12 @@ from ...errors import ArtifactError, BackendUnavailableError
 from ..manifest import TensorSpec
 from .base import Backend
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-              "tensor(int32)": "int32"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+}
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -43,7 +47,9 @@ class OnnxRuntimeBackend(Backend):
                 "(or onnxruntime-gpu for CUDA/TensorRT)"
             ) from exc
         if device not in _PROVIDERS:
-            raise BackendUnavailableError(f"unknown device {device!r}; choose one of {list(_PROVIDERS)}")
+            raise BackendUnavailableError(
+                f"unknown device {device!r}; choose one of {list(_PROVIDERS)}"
+            )
         wanted = _PROVIDERS[device]
         available = ort.get_available_providers()
         if wanted[0] not in available:
@@ -65,7 +71,9 @@ class OnnxRuntimeBackend(Backend):
             raise ArtifactError(f"graph not found: {self.path}; re-export the model")
         try:
             self.session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=[p for p in wanted if p in available]
+                str(self.path),
+                sess_options=options,
+                providers=[p for p in wanted if p in available],
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ArtifactError(
