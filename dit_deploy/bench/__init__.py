@@ -1,0 +1,1 @@
+"""``dit-bench``: speed, accuracy and parity for every backend x precision on this machine."""

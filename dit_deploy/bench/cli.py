@@ -1,0 +1,261 @@
+"""``dit-bench``: one command that measures speed, accuracy and parity for every backend and
+precision available on this machine, and keeps going when one of them fails."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DITError
+from .cells import Cell, plan_cells
+from .report import environment, print_table, write_reports
+
+DEFAULT_MODEL = "dit-tiny-synthetic"
+RUNS = Path("runs") / "dit-bench"
+EPILOG = """examples:
+  dit-bench                                             # bundled model + bundled evaluation set
+  dit-bench exports/refcoco_vit_b --all --data data/refcoco --split val --batch 1,4,8
+  dit-bench exports/refcoco_vit_b --engine fp16         # the TensorRT FP16 engine (GPU machine)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dit-bench",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmark an export directory across backends x precisions: latency "
+        "(warm-up, time budget, p50/p90/p99, batch sweep, per-stage split, cold start, peak "
+        "memory), accuracy (mIoU/oIoU/Prec@X on a dataset split) and parity against the PyTorch "
+        "FP32 reference on the same pairs. Cells that cannot run here are listed with the reason. "
+        "Each cell runs in its own process.",
+    )
+    p.add_argument(
+        "export_dir",
+        nargs="?",
+        type=Path,
+        help=f"export directory (default: the bundled {DEFAULT_MODEL}, exported on first use)",
+    )
+    p.add_argument("--all", action="store_true", help="every backend x precision x layout")
+    p.add_argument(
+        "--engine",
+        choices=["fp32", "fp16", "int8"],
+        help="only the TensorRT engine of this precision",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="dataset (refer layout or the authors' preprocessed layout); "
+        "default: the bundled synthetic evaluation set",
+    )
+    p.add_argument("--split", default="val", help="dataset split (default: %(default)s)")
+    p.add_argument(
+        "--limit", type=int, default=100, help="evaluate the first N pairs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch", default="1,4", help="comma-separated batch sizes (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per cell (default: all cores)"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=5.0,
+        help="seconds of timed runs per batch size (%(default)s)",
+    )
+    p.add_argument("--pretrained", help="PyTorch reference: our model directory or bundled name")
+    p.add_argument(
+        "--checkpoint", type=Path, help="PyTorch reference: an authors'-format checkpoint"
+    )
+    p.add_argument("--config", default="layer_wise_vit_b", help="with --checkpoint (%(default)s)")
+    p.add_argument("--text-encoder", type=Path, help="with --checkpoint: BERT directory")
+    p.add_argument(
+        "--vocab", type=Path, help="with --checkpoint: vocab.txt if not in --text-encoder"
+    )
+    p.add_argument(
+        "--report-dir", type=Path, help=f"where to write reports (default: {RUNS}/<model>)"
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    return p
+
+
+def _bundled_export(name: str, log) -> tuple[Path, dict[str, Any]]:
+    """Export the bundled model once; re-export when its weights changed (hash check)."""
+    from ..model.checkpoint import sha256_file
+    from ..model.dit_model import ASSETS, DITModel
+    from ..runtime.manifest import read_manifest
+
+    weights = ASSETS / name / "model.safetensors"
+    source = {"pretrained": name, "sha256": sha256_file(weights) if weights.is_file() else None}
+    out = RUNS / "exports" / name
+    try:
+        if read_manifest(out).source == source:
+            return out, source
+    except DITError:
+        pass
+    from ..exporters.onnx_export import run_export
+
+    log(f"exporting the bundled model {name} to {out} ...")
+    run_export(
+        DITModel.from_pretrained(name),
+        out,
+        layout="both",
+        source=source,
+        overwrite=True,
+        log=lambda line: log("  " + line),
+    )
+    return out, source
+
+
+def _bundled_data(input_size: int, limit: int, log) -> Path:
+    from ..data.synthetic import generate
+
+    out = RUNS / "data" / f"synthetic-val-{limit}-{input_size}"
+    if not (out / "synthetic" / "instances.json").is_file():
+        log(f"generating the bundled evaluation set ({limit} scenes) in {out} ...")
+        generate(out, n_train=0, n_val=limit, seed=2024, size=input_size, overwrite=True)
+    return out
+
+
+def _torch_source(
+    args: argparse.Namespace, manifest_source: dict[str, Any]
+) -> dict[str, Any] | None:
+    if args.pretrained:
+        return {"pretrained": args.pretrained}
+    if args.checkpoint:
+        return {
+            "checkpoint": str(args.checkpoint),
+            "config": args.config,
+            "text_encoder": str(args.text_encoder) if args.text_encoder else None,
+            "vocab": str(args.vocab) if args.vocab else None,
+        }
+    if "pretrained" in manifest_source:
+        return {"pretrained": manifest_source["pretrained"]}
+    return None
+
+
+def _run_worker(cell: Cell, request: dict[str, Any], workdir: Path, index: int) -> dict[str, Any]:
+    req_file, res_file = workdir / f"cell{index}.json", workdir / f"cell{index}.result.json"
+    req_file.write_text(json.dumps(request | {"cell": cell.to_dict()}))
+    env = os.environ | cell.env
+    proc = subprocess.run(
+        [sys.executable, "-m", "dit_deploy.bench.worker", str(req_file), str(res_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if res_file.is_file():
+        return json.loads(res_file.read_text())
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"status": "failed", "reason": f"worker exited {proc.returncode}: {tail}"}
+
+
+def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    from ..data import open_dataset
+    from ..exporters.validate import mask_agreement
+    from ..runtime.manifest import read_manifest
+
+    if args.export_dir is None:
+        export_dir, _ = _bundled_export(args.pretrained or DEFAULT_MODEL, log)
+    else:
+        export_dir = args.export_dir
+    manifest = read_manifest(export_dir)
+    data = args.data or _bundled_data(manifest.input_size, args.limit, log)
+    dataset = open_dataset(data, args.split)  # one clear DatasetError if it is not a dataset
+    batches = sorted({int(b) for b in args.batch.split(",") if b.strip()})
+    cells = plan_cells(
+        export_dir,
+        torch_source=_torch_source(args, manifest.source),
+        all_cells=args.all,
+        engine=args.engine,
+    )
+    request = {
+        "export_dir": str(export_dir),
+        "model": _torch_source(args, manifest.source),
+        "data": {"path": str(data), "split": args.split, "limit": args.limit},
+        "batches": batches,
+        "threads": args.threads,
+        "budget_s": args.budget,
+    }
+    from rich.progress import Progress
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, Progress(transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(cells))
+        for i, cell in enumerate(cells):
+            progress.update(task, description=cell.label)
+            entry = cell.to_dict()
+            if cell.reason:
+                entry["result"] = {"status": "unavailable", "reason": cell.reason}
+            else:
+                logits = Path(tmp) / f"logits{i}.npy"
+                entry["result"] = _run_worker(
+                    cell, request | {"logits_file": str(logits)}, Path(tmp), i
+                )
+                if entry["result"].get("status") == "ok":
+                    entry["logits"] = np.load(logits)
+                    entry["size_mb"] = entry["result"].get("size_mb")
+            results.append(entry)
+            progress.advance(task)
+    reference = next(
+        (c.get("logits") for c in results if c["backend"] == "pytorch" and "logits" in c), None
+    )
+    for cell in results:
+        logits = cell.pop("logits", None)
+        if reference is not None and logits is not None:
+            cell["parity"] = {
+                "max_abs": float(np.abs(logits - reference).max()),
+                "mean_abs": float(np.abs(logits - reference).mean()),
+                "mask_agreement": mask_agreement(logits, reference, manifest.mask_threshold),
+            }
+    return {
+        "model": manifest.config_name,
+        "export_dir": str(export_dir),
+        "command": "dit-bench " + " ".join(sys.argv[1:]),
+        "data": {
+            "name": f"{Path(data).name}/{args.split}",
+            "path": str(data),
+            "pairs": min(len(dataset), args.limit),
+        },
+        "batches": batches,
+        "environment": environment(args.threads),
+        "cells": results,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    try:
+        report = run_bench(args, log)
+    except DITError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out_dir = args.report_dir or RUNS / report["model"]
+    files = write_reports(report, out_dir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+        print(f"reports: {', '.join(str(f) for f in files)}")
+    statuses = [c["result"]["status"] for c in report["cells"]]
+    if "failed" in statuses:
+        return 1
+    if args.engine and statuses != ["ok"]:
+        print(f"error: {report['cells'][0]['result'].get('reason')}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""Benchmark reports: the terminal table (rich), JSON, Markdown and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..runtime.devices import cuda_device_count
+
+COLUMNS = [
+    "backend / precision",
+    "size MB",
+    "mIoU",
+    "oIoU",
+    "P@0.5",
+    "max err",
+    "mask agr.",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "pairs/s",
+    "peak MB",
+    "status",
+]
+
+
+def environment(threads: int | None) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("dit-deploy", "numpy", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads or os.cpu_count(),
+        "gpus": cuda_device_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "versions": versions,
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def row(cell: dict[str, Any], batch: str, short_status: bool = False) -> list[str]:
+    r = cell.get("result", {})
+    acc = r.get("accuracy", {})
+    lat = r.get("latency", {}).get(batch, {})
+    parity = cell.get("parity", {})
+    status = r.get("status", "unavailable")
+    if status != "ok" and not short_status:
+        status = f"{status}: {r.get('reason', cell.get('reason', ''))}"
+    pct = lambda v: None if v is None else 100 * v  # noqa: E731
+    return [
+        cell["label"],
+        _fmt(cell.get("size_mb"), ".1f"),
+        _fmt(pct(acc.get("mIoU")), ".2f"),
+        _fmt(pct(acc.get("oIoU")), ".2f"),
+        _fmt(pct(acc.get("prec@0.5")), ".2f"),
+        _fmt(parity.get("max_abs"), ".1e"),
+        _fmt(parity.get("mask_agreement"), ".4f"),
+        _fmt(lat.get("p50"), ".1f"),
+        _fmt(lat.get("p90"), ".1f"),
+        _fmt(lat.get("p99"), ".1f"),
+        _fmt(lat.get("pairs_per_s"), ".2f"),
+        _fmt(r.get("peak_rss_mb"), ".0f"),
+        status,
+    ]
+
+
+def print_table(report: dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    batch = str(report["batches"][0])
+    table = Table(
+        title=f"dit-bench: {report['model']} on {report['data']['name']} "
+        f"({report['data']['pairs']} pairs), batch {batch}",
+        show_lines=False,
+    )
+    for col in COLUMNS:
+        table.add_column(
+            col, justify="left" if col in ("backend / precision", "status") else "right"
+        )
+    notes = []
+    for cell in report["cells"]:
+        values = row(cell, batch, short_status=True)
+        result = cell.get("result", {})
+        if result.get("status") != "ok":
+            notes.append(f"[{len(notes) + 1}] {cell['label']}: {result.get('reason', '')}")
+            values[-1] += f" [{len(notes)}]"
+        table.add_row(*values)
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
+    env = report["environment"]
+    console.print(
+        f"[dim]{env['cpu']}, {env['cores']} cores, {env['threads']} threads, "
+        f"{env['gpus']} GPU(s); "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+        + "[/dim]"
+    )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    batch = str(report["batches"][0])
+    lines = [
+        f"# dit-bench report: {report['model']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Data: {report['data']['name']}, {report['data']['pairs']} pairs. Batch {batch} in the table; "
+        "accuracy in %, parity against the PyTorch FP32 reference on the same pairs.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for cell in report["cells"]:
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in row(cell, batch)) + " |")
+    lines += [
+        "",
+        "## Latency over the batch sweep (p50 ms, pairs/s)",
+        "",
+        "| cell | " + " | ".join(f"batch {b}" for b in report["batches"]) + " |",
+        "|---|" + "---|" * len(report["batches"]),
+    ]
+    for cell in report["cells"]:
+        lat = cell.get("result", {}).get("latency")
+        if lat:
+            lines.append(
+                f"| {cell['label']} | "
+                + " | ".join(
+                    f"{lat[str(b)]['p50']:.1f} ms, {lat[str(b)]['pairs_per_s']:.2f}/s"
+                    for b in report["batches"]
+                )
+                + " |"
+            )
+    lines += ["", "## Per-stage split (batch 1, p50 ms) and cold start", ""]
+    for cell in report["cells"]:
+        r = cell.get("result", {})
+        if r.get("stages_ms"):
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in r["stages_ms"].items())
+            lines.append(f"- {cell['label']}: {parts}; cold start {r['cold_start_s']:.2f} s")
+    env = report["environment"]
+    lines += [
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {env['cpu']} ({env['cores']} cores, {env['threads']} threads)",
+        f"- GPUs: {env['gpus']}",
+        f"- OS: {env['os']}, Python {env['python']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [c for c in report["cells"] if c.get("result", {}).get("status") == "ok"]
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cell in ok:
+        lat = cell["result"]["latency"]
+        xs = [int(b) for b in lat]
+        ax.plot(xs, [lat[str(b)]["p50"] for b in xs], marker="o", label=cell["label"])
+    ax.set_xlabel("batch (image, expression) pairs")
+    ax.set_ylabel("p50 latency per call (ms)")
+    ax.set_title(f"Latency vs batch: {report['model']}")
+    ax.grid(alpha=0.3)
+    if ok:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "latency_vs_batch.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    batch = str(report["batches"][0])
+    for cell in ok:
+        r = cell["result"]
+        ax.scatter(r["latency"][batch]["p50"], 100 * r["accuracy"]["mIoU"], s=60)
+        ax.annotate(
+            cell["label"],
+            (r["latency"][batch]["p50"], 100 * r["accuracy"]["mIoU"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("Accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out_dir / "accuracy_vs_latency.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(report))
+    return [out_dir / "report.json", out_dir / "report.md", *plots(report, out_dir)]

@@ -1,0 +1,158 @@
+"""dit-bench: statistics on known samples, the report schema and the failure paths.
+No test asserts a timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dit_deploy.bench.cli import main
+from dit_deploy.bench.report import markdown
+from dit_deploy.bench.stats import measure, summarize
+from dit_deploy.exporters.onnx_export import run_export
+from dit_deploy.model.dit_model import DITModel
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = [
+    "--checkpoint",
+    str(FIXTURES / "authors" / "layer_wise.pth"),
+    "--config",
+    "layer_wise_tiny",
+    "--vocab",
+    str(FIXTURES / "tiny_vocab.txt"),
+]
+
+
+def test_summarize_known_samples():
+    s = summarize([0.001 * v for v in range(1, 11)])  # 1..10 ms
+    assert s.n == 10 and s.min == pytest.approx(1.0) and s.max == pytest.approx(10.0)
+    assert s.p50 == pytest.approx(5.5)
+    assert s.p90 == pytest.approx(9.1)
+    assert s.p99 == pytest.approx(9.91)
+    assert s.mean == pytest.approx(5.5)
+    assert s.std == pytest.approx(np.std(np.arange(1, 11), ddof=1))
+    assert s.outliers == 0
+    assert summarize([0.001] * 9 + [0.1]).outliers == 1  # reported, not dropped
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_measure_respects_warmup_budget_and_sync():
+    calls, syncs, now = [], [], [0.0]
+
+    def clock():
+        return now[0]
+
+    def fn():
+        calls.append(1)
+        now[0] += 0.5  # every call "takes" 0.5 s
+
+    samples = measure(
+        fn,
+        warmup=3,
+        min_runs=2,
+        max_runs=100,
+        budget_s=2.0,
+        synchronize=lambda: syncs.append(1),
+        clock=clock,
+    )
+    assert len(samples) == 4 and all(s == pytest.approx(0.5) for s in samples)
+    assert len(calls) == 7  # 3 warm-up + 4 timed
+    assert len(syncs) == 5  # once after warm-up, then before every clock read
+    assert len(measure(fn, warmup=0, min_runs=5, budget_s=0.0, clock=clock)) == 5
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> Path:
+    model = DITModel.from_checkpoint(
+        FIXTURES / "authors" / "layer_wise.pth",
+        config="layer_wise_tiny",
+        vocab=FIXTURES / "tiny_vocab.txt",
+    )
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    run_export(model, out, layout="fused", log=lambda *_: None)
+    return out
+
+
+def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the bundled evaluation set is generated under ./runs
+    code = main(
+        [
+            str(tiny_export),
+            *TINY,
+            "--limit",
+            "4",
+            "--batch",
+            "1,2",
+            "--budget",
+            "0.05",
+            "--threads",
+            "1",
+            "--report-dir",
+            str(tmp_path / "r"),
+            "--json",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= {"model", "command", "data", "batches", "environment", "cells"}
+    assert report["batches"] == [1, 2] and report["data"]["pairs"] == 4
+    env = report["environment"]
+    assert {"cpu", "cores", "threads", "gpus", "versions"} <= set(env)
+    assert "torch" in env["versions"] and "onnxruntime" in env["versions"]
+    cells = {c["label"]: c for c in report["cells"]}
+    ort = cells["onnxruntime cpu fp32 (fused)"]["result"]
+    assert ort["status"] == "ok"
+    assert set(ort["latency"]) == {"1", "2"}
+    assert {"p50", "p90", "p99", "mean", "std", "outliers", "pairs_per_s"} <= set(
+        ort["latency"]["1"]
+    )
+    assert {"decode+preprocess", "tokenize", "fused model", "postprocess"} == set(ort["stages_ms"])
+    assert {"mIoU", "oIoU", "prec@0.5", "count"} <= set(ort["accuracy"]) and ort["accuracy"][
+        "count"
+    ] == 4
+    parity = cells["onnxruntime cpu fp32 (fused)"]["parity"]
+    assert parity["max_abs"] < 1e-4 and parity["mask_agreement"] >= 0.999
+    reference = cells["pytorch (as users run it)"]
+    assert reference["parity"]["max_abs"] == 0.0
+    # same inputs for every cell: identical accuracy where the logits agree
+    assert reference["result"]["accuracy"]["count"] == ort["accuracy"]["count"]
+    for name in ("report.json", "report.md", "latency_vs_batch.png", "accuracy_vs_latency.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 0
+    md = markdown(report)
+    assert "| onnxruntime cpu fp32 (fused) |" in md and "## Environment" in md
+
+
+def test_engine_without_gpu_explains_and_fails(tiny_export, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        [
+            str(tiny_export),
+            *TINY,
+            "--engine",
+            "fp16",
+            "--limit",
+            "2",
+            "--report-dir",
+            str(tmp_path / "r"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "TensorRT needs an NVIDIA GPU" in err and "python export/to_trt.py" in err
+    assert f"dit-bench {tiny_export} --engine fp16" in err
+
+
+def test_not_a_dataset_is_one_clear_line(tiny_export, tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    code = main([str(tiny_export), *TINY, "--data", str(tmp_path / "junk")])
+    err = capsys.readouterr().err
+    assert code == 1 and "is not a dataset" in err and "Traceback" not in err
+
+
+def test_missing_export_dir(tmp_path, capsys):
+    assert main([str(tmp_path / "none")]) == 1
+    assert "export directory not found" in capsys.readouterr().err
