@@ -41,7 +41,8 @@ def tuned_torch_env() -> tuple[dict[str, str], str]:
     if JEMALLOC.is_file():
         return {"LD_PRELOAD": str(JEMALLOC)}, "jemalloc"
     return {
-        "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+        "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432"
+        ":glibc.malloc.trim_threshold=1073741824"
     }, "glibc tuned"
 
 

@@ -127,7 +127,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Data: {report['data']['name']}, {report['data']['pairs']} pairs. Batch {batch} in the table; "
+        f"Data: {report['data']['name']}, {report['data']['pairs']} pairs. "
+        f"Batch {batch} in the table; "
         "accuracy in %, parity against the PyTorch FP32 reference on the same pairs.",
         "",
         "| " + " | ".join(COLUMNS) + " |",

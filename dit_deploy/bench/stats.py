@@ -28,7 +28,7 @@ class LatencyStats:
 
 
 def summarize(seconds: list[float]) -> LatencyStats:
-    """Statistics of run times given in seconds (reported in ms, linear-interpolated percentiles)."""
+    """Statistics of run times in seconds (reported in ms; percentiles interpolate linearly)."""
     if not seconds:
         raise ValueError("no samples to summarise")
     ms = np.asarray(seconds, dtype=np.float64) * 1e3

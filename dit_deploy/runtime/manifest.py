@@ -55,6 +55,9 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint name + sha256
     opset: int = 17
     manifest_version: int = MANIFEST_VERSION
+    # extra graphs by precision ("fp16", "int8"): precision -> role -> graph. ``graphs`` is
+    # fp32. Optional: a manifest without it (every export before issue 4) reads the same.
+    precisions: dict[str, dict[str, GraphSpec]] = field(default_factory=dict)
 
     @property
     def layouts(self) -> list[str]:
@@ -65,8 +68,27 @@ class Manifest:
             found.append("fused")
         return found
 
+    def graph(self, role: str, precision: str = "fp32") -> GraphSpec:
+        """The graph that runs ``role`` at ``precision`` (typed error naming the fix)."""
+        if precision == "fp32":
+            table = self.graphs
+        elif precision in self.precisions:
+            table = self.precisions[precision]
+        else:
+            have = ["fp32", *sorted(self.precisions)]
+            raise ArtifactError(
+                f"this export has no {precision} graphs (has: {', '.join(have)}); create them "
+                f"with: python export/quantize.py EXPORT_DIR --precision {precision}"
+            )
+        if role not in table:
+            raise ArtifactError(f"this export has no {precision} graph for {role!r}; re-run it")
+        return table[role]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.precisions:
+            data.pop("precisions")  # byte-identical to manifests written before issue 4
+        return data
 
     def metadata_props(self) -> dict[str, str]:
         """Flat string metadata for ONNX ``metadata_props`` and engine sidecars."""
@@ -92,17 +114,24 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
-        graphs = {
-            role: GraphSpec(
-                file=g["file"],
-                inputs=[TensorSpec(**t) for t in g["inputs"]],
-                outputs=[TensorSpec(**t) for t in g["outputs"]],
-                sha256=g.get("sha256", ""),
-                precision=g.get("precision", "fp32"),
-            )
-            for role, g in data.pop("graphs").items()
+        graphs = _graphs_from_dict(data.pop("graphs"))
+        precisions = {
+            name: _graphs_from_dict(table) for name, table in data.pop("precisions", {}).items()
         }
-        return cls(graphs=graphs, **data)
+        return cls(graphs=graphs, precisions=precisions, **data)
+
+
+def _graphs_from_dict(table: dict[str, Any]) -> dict[str, GraphSpec]:
+    return {
+        role: GraphSpec(
+            file=g["file"],
+            inputs=[TensorSpec(**t) for t in g["inputs"]],
+            outputs=[TensorSpec(**t) for t in g["outputs"]],
+            sha256=g.get("sha256", ""),
+            precision=g.get("precision", "fp32"),
+        )
+        for role, g in table.items()
+    }
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -139,4 +168,11 @@ def read_manifest(directory: str | Path) -> Manifest:
     for role, graph in manifest.graphs.items():
         if not (directory / graph.file).is_file():
             raise ArtifactError(f"{directory} is missing graph {graph.file} ({role}); re-export")
+    for precision, table in manifest.precisions.items():
+        for role, graph in table.items():
+            if not (directory / graph.file).is_file():
+                raise ArtifactError(
+                    f"{directory} is missing {precision} graph {graph.file} ({role}); re-run "
+                    f"python export/quantize.py {directory} --precision {precision}"
+                )
     return manifest
