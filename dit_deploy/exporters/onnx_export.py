@@ -7,6 +7,7 @@ Nothing is written to the output directory unless every graph validates.
 from __future__ import annotations
 
 import shutil
+import unicodedata
 import tempfile
 import time
 from collections import Counter
@@ -243,6 +244,8 @@ def build_manifest(model: DITModel, roles: Sequence[str], opset: int, source: di
             "lowercase": c.text_encoder.lowercase,
             "max_tokens": c.max_tokens,
             "sha256": sha256_file(model.vocab_file),
+            # the Unicode data the tokenizer classified characters with (C++ must agree)
+            "unicode_version": unicodedata.unidata_version,
         },
         graphs={r: GraphSpec(file=f"{r}.onnx", inputs=io[r][0], outputs=io[r][1]) for r in roles},
         config=c.to_dict(),

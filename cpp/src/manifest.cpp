@@ -1,0 +1,153 @@
+// manifest.json reader (nlohmann-json), with the checks and messages of manifest.py.
+#include "dit/manifest.hpp"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "dit/errors.hpp"
+
+namespace dit {
+namespace {
+
+using nlohmann::json;
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_file(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::vector<TensorSpec> tensor_specs(const json& list) {
+  std::vector<TensorSpec> out;
+  for (const json& t : list) {
+    TensorSpec s;
+    s.name = t.at("name").get<std::string>();
+    s.dtype = t.at("dtype").get<std::string>();
+    for (const json& d : t.at("shape")) {
+      s.shape.push_back(d.is_number_integer() ? d.get<long long>() : -1);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> Manifest::layouts() const {
+  std::vector<std::string> found;
+  if (graphs.count("text_encoder") && graphs.count("dit_encoder") && graphs.count("mask_decoder")) {
+    found.emplace_back("split");
+  }
+  if (graphs.count("dit_fused")) found.emplace_back("fused");
+  return found;
+}
+
+std::string Manifest::path(const std::string& file) const {
+  if (!file.empty() && file[0] == '/') return file;
+  return directory + "/" + file;
+}
+
+Manifest read_manifest(const std::string& directory) {
+  if (!is_dir(directory)) {
+    throw ArtifactError("export directory not found: " + directory);
+  }
+  const std::string path = directory + "/manifest.json";
+  if (!is_file(path)) {
+    throw ArtifactError(directory +
+                        " has no manifest.json: it is not a dit-deploy export directory. Create "
+                        "one with: python export/to_onnx.py --out " +
+                        directory);
+  }
+  json data;
+  {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    try {
+      data = json::parse(ss.str());
+    } catch (const json::exception& exc) {
+      throw ArtifactError(path + " is not valid JSON (" + exc.what() + "); re-export the model");
+    }
+  }
+  json version = data.is_object() && data.contains("manifest_version") ? data["manifest_version"]
+                                                                        : json();
+  if (!version.is_number_integer() || version.get<long long>() != kManifestVersion) {
+    throw ArtifactError(path + " has manifest version " +
+                        (version.is_null() ? std::string("None") : version.dump()) +
+                        ", this dit runtime reads version " + std::to_string(kManifestVersion) +
+                        "; re-export with this version (python export/to_onnx.py ...)");
+  }
+  Manifest m;
+  m.directory = directory;
+  try {
+    m.manifest_version = version.get<int>();
+    m.config_name = data.at("config_name").get<std::string>();
+    m.variant = data.value("variant", std::string());
+    m.input_size = data.at("input_size").get<int>();
+    m.max_tokens = data.at("max_tokens").get<int>();
+    m.mask_threshold = data.at("mask_threshold").get<float>();
+    const json& mean = data.at("pixel_mean");
+    const json& stdv = data.at("pixel_std");
+    if (mean.size() != 3 || stdv.size() != 3) {
+      throw ArtifactError(path + ": pixel_mean and pixel_std must have 3 values; re-export");
+    }
+    for (int c = 0; c < 3; ++c) {
+      m.pixel_mean[c] = mean.at(static_cast<std::size_t>(c)).get<float>();
+      m.pixel_std[c] = stdv.at(static_cast<std::size_t>(c)).get<float>();
+    }
+    const json& tok = data.at("tokenizer");
+    m.vocab_file = tok.value("vocab_file", std::string("vocab.txt"));
+    m.lowercase = tok.at("lowercase").get<bool>();
+    m.tokenizer_max_tokens = tok.at("max_tokens").get<int>();
+    if (tok.contains("unicode_version") && tok["unicode_version"].is_string()) {
+      m.unicode_version = tok["unicode_version"].get<std::string>();
+    } else if (data.contains("versions") && data["versions"].is_object() &&
+               data["versions"].contains("unicode") && data["versions"]["unicode"].is_string()) {
+      m.unicode_version = data["versions"]["unicode"].get<std::string>();
+    }
+    for (const auto& item : data.at("graphs").items()) {
+      const json& g = item.value();
+      GraphSpec spec;
+      spec.file = g.at("file").get<std::string>();
+      spec.inputs = tensor_specs(g.at("inputs"));
+      spec.outputs = tensor_specs(g.at("outputs"));
+      spec.sha256 = g.value("sha256", std::string());
+      spec.precision = g.value("precision", std::string("fp32"));
+      m.graphs[item.key()] = std::move(spec);
+    }
+  } catch (const json::exception& exc) {
+    throw ArtifactError(path + " is incomplete or malformed (" + exc.what() + "); re-export");
+  }
+  if (m.input_size <= 0 || m.input_size % 4 != 0 || m.max_tokens < 3 ||
+      m.tokenizer_max_tokens != m.max_tokens) {
+    throw ArtifactError(path + " has inconsistent sizes (input_size " +
+                        std::to_string(m.input_size) + ", max_tokens " +
+                        std::to_string(m.max_tokens) + ", tokenizer.max_tokens " +
+                        std::to_string(m.tokenizer_max_tokens) + "); re-export");
+  }
+  for (int c = 0; c < 3; ++c) {
+    if (!(m.pixel_std[c] > 0.0f)) {
+      throw ArtifactError(path + ": pixel_std must be positive; re-export");
+    }
+  }
+  if (!is_file(m.path(m.vocab_file))) {
+    throw ArtifactError(directory + " is missing its tokenizer vocabulary " + m.vocab_file +
+                        "; copy the model's vocab.txt there or re-export");
+  }
+  for (const auto& [role, graph] : m.graphs) {
+    if (!is_file(m.path(graph.file))) {
+      throw ArtifactError(directory + " is missing graph " + graph.file + " (" + role +
+                          "); re-export");
+    }
+  }
+  return m;
+}
+
+}  // namespace dit

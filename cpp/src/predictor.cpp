@@ -1,0 +1,200 @@
+// dit::Predictor (see predictor.hpp): manifest -> tokenizer + letterbox -> graphs -> masks.
+#include "dit/predictor.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "backend.hpp"
+#include "dit/errors.hpp"
+#include "dit/postprocess.hpp"
+
+namespace dit {
+
+const char* version() { return DIT_VERSION; }
+
+std::size_t Result::area() const {
+  return static_cast<std::size_t>(std::count(mask.begin(), mask.end(), uint8_t{1}));
+}
+
+struct Predictor::Impl {
+  Manifest manifest;
+  Tokenizer tokenizer;
+  Options options;
+  std::string layout;
+  std::map<std::string, std::unique_ptr<Backend>> graphs;
+
+  Impl(Manifest m, Tokenizer t, const Options& o)
+      : manifest(std::move(m)), tokenizer(std::move(t)), options(o) {}
+};
+
+namespace {
+
+Tokenizer make_tokenizer(const Manifest& m, const Options& o) {
+  TokenizerOptions to;
+  to.lowercase = m.lowercase;
+  to.max_tokens = m.tokenizer_max_tokens;
+  to.unicode_version = o.unicode_version.empty() ? m.unicode_version : o.unicode_version;
+  return Tokenizer::from_vocab_file(m.path(m.vocab_file), to);
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s.empty() ? "none" : s;
+}
+
+}  // namespace
+
+Predictor::Predictor(const std::string& export_dir, const Options& options) {
+  Manifest m = read_manifest(export_dir);
+  Tokenizer t = make_tokenizer(m, options);
+  impl_ = std::make_unique<Impl>(std::move(m), std::move(t), options);
+  if (options.max_batch < 1) {
+    throw InputError("max_batch must be >= 1, got " + std::to_string(options.max_batch));
+  }
+  const auto available = impl_->manifest.layouts();
+  std::string layout = options.layout;
+  if (layout.empty()) {
+    layout = std::find(available.begin(), available.end(), "fused") != available.end() ? "fused"
+                                                                                       : "split";
+  }
+  if (std::find(available.begin(), available.end(), layout) == available.end()) {
+    throw ArtifactError(export_dir + " has no '" + layout + "' graphs (has: " + join(available) +
+                        "); re-export with --layout " + layout + " or pick one of " +
+                        join(available));
+  }
+  impl_->layout = layout;
+  std::vector<std::string> roles = layout == "fused"
+                                       ? std::vector<std::string>{"dit_fused"}
+                                       : std::vector<std::string>{"text_encoder", "dit_encoder",
+                                                                  "mask_decoder"};
+  for (const auto& role : roles) {
+    const std::string path = impl_->manifest.path(impl_->manifest.graphs.at(role).file);
+    if (options.backend == "onnxruntime") {
+      impl_->graphs[role] = open_onnxruntime(path, options);
+    } else if (options.backend == "tensorrt") {
+      impl_->graphs[role] = open_tensorrt(path, options);
+    } else {
+      throw BackendUnavailableError("unknown backend '" + options.backend +
+                                    "'; choose onnxruntime or tensorrt");
+    }
+  }
+}
+
+Predictor::~Predictor() = default;
+Predictor::Predictor(Predictor&&) noexcept = default;
+Predictor& Predictor::operator=(Predictor&&) noexcept = default;
+
+const Manifest& Predictor::manifest() const { return impl_->manifest; }
+const Tokenizer& Predictor::tokenizer() const { return impl_->tokenizer; }
+const std::string& Predictor::layout() const { return impl_->layout; }
+
+std::string Predictor::backend_description() const {
+  return impl_->graphs.begin()->second->description();
+}
+
+PreparedBatch Predictor::prepare(const std::vector<Request>& requests) const {
+  const Manifest& m = impl_->manifest;
+  PreparedBatch b;
+  b.batch = static_cast<int>(requests.size());
+  b.size = m.input_size;
+  b.max_tokens = m.max_tokens;
+  const std::size_t plane = 3 * static_cast<std::size_t>(b.size) * b.size;
+  b.image.resize(plane * requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    const Request& r = requests[i];
+    if (r.image.width <= 0 || r.image.height <= 0) {
+      throw ImageError("image has zero size (" + std::to_string(r.image.height) + "x" +
+                       std::to_string(r.image.width) + " pixels); pass a non-empty image.");
+    }
+    if (r.image.rgb == nullptr) throw ImageError("image pixels are null; pass RGB bytes");
+    if (static_cast<long long>(r.image.width) * r.image.height > kDefaultMaxPixels) {
+      throw ImageError("image has " + std::to_string(r.image.height) + "x" +
+                       std::to_string(r.image.width) + " pixels, more than max_pixels=" +
+                       std::to_string(kDefaultMaxPixels) +
+                       " (decompression-bomb guard); downscale it.");
+    }
+    Encoding e = impl_->tokenizer.encode(r.text);
+    b.input_ids.insert(b.input_ids.end(), e.input_ids.begin(), e.input_ids.end());
+    b.attention_mask.insert(b.attention_mask.end(), e.attention_mask.begin(),
+                            e.attention_mask.end());
+    b.letterboxes.push_back(
+        letterbox(r.image, b.size, m.pixel_mean, m.pixel_std, b.image.data() + i * plane,
+                  impl_->options.resize_order));
+  }
+  return b;
+}
+
+std::vector<float> Predictor::low_res_logits(const PreparedBatch& b, int* h, int* w) const {
+  const int64_t B = b.batch, L = b.max_tokens, S = b.size;
+  TensorMap feeds;
+  feeds["image"] = Tensor::floats({B, 3, S, S}, b.image);
+  feeds["input_ids"] = Tensor::ints({B, L}, b.input_ids);
+  feeds["attention_mask"] = Tensor::ints({B, L}, b.attention_mask);
+  TensorMap out;
+  if (impl_->layout == "fused") {
+    out = impl_->graphs.at("dit_fused")->run(feeds);
+  } else {
+    TensorMap text = impl_->graphs.at("text_encoder")->run(feeds);
+    TensorMap enc_feeds = text;
+    enc_feeds["image"] = feeds["image"];
+    TensorMap emb = impl_->graphs.at("dit_encoder")->run(enc_feeds);
+    TensorMap dec_feeds = text;
+    for (auto& kv : emb) dec_feeds[kv.first] = std::move(kv.second);
+    out = impl_->graphs.at("mask_decoder")->run(dec_feeds);
+  }
+  auto it = out.find("low_res_logits");
+  if (it == out.end() || it->second.type != Tensor::Type::kFloat32 ||
+      it->second.shape.size() != 4 || it->second.shape[0] != B || it->second.shape[1] != 1) {
+    throw ArtifactError(impl_->manifest.directory +
+                        ": the graphs did not return low_res_logits of shape (B, 1, h, w); "
+                        "re-export with this version of dit-deploy");
+  }
+  *h = static_cast<int>(it->second.shape[2]);
+  *w = static_cast<int>(it->second.shape[3]);
+  if (*h * 4 != S || *w * 4 != S) {
+    throw ArtifactError(impl_->manifest.directory + ": low_res_logits are " + std::to_string(*h) +
+                        "x" + std::to_string(*w) + ", expected input_size / 4 = " +
+                        std::to_string(S / 4) + "; the manifest does not match the graphs");
+  }
+  return std::move(it->second.f32);
+}
+
+std::vector<Result> Predictor::predict_batch(const std::vector<Request>& requests) const {
+  std::vector<Result> results;
+  results.reserve(requests.size());
+  const std::size_t step = static_cast<std::size_t>(impl_->options.max_batch);
+  for (std::size_t start = 0; start < requests.size(); start += step) {
+    std::vector<Request> chunk(requests.begin() + static_cast<std::ptrdiff_t>(start),
+                               requests.begin() + static_cast<std::ptrdiff_t>(
+                                                      std::min(requests.size(), start + step)));
+    PreparedBatch b = prepare(chunk);
+    int h = 0, w = 0;
+    std::vector<float> logits = low_res_logits(b, &h, &w);
+    for (int i = 0; i < b.batch; ++i) {
+      std::vector<float> full =
+          upsample_logits(logits.data() + static_cast<std::size_t>(i) * h * w, h, w, 4);
+      const Letterbox& lb = b.letterboxes[static_cast<std::size_t>(i)];
+      MaskOutput mo = logits_to_mask(full.data(), lb, impl_->manifest.mask_threshold);
+      Result r;
+      r.width = lb.orig_w;
+      r.height = lb.orig_h;
+      r.mask = std::move(mo.mask);
+      r.score = mo.score;
+      r.letterbox = lb;
+      results.push_back(std::move(r));
+    }
+  }
+  return results;
+}
+
+Result Predictor::predict(const ImageView& image, const std::string& text) const {
+  return predict_batch({Request{image, text}}).front();
+}
+
+Result Predictor::predict(const uint8_t* rgb, int width, int height,
+                          const std::string& text) const {
+  return predict(ImageView{rgb, width, height, 0}, text);
+}
+
+}  // namespace dit
