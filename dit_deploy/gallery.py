@@ -46,7 +46,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -
     scale = PANEL / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     base = np.asarray(Image.fromarray(image).convert("RGB").resize(size, Image.BICUBIC))
-    inside = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    inside = (
+        np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    )
     out = np.where(inside[..., None], base, (base * 0.4).astype(np.uint8))
     grown = inside.copy()
     for axis, shift in ((0, 1), (0, -1), (1, 1), (1, -1), (0, 2), (0, -2), (1, 2), (1, -2)):
@@ -67,10 +69,8 @@ def render(examples: Sequence[Example], title: str) -> Image.Image:
     for ex in examples:
         iou, _, _ = mask_iou(ex.pred, ex.gt)
         draw.text((pad, y), f'"{ex.text}"', fill=(0, 0, 0), font=_font(16))
-        draw.text((pad, y + 20), f"prediction  IoU {iou:.2f}", fill=(90, 90, 90),
-                  font=_font(13))
-        draw.text((PANEL + 2 * pad, y + 20), "ground truth", fill=(90, 90, 90),
-                  font=_font(13))
+        draw.text((pad, y + 20), f"prediction  IoU {iou:.2f}", fill=(90, 90, 90), font=_font(13))
+        draw.text((PANEL + 2 * pad, y + 20), "ground truth", fill=(90, 90, 90), font=_font(13))
         sheet.paste(overlay(ex.image, ex.pred, PRED_COLOUR), (pad, y + banner))
         sheet.paste(overlay(ex.image, ex.gt, GT_COLOUR), (PANEL + 2 * pad, y + banner))
         y += PANEL + banner + pad

@@ -1,6 +1,7 @@
 // Native TensorRT backend (compiled only with -DDIT_WITH_TENSORRT=ON and the SDK present).
 //
-// Engine: `<graph stem>.engine` beside the graph (text_encoder.onnx -> text_encoder.engine), with
+// Engine: as dit_deploy.runtime.engine_sidecar.engine_file names it (text_encoder.onnx ->
+// text_encoder.fp32.engine, dit_encoder.int8.onnx -> dit_encoder.int8.engine), with
 // the sidecar `<engine>.json` written by the engine builder. The sidecar must match the running
 // TensorRT (major.minor) and GPU (compute capability); otherwise the engine is refused with the
 // rebuild command. Written against the TensorRT 10/11 API: IRuntime::deserializeCudaEngine,
@@ -71,7 +72,9 @@ struct DeviceBuffer {
 class TensorRtBackend : public Backend {
  public:
   TensorRtBackend(const std::string& graph_path, const Options&) {
-    engine_path_ = stem_of(graph_path) + ".engine";
+    const std::string stem = stem_of(graph_path);
+    const bool has_precision = stem.find('.', stem.find_last_of('/') + 1) != std::string::npos;
+    engine_path_ = stem + (has_precision ? "" : ".fp32") + ".engine";
     const std::string sidecar_path = engine_path_ + ".json";
     const std::string rebuild = "rebuild it on this machine: python export/to_trt.py <export dir>";
     std::ifstream f(engine_path_, std::ios::binary);

@@ -1,6 +1,6 @@
 """``Predictor``: an export directory -> masks, with no torch.
 
-    p = Predictor("exports/refcoco_vit_b", backend="onnxruntime")
+    p = Predictor("exports/refcoco_vit_b", backend="onnxruntime")  # precision="int8" too
     r = p.predict("horse.jpg", "pretty prancing gray horse with blue halter")
     rs = p.predict_batch([("a.jpg", "left man"), ("a.jpg", "right man"), ("b.png", "the cup")])
 
@@ -20,6 +20,7 @@ from ..postprocess import MaskResult, postprocess_batch
 from ..preprocess import ImageSource, preprocess_batch
 from ..tokenizer import WordPieceTokenizer
 from .backends import Backend, open_backend
+from .engine_sidecar import engine_file
 from .manifest import Manifest, read_manifest
 
 
@@ -34,6 +35,8 @@ class Predictor:
         layout: str | None = None,
         threads: int | None = None,
         max_batch: int = 8,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
     ) -> None:
         self.export_dir = Path(export_dir)
         self.manifest: Manifest = read_manifest(self.export_dir)
@@ -49,11 +52,9 @@ class Predictor:
         roles = (
             ("dit_fused",) if layout == "fused" else ("text_encoder", "dit_encoder", "mask_decoder")
         )
+        self.precision = precision
         self.graphs: dict[str, Backend] = {
-            role: open_backend(
-                backend, self.export_dir / self.manifest.graphs[role].file, device, threads
-            )
-            for role in roles
+            role: self._open(role, backend, device, threads, cuda_graph) for role in roles
         }
         tok = self.manifest.tokenizer
         self.tokenizer = WordPieceTokenizer.from_vocab_file(
@@ -62,6 +63,29 @@ class Predictor:
             max_tokens=tok["max_tokens"],
         )
         self.max_batch = max_batch
+
+    def _open(
+        self, role: str, backend: str, device: str, threads: int | None, cuda_graph: bool
+    ) -> Backend:
+        """``<role>[.<precision>].onnx``, or for ``tensorrt`` its ``.engine`` (+ sidecar)."""
+        spec = self.manifest.graph(role, self.precision)
+        if backend != "tensorrt":
+            return open_backend(backend, self.export_dir / spec.file, device, threads)
+        engine = self.export_dir / engine_file(spec.file)
+        if not engine.is_file():
+            raise ArtifactError(
+                f"{self.export_dir} has no TensorRT engine {engine.name}; build it on this "
+                f"machine with: python export/to_trt.py {self.export_dir} "
+                f"--precision {self.precision}"
+            )
+        return open_backend(
+            backend,
+            engine,
+            "cuda" if device == "cpu" else device,
+            threads,
+            cuda_graph=cuda_graph,
+            source_sha256=spec.sha256 or None,
+        )
 
     def prepare(
         self, images: Sequence[ImageSource], texts: Sequence[str]

@@ -7,17 +7,24 @@ from pathlib import Path
 from ...errors import BackendUnavailableError
 from .base import Backend
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def open_backend(
-    name: str, graph: Path, device: str = "cpu", threads: int | None = None
+    name: str, graph: Path, device: str = "cpu", threads: int | None = None, **options
 ) -> Backend:
-    """Open ``graph`` (an ONNX file) with the named backend."""
+    """Open ``graph`` with the named backend (an ONNX file; for ``tensorrt`` an engine file).
+
+    ``options`` go to the backend (tensorrt: ``cuda_graph``, ``source_sha256``).
+    """
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(graph, device=device, threads=threads)
+        return OnnxRuntimeBackend(graph, device=device, threads=threads, **options)
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(graph, device=device, threads=threads, **options)
     raise BackendUnavailableError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
 
 

@@ -24,6 +24,24 @@ _PROVIDERS = {
 }
 
 
+def _with_options(providers: list[str], graph: Path, cache_dir: str | Path | None) -> list:
+    """Provider options: TensorRT caches its engines and timings beside the graph (or in
+    ``cache_dir``); precision comes from the graph (FP16 types, Q/DQ), so no fp16/int8 flags."""
+    if "TensorrtExecutionProvider" not in providers:
+        return providers
+    cache = str(Path(cache_dir) if cache_dir else graph.parent / "ort_trt_cache")
+    trt_options = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+    }
+    return [
+        ("TensorrtExecutionProvider", trt_options) if p == "TensorrtExecutionProvider" else p
+        for p in providers
+    ]
+
+
 def _spec(arg) -> TensorSpec:
     shape = [d if isinstance(d, int) else "batch" for d in arg.shape]
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
@@ -38,6 +56,7 @@ class OnnxRuntimeBackend(Backend):
         device: str = "cpu",
         threads: int | None = None,
         optimization: str = "all",
+        cache_dir: str | Path | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -73,7 +92,9 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(
                 str(self.path),
                 sess_options=options,
-                providers=[p for p in wanted if p in available],
+                providers=_with_options(
+                    [p for p in wanted if p in available], self.path, cache_dir
+                ),
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ArtifactError(

@@ -1,0 +1,18 @@
+"""Precision as a property of the ONNX graph: FP16 and INT8 graphs, checked on the CPU.
+
+- :mod:`.fp16`: FP16 with FP32 islands (onnxconverter-common, op block list).
+- :mod:`.int8`: explicit Q/DQ INT8 the way TensorRT takes it (ONNX Runtime ``quantize_static``,
+  symmetric, per-channel weights, no INT32 bias), calibrated on streamed (image, expression)
+  pairs.
+- :mod:`.verify`: each graph against the FP32 graph in ONNX Runtime (CPU): logits error,
+  mask agreement, mIoU/oIoU change, latency.
+- :mod:`.pipeline`: ``run_quantize`` = convert, verify, and only then write into the export.
+- :mod:`.trt_build`: ONNX -> TensorRT engine + ``*.engine.json`` sidecar (GPU machines).
+
+TensorRT 11 takes precision only from the graph's types and Q/DQ nodes, so everything that
+decides the accuracy of an engine is decided, and checked, here on the CPU.
+"""
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+__all__ = ["PRECISIONS"]

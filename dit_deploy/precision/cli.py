@@ -1,0 +1,234 @@
+"""``python export/quantize.py``: FP16/INT8 graphs for an export directory, verified on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import DITError
+
+EPILOG = """examples:
+  python export/quantize.py exports/refcoco_vit_b --precision fp16
+  python export/quantize.py exports/refcoco_vit_b --precision int8 --calib-data data/refcoco \\
+      --calib-size 512 --method entropy
+  python export/quantize.py exports/tiny --precision int8 --calib-data data/synthetic \\
+      --exclude /mask_decoder/output_upscaling/MatMul --json report.json
+
+Nothing is written unless every layout keeps the accuracy floor; then the graphs land in
+EXPORT_DIR as <role>.<precision>.onnx and manifest.json lists them under "precisions".
+Without --calib-data/--eval-data, pairs come from generated synthetic scenes.
+Exit codes: 0 written, 1 error or below the floor (nothing written), 2 bad arguments.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .fp16 import DEFAULT_FP32_OPS
+    from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES
+
+    p = argparse.ArgumentParser(
+        prog="export/quantize.py",
+        description="Make FP16 (FP32 islands) or INT8 (explicit Q/DQ, TensorRT-ready) graphs of "
+        "an export directory, check them in ONNX Runtime on the CPU against the FP32 graphs "
+        "(logits error, mask agreement, mIoU/oIoU change, latency) and add them to the export.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("export_dir", type=Path, help="an export directory (python export/to_onnx.py)")
+    p.add_argument("--precision", choices=["fp16", "int8"], required=True)
+    p.add_argument(
+        "--keep-fp32",
+        nargs="*",
+        default=[],
+        metavar="ROLE",
+        help="graphs left FP32, e.g. text_encoder (default: convert every graph)",
+    )
+    cal = p.add_argument_group("INT8 calibration")
+    cal.add_argument("--calib-data", type=Path, help="dataset root (refer/preprocessed layout)")
+    cal.add_argument("--calib-split", default="train", help="(default: %(default)s)")
+    cal.add_argument("--calib-size", type=int, default=64, help="pairs (default: %(default)s)")
+    cal.add_argument(
+        "--method",
+        choices=CALIBRATION_METHODS,
+        default="minmax",
+        help="range calibration (default: %(default)s)",
+    )
+    cal.add_argument(
+        "--percentile",
+        type=float,
+        default=99.999,
+        help="for --method percentile (default: %(default)s)",
+    )
+    cal.add_argument(
+        "--op-types",
+        nargs="+",
+        default=list(DEFAULT_OP_TYPES),
+        help="op types to quantize (default: %(default)s)",
+    )
+    cal.add_argument(
+        "--exclude", nargs="*", default=[], metavar="NODE", help="node names left unquantized"
+    )
+    cal.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="calibration range cache (default: ~/.cache/dit_deploy/calibration)",
+    )
+    f16 = p.add_argument_group("FP16")
+    f16.add_argument(
+        "--fp32-ops",
+        nargs="*",
+        default=list(DEFAULT_FP32_OPS),
+        help="op types kept FP32 (default: %(default)s)",
+    )
+    f16.add_argument(
+        "--fp32-nodes",
+        nargs="*",
+        default=[],
+        metavar="NODE",
+        help="node names kept FP32 (e.g. the first/last node)",
+    )
+    ver = p.add_argument_group("verification (held-out pairs, ONNX Runtime CPU)")
+    ver.add_argument("--eval-data", type=Path, help="dataset root (default: --calib-data)")
+    ver.add_argument("--eval-split", default="val", help="(default: %(default)s)")
+    ver.add_argument("--eval-size", type=int, default=64, help="pairs (default: %(default)s)")
+    ver.add_argument(
+        "--min-mask-iou", type=float, help="floor: mask IoU vs FP32 (default: fp16 0.98, int8 0.90)"
+    )
+    ver.add_argument(
+        "--max-miou-drop",
+        type=float,
+        help="floor: mIoU fall, fraction (default: fp16 0.01, int8 0.03)",
+    )
+    ver.add_argument(
+        "--latency-runs",
+        type=int,
+        default=10,
+        help="timed runs per chain, 0 to skip (default: %(default)s)",
+    )
+    ver.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    ver.add_argument(
+        "--eval-batch",
+        type=int,
+        default=4,
+        help="pairs per verification call; 1 bounds memory for ViT-B (default: %(default)s)",
+    )
+    p.add_argument("--json", type=Path, help="also write the report as JSON here ('-': stdout)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]]:
+    def make(desc: str, total: int) -> Callable[[int], None]:
+        if quiet:
+            return lambda _n: None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="pair", leave=False, file=sys.stderr)
+
+        def update(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        return update
+
+    return make
+
+
+def format_table(result) -> str:
+    """The verification table: one row per layout."""
+    head = (
+        f"{'layout':<7} {'pairs':>5} {'max|d|':>8} {'mean|d|':>9} {'mask IoU':>9} "
+        f"{'mIoU fp32':>9} {'mIoU':>7} {'d mIoU':>7} {'oIoU fp32':>9} {'oIoU':>7} "
+        f"{'ms fp32':>8} {'ms':>8} {'speed':>6}  verdict"
+    )
+    rows = [
+        f"{result.precision} vs fp32 (floor: mask IoU >= {result.floor.min_mask_iou}, "
+        f"mIoU drop <= {result.floor.max_miou_drop * 100:.1f} points)",
+        head,
+    ]
+    for r in result.layouts:
+        speed = r.latency_fp32_ms / r.latency_ms if r.latency_ms == r.latency_ms else float("nan")
+        rows.append(
+            f"{r.layout:<7} {r.pairs:>5} {r.logits_max_abs:>8.4f} {r.logits_mean_abs:>9.5f} "
+            f"{r.mask_iou:>9.4f} {r.miou_fp32 * 100:>9.2f} {r.miou * 100:>7.2f} "
+            f"{r.miou_change * 100:>+7.2f} {r.oiou_fp32 * 100:>9.2f} {r.oiou * 100:>7.2f} "
+            f"{r.latency_fp32_ms:>8.1f} {r.latency_ms:>8.1f} {speed:>5.2f}x  "
+            + ("ok" if r.ok else "FAILED: " + "; ".join(r.failures))
+        )
+    return "\n".join(rows)
+
+
+def _options(args: argparse.Namespace):
+    from .int8 import Int8Options
+    from .pipeline import QuantizeOptions
+    from .samples import PairSource
+    from .verify import DEFAULT_FLOORS, Floor
+
+    calib = PairSource(args.calib_data, args.calib_split, args.calib_size)
+    eval_data = args.eval_data or args.calib_data
+    default = DEFAULT_FLOORS[args.precision]
+    floor = Floor(
+        args.min_mask_iou if args.min_mask_iou is not None else default.min_mask_iou,
+        args.max_miou_drop if args.max_miou_drop is not None else default.max_miou_drop,
+    )
+    return QuantizeOptions(
+        precision=args.precision,
+        calib=calib if args.precision == "int8" else None,
+        eval=PairSource(eval_data, args.eval_split, args.eval_size, seed=1),
+        keep_fp32=tuple(args.keep_fp32),
+        int8=Int8Options(
+            method=args.method,
+            op_types=tuple(args.op_types),
+            exclude=tuple(args.exclude),
+            percentile=args.percentile,
+        ),
+        fp32_ops=tuple(args.fp32_ops),
+        fp32_nodes=tuple(args.fp32_nodes),
+        floor=floor,
+        cache_dir=args.cache_dir,
+        threads=args.threads,
+        latency_runs=args.latency_runs,
+        eval_batch=args.eval_batch,
+    )
+
+
+def _write_json(target: Path | None, data: dict) -> None:
+    if target is None:
+        return
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+    else:
+        target.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("calib_size", "eval_size"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    log = (lambda _m: None) if str(args.json) == "-" else print
+    try:
+        from .pipeline import QuantizeFailed, run_quantize
+
+        opts = _options(args)
+        if args.precision == "int8" and args.calib_data is None:
+            log("note: no --calib-data: calibrating on generated synthetic scenes")
+        try:
+            result = run_quantize(args.export_dir, opts, log, _progress_factory(args.quiet))
+        except QuantizeFailed as failed:
+            log(format_table(failed.result))
+            _write_json(args.json, failed.result.to_dict())
+            raise
+    except DITError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    log(format_table(result))
+    _write_json(args.json, result.to_dict())
+    files = ", ".join(g.file for g in result.graphs)
+    log(f"wrote {files} and updated {args.export_dir / 'manifest.json'}")
+    return 0

@@ -1,0 +1,273 @@
+"""FP32 graph -> INT8 graph with explicit Q/DQ nodes, configured so TensorRT takes it.
+
+ONNX Runtime's ``quantize_static`` in QDQ format with: signed INT8 activations and weights,
+symmetric scales (every zero point 0), per-channel weights (output-channel axis), only
+MatMul/Gemm/Conv quantized (quantizing Add/LayerNorm/Softmax too wrecks the ViT embedding),
+biases left FP32 (TensorRT does not take INT32 bias dequantisation), dedicated Q/DQ pairs
+per consumer, named nodes excludable.
+
+Calibration streams (image, expression) pairs one at a time through the shared
+preprocessing and tokenizer; each graph sees what the FP32 graphs upstream of it produce.
+``CalibStridedMinMax`` = 1 makes ONNX Runtime fold every sample into the running ranges (or
+histograms) at once, so memory stays flat however many samples are used; the ranges are
+cached in a JSON file (``calibration_cache_path``) keyed by graph, data and method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ConfigError
+from .chain import GraphSet, Preparer
+from .samples import PairSource
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How to quantize: calibration method, op types, excluded nodes."""
+
+    method: str = "minmax"
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    exclude: tuple[str, ...] = ()
+    per_channel: bool = True
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"unknown calibration method {self.method!r}; choose one of {CALIBRATION_METHODS}"
+            )
+
+    def extra_options(self) -> dict[str, object]:
+        """``quantize_static`` extra options (see the module docstring for why each)."""
+        extra: dict[str, object] = {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "DedicatedQDQPair": True,
+            "CalibTensorRangeSymmetric": True,
+            "CalibStridedMinMax": 1,
+            # Q/DQ on the inputs of quantized ops only (TensorRT's placement): no output Q/DQ
+            "OpTypesToExcludeOutputQuantization": list(self.op_types),
+        }
+        if self.method == "percentile":
+            extra["CalibPercentile"] = self.percentile
+        return extra
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dit_deploy" / "calibration"
+
+
+def cache_file(
+    cache_dir: Path, role: str, graph_sha256: str, source: PairSource, options: Int8Options
+) -> Path:
+    """The range cache for one graph: its name changes with anything that changes the ranges."""
+    key = json.dumps(
+        {
+            "graph": graph_sha256,
+            "data": source.key(),
+            "method": options.method,
+            "percentile": options.percentile if options.method == "percentile" else None,
+            "op_types": sorted(options.op_types),
+            "per_channel": options.per_channel,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{role}.{options.method}.{digest}.json"
+
+
+class StreamingCalibrationReader:
+    """ONNX Runtime ``CalibrationDataReader`` over a :class:`PairSource`, one pair at a time.
+
+    ``set_range(start, end)`` (called by ``CalibStridedMinMax``) moves along the stream; a
+    progress callback is told about every sample.
+    """
+
+    def __init__(
+        self,
+        source: PairSource,
+        role: str,
+        prepare: Preparer,
+        fp32: GraphSet,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.role = role
+        self.prepare = prepare
+        self.fp32 = fp32
+        self.progress = progress
+        self._length = len(source)
+        self._iter: Iterator | None = None
+        self._position = 0
+        self._end = self._length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        if self._iter is None or start_index < self._position:
+            self._iter, self._position = iter(self.source), 0
+        while self._position < start_index:
+            next(self._iter)
+            self._position += 1
+        self._end = min(end_index, self._length)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._iter is None:
+            self._iter, self._position = iter(self.source), 0
+        if self._position >= self._end:
+            return None
+        pair = next(self._iter, None)
+        if pair is None:
+            return None
+        self._position += 1
+        feeds, _ = self.prepare([pair])
+        inputs = self.fp32.role_inputs(self.role, feeds)
+        if self.progress:
+            self.progress(1)
+        return inputs
+
+
+@dataclass
+class Int8Result:
+    role: str
+    cache: Path
+    cache_hit: bool
+    quantized_nodes: int = 0
+    excluded: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantization_api():
+    try:
+        from onnxruntime import quantization as q
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "INT8 quantization needs onnxruntime: pip install 'dit-deploy[export]'"
+        ) from exc
+    if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
+        import onnxruntime
+
+        raise BackendUnavailableError(
+            f"onnxruntime {onnxruntime.__version__} has no calibration cache in quantize_static; "
+            "pip install -U 'onnxruntime>=1.32' (pip install 'dit-deploy[export]')"
+        )
+    return q
+
+
+def quantize_int8(
+    graph: Path,
+    out: Path,
+    role: str,
+    reader: StreamingCalibrationReader,
+    cache: Path,
+    options: Int8Options,
+) -> Int8Result:
+    """Calibrate ``graph`` on ``reader`` (or reuse ``cache``) and write the Q/DQ graph ``out``."""
+    q = _quantization_api()
+    method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[options.method]
+    hit = cache.is_file()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_root_logger():  # "consider pre-processing": our graphs are shape-inferred
+        q.quantize_static(
+            str(graph),
+            str(out),
+            calibration_data_reader=None if hit else reader,
+            quant_format=q.QuantFormat.QDQ,
+            op_types_to_quantize=list(options.op_types),
+            per_channel=options.per_channel,
+            reduce_range=False,
+            activation_type=q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=list(options.exclude),
+            calibrate_method=method,
+            extra_options=options.extra_options(),
+            calibration_cache_path=str(cache),
+        )
+    import onnx
+
+    model = onnx.load(str(out))
+    restore_float_inputs(model, options.op_types)
+    onnx.save(model, str(out))
+    quantized = sum(node.op_type == "DequantizeLinear" for node in model.graph.node)
+    return Int8Result(role, cache, hit, quantized, list(options.exclude))
+
+
+def restore_float_inputs(model, op_types: Sequence[str]) -> int:
+    """Give every op that is not quantized its FP32 input back.
+
+    When a tensor has one quantized consumer, ``quantize_static`` routes *all* its consumers
+    through the Dequantize (a residual Add would then add a quantized copy). Here those
+    other consumers read the original tensor again, so only ``op_types`` see Q/DQ: the
+    placement TensorRT fuses. Returns the number of inputs restored.
+    """
+    nodes = model.graph.node
+    producer = {out: n for n in nodes for out in n.output}
+    source = {}  # DQ output -> the float tensor its Q quantized
+    for node in nodes:
+        if node.op_type == "DequantizeLinear":
+            q = producer.get(node.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                source[node.output[0]] = q.input[0]
+    outputs = {o.name for o in model.graph.output}
+    restored = 0
+    for node in nodes:
+        if node.op_type in op_types or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in source and name not in outputs:
+                node.input[i] = source[name]
+                restored += 1
+    used = {name for n in nodes for name in n.input} | outputs
+    dead = [n for n in nodes if n.op_type == "DequantizeLinear" and n.output[0] not in used]
+    for dq in dead:
+        nodes.remove(dq)
+    used = {name for n in nodes for name in n.input} | outputs
+    for q in [n for n in nodes if n.op_type == "QuantizeLinear" and n.output[0] not in used]:
+        nodes.remove(q)
+    return restored
+
+
+def unknown_nodes(graph_nodes: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Names in ``exclude`` that are not nodes of the graph (typos are caught, not ignored)."""
+    names = set(graph_nodes)
+    return [n for n in exclude if n not in names]

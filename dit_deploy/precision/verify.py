@@ -1,0 +1,165 @@
+"""A precision's graphs against the FP32 graphs, in ONNX Runtime on the CPU, on held-out pairs.
+
+Per layout (split chain, fused graph): low-res logits max/mean |error|, agreement of the
+final masks (original resolution, after the runtime's own post-processing) with the FP32
+masks, mIoU/oIoU of both against the ground truth, and CPU latency of both chains.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..metrics import RISMetrics
+from ..postprocess import postprocess_batch
+from .chain import GraphSet, Preparer
+from .samples import Pair, PairSource
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The accuracy a precision must keep, or nothing is written.
+
+    ``min_mask_iou``: pooled IoU (sum I / sum U) of the new masks against the FP32 masks.
+    ``max_miou_drop``: largest allowed fall of mIoU against the ground truth (a fraction:
+    0.01 = one point).
+    """
+
+    min_mask_iou: float
+    max_miou_drop: float
+
+
+# measured on the tiny and ViT-B exports (docs/benchmarks.md, "Precision")
+DEFAULT_FLOORS = {
+    "fp16": Floor(min_mask_iou=0.98, max_miou_drop=0.01),
+    "int8": Floor(min_mask_iou=0.90, max_miou_drop=0.03),
+}
+
+
+@dataclass
+class LayoutReport:
+    """One layout's precision graphs against its FP32 graphs."""
+
+    layout: str
+    pairs: int
+    logits_max_abs: float
+    logits_mean_abs: float
+    logits_ref_max: float
+    mask_iou: float  # pooled IoU of final masks vs FP32 masks
+    mask_iou_mean: float  # mean per-pair IoU vs FP32 masks
+    miou_fp32: float
+    miou: float
+    oiou_fp32: float
+    oiou: float
+    latency_fp32_ms: float = float("nan")
+    latency_ms: float = float("nan")
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def miou_change(self) -> float:
+        return self.miou - self.miou_fp32
+
+    def check(self, floor: Floor) -> LayoutReport:
+        self.failures = []
+        if not np.isfinite(self.logits_max_abs):
+            self.failures.append("logits are not finite (NaN/inf: an FP16 overflow?)")
+        if self.mask_iou < floor.min_mask_iou:
+            self.failures.append(
+                f"mask agreement {self.mask_iou:.4f} < floor {floor.min_mask_iou} (--min-mask-iou)"
+            )
+        if -self.miou_change > floor.max_miou_drop:
+            self.failures.append(
+                f"mIoU falls {-self.miou_change * 100:.2f} points > "
+                f"{floor.max_miou_drop * 100:.2f} allowed (--max-miou-drop)"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["miou_change"] = self.miou_change
+        return data
+
+
+def _batches(pairs: Iterable[Pair], size: int) -> Iterable[list[Pair]]:
+    batch: list[Pair] = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def compare_layout(
+    layout: str,
+    reference: GraphSet,
+    candidate: GraphSet,
+    prepare: Preparer,
+    pairs: PairSource,
+    threshold: float,
+    batch: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> LayoutReport:
+    """Stream ``pairs`` through both chains of ``layout``; see the module docstring."""
+    max_abs, sum_abs, count, ref_max = 0.0, 0.0, 0, 0.0
+    agree, truth_ref, truth_new = RISMetrics(), RISMetrics(), RISMetrics()
+    for chunk in _batches(pairs, batch):
+        feeds, boxes = prepare(chunk)
+        ref = reference.logits(layout, feeds)
+        new = candidate.logits(layout, feeds)
+        diff = np.abs(new.astype(np.float64) - ref)
+        max_abs = max(max_abs, float(np.nanmax(diff)) if np.isfinite(diff).all() else np.inf)
+        sum_abs += float(diff.sum())
+        count += diff.size
+        ref_max = max(ref_max, float(np.abs(ref).max()))
+        ref_masks = postprocess_batch(ref, boxes, threshold)
+        new_masks = postprocess_batch(new, boxes, threshold)
+        for pair, r, n in zip(chunk, ref_masks, new_masks, strict=True):
+            agree.update(n.mask, r.mask)
+            if pair.mask is not None:
+                truth_ref.update(r.mask, pair.mask)
+                truth_new.update(n.mask, pair.mask)
+        if progress:
+            progress(len(chunk))
+    a, tr, tn = agree.compute(), truth_ref.compute(), truth_new.compute()
+    return LayoutReport(
+        layout=layout,
+        pairs=len(agree),
+        logits_max_abs=max_abs,
+        logits_mean_abs=sum_abs / max(count, 1),
+        logits_ref_max=ref_max,
+        mask_iou=a["oIoU"] if sum(agree.unions) else 1.0,
+        mask_iou_mean=a["mIoU"],
+        miou_fp32=tr["mIoU"],
+        miou=tn["mIoU"],
+        oiou_fp32=tr["oIoU"],
+        oiou=tn["oIoU"],
+    )
+
+
+def chain_latency_ms(
+    graphs: GraphSet, layout: str, feeds: dict[str, np.ndarray], runs: int = 10, warmup: int = 2
+) -> float:
+    """Median wall time of one chain call (ms) on prepared ``feeds``."""
+    for _ in range(warmup):
+        graphs.logits(layout, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        graphs.logits(layout, feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def latency_feeds(prepare: Preparer, pairs: Sequence[Pair]) -> dict[str, np.ndarray]:
+    feeds, _ = prepare(list(pairs))
+    return feeds
