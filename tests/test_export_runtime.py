@@ -120,6 +120,8 @@ def test_graphs_are_clean_and_carry_metadata(export_dir):
         assert meta["dit.max_tokens"] == "20" and meta["dit.mask_threshold"] == "0.35"
         assert json.loads(meta["dit.tokenizer"])["sha256"] == manifest.tokenizer["sha256"]
         assert graph.opset_import[0].version == 17
+        names = [v.name for v in graph.graph.value_info]
+        assert len(names) == len(set(names)), f"{role}: duplicate value_info"
     text_graph = onnx.load(str(export_dir / "text_encoder.onnx"))
     # only the first BERT layer: 2 LayerNorms per layer + 1 in the embeddings
     assert sum(n.op_type == "LayerNormalization" for n in text_graph.graph.node) == 3

@@ -106,6 +106,18 @@ def _example(spec: TensorSpec, batch: int, vocab_size: int) -> torch.Tensor:
     return torch.randn(shape)
 
 
+def _dedupe_value_info(graph) -> None:
+    """Keep one ``value_info`` per tensor (slimming + inference can repeat them, which
+    trips downstream tools such as the FP16 converter)."""
+    seen, unique = set(), []
+    for info in graph.value_info:
+        if info.name not in seen:
+            seen.add(info.name)
+            unique.append(info)
+    del graph.value_info[:]
+    graph.value_info.extend(unique)
+
+
 def export_graph(
     module: torch.nn.Module,
     inputs: Sequence[TensorSpec],
@@ -136,6 +148,7 @@ def export_graph(
         )
     graph = onnxslim.slim(onnx.load(str(path)))
     graph = onnx.shape_inference.infer_shapes(graph)
+    _dedupe_value_info(graph.graph)
     del graph.metadata_props[:]
     for key, value in sorted(metadata.items()):
         graph.metadata_props.add(key=key, value=value)
