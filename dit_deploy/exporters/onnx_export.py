@@ -7,9 +7,9 @@ Nothing is written to the output directory unless every graph validates.
 from __future__ import annotations
 
 import shutil
-import unicodedata
 import tempfile
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
