@@ -187,6 +187,7 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
         lat = cell["result"]["latency"]
         xs = [int(b) for b in lat]
         ax.plot(xs, [lat[str(b)]["p50"] for b in xs], marker="o", label=cell["label"])
+    ax.set_xticks(report["batches"])
     ax.set_xlabel("batch (image, expression) pairs")
     ax.set_ylabel("p50 latency per call (ms)")
     ax.set_title(f"Latency vs batch: {report['model']}")
@@ -200,16 +201,18 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     batch = str(report["batches"][0])
-    for cell in ok:
+    markers = "osD^v<>PX*"
+    for i, cell in enumerate(ok):
         r = cell["result"]
-        ax.scatter(r["latency"][batch]["p50"], 100 * r["accuracy"]["mIoU"], s=60)
-        ax.annotate(
-            cell["label"],
-            (r["latency"][batch]["p50"], 100 * r["accuracy"]["mIoU"]),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
+        ax.scatter(
+            r["latency"][batch]["p50"],
+            100 * r["accuracy"]["mIoU"],
+            s=60,
+            marker=markers[i % len(markers)],
+            label=cell["label"],
         )
+    if ok:
+        ax.legend(fontsize=8)
     ax.set_xlabel(f"p50 latency at batch {batch} (ms)")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("Accuracy vs latency")

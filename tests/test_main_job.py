@@ -1,0 +1,59 @@
+"""The main job end to end, reduced (small evaluation set): export -> FP16/INT8 -> (no
+engines here) -> dit-bench -> gallery; a second run reuses everything that is still valid."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from dit_deploy.main_job import main
+
+
+def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
+    argv = [
+        "--out",
+        str(tmp_path / "job"),
+        "--eval-size",
+        "16",
+        "--calib-size",
+        "8",
+        "--batch",
+        "1",
+        "--budget",
+        "0.05",
+        "--gallery-size",
+        "2",
+        "--threads",
+        "1",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "engines: skipped, TensorRT needs an NVIDIA GPU" in out
+    report_dir = tmp_path / "job" / "report"
+    report = json.loads((report_dir / "report.json").read_text())
+    cells = {c["label"]: c["result"] for c in report["cells"]}
+    for label in (
+        "onnxruntime cpu fp32 (fused)",
+        "onnxruntime cpu fp16 (fused)",
+        "onnxruntime cpu int8 (fused)",
+        "pytorch (as users run it)",
+    ):
+        assert cells[label]["status"] == "ok", (label, cells[label])
+    # the bundled model clearly segments by the text on its evaluation set
+    assert cells["onnxruntime cpu fp32 (fused)"]["accuracy"]["mIoU"] > 0.45
+    for name in (
+        "gallery_pytorch_fp32.png",
+        "gallery_onnxruntime_fp32.png",
+        "gallery_onnxruntime_fp16.png",
+        "gallery_onnxruntime_int8.png",
+    ):
+        with Image.open(report_dir / name) as im:
+            assert im.width >= 500 and im.height >= 600
+    manifest = json.loads((tmp_path / "job" / "export" / "manifest.json").read_text())
+    assert set(manifest["precisions"]) == {"fp16", "int8"}
+
+    assert main([*argv[:8], "export"]) == 0 and main([*argv[:8], "quantize"]) == 0
+    again = capsys.readouterr().out
+    assert "export: up to date" in again
+    assert "quantize fp16: up to date" in again and "quantize int8: up to date" in again
