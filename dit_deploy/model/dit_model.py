@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..inputs import model_inputs
 from ..postprocess import MaskResult, postprocess_batch
-from ..preprocess import ImageSource, preprocess_batch
+from ..preprocess import ImageSource
 from ..tokenizer import WordPieceTokenizer
 from . import checkpoint as ckpt
 from .config import DITConfig, get_config
@@ -142,9 +143,9 @@ class DITModel:
     ) -> tuple[dict[str, np.ndarray], list]:
         """Numpy inputs for the network (``image``, ``input_ids``, ``attention_mask``)."""
         cfg = self.config
-        batch, boxes = preprocess_batch(images, cfg.input_size, cfg.pixel_mean, cfg.pixel_std)
-        ids, mask = self.tokenizer.encode_batch(list(texts))
-        return {"image": batch, "input_ids": ids, "attention_mask": mask}, boxes
+        return model_inputs(
+            images, texts, self.tokenizer, cfg.input_size, cfg.pixel_mean, cfg.pixel_std
+        )
 
     @torch.inference_mode()
     def low_res_logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, InputError
+from ..inputs import model_inputs
 from ..postprocess import MaskResult, postprocess_batch
-from ..preprocess import ImageSource, preprocess_batch
+from ..preprocess import ImageSource
 from ..tokenizer import WordPieceTokenizer
 from .backends import Backend, open_backend
 from .engine_sidecar import engine_file
@@ -92,9 +93,7 @@ class Predictor:
     ) -> tuple[dict[str, np.ndarray], list]:
         """Model inputs (``image``, ``input_ids``, ``attention_mask``) + letterbox records."""
         m = self.manifest
-        batch, boxes = preprocess_batch(images, m.input_size, m.pixel_mean, m.pixel_std)
-        ids, mask = self.tokenizer.encode_batch(list(texts))
-        return {"image": batch, "input_ids": ids, "attention_mask": mask}, boxes
+        return model_inputs(images, texts, self.tokenizer, m.input_size, m.pixel_mean, m.pixel_std)
 
     def low_res_logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """(B, 1, S/4, S/4) logits for prepared inputs."""
