@@ -31,12 +31,12 @@ from ..runtime.manifest import (
     Manifest,
     TensorSpec,
 )
+from .onnx_io import save_onnx
 from .validate import OutputCheck, Tolerance, compare_outputs, raise_on_failures
 from .wrappers import DecoderForExport, EncoderForExport, FusedForExport, TextEncoderForExport
 
 LAYOUTS = {"split": SPLIT_GRAPHS, "fused": FUSED_GRAPHS, "both": SPLIT_GRAPHS + FUSED_GRAPHS}
 MIN_OPSET, MAX_OPSET = 17, 20
-TWO_GB = 2**31
 
 
 @dataclass(frozen=True)
@@ -152,13 +152,7 @@ def export_graph(
     del graph.metadata_props[:]
     for key, value in sorted(metadata.items()):
         graph.metadata_props.add(key=key, value=value)
-    large = graph.ByteSize() > TWO_GB
-    onnx.save(
-        graph,
-        str(path),
-        save_as_external_data=large,
-        location=path.name + ".data" if large else None,
-    )
+    save_onnx(graph, path)
     onnx.checker.check_model(str(path), full_check=True)
     return dict(Counter(node.op_type for node in graph.graph.node))
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..hashing import sha256_file  # noqa: F401  (re-exported for callers)
 from .config import DITConfig, TextEncoderConfig
 from .dit import DIT
 
@@ -304,13 +305,3 @@ def load_pretrained_weights(model: DIT, path: str | Path) -> LoadReport:
     except Exception as exc:
         raise CheckpointError(f"cannot read {weights}: {exc}") from exc
     return load_state_dict_strict(model, state, str(weights))
-
-
-def sha256_file(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

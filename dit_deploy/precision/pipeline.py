@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ArtifactError, ConfigError, ValidationError
-from ..runtime.engine_sidecar import sha256_file
+from ..exporters.onnx_io import save_onnx
+from ..hashing import sha256_file
 from ..runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, read_manifest
 from .chain import GraphSet, Preparer, fp32_files
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
@@ -38,7 +39,6 @@ from .int8 import (
 from .samples import PairSource
 from .verify import DEFAULT_FLOORS, Floor, LayoutReport, chain_latency_ms, compare_layout
 
-TWO_GB = 2**31
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
@@ -120,18 +120,6 @@ def _stamp(model, base: dict[str, str], extra: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def _save(model, path: Path) -> None:
-    import onnx
-
-    large = model.ByteSize() > TWO_GB
-    onnx.save(
-        model,
-        str(path),
-        save_as_external_data=large,
-        location=path.name + ".data" if large else None,
-    )
-
-
 def _tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -205,7 +193,7 @@ def _convert_one(
             + "\n  ".join(problems[:20])
         )
     _stamp(model, base, {**stamp, "dit.precision_recipe": json.dumps(detail, sort_keys=True)})
-    _save(model, out)
+    save_onnx(model, out)
     onnx.checker.check_model(str(out))
     return detail
 

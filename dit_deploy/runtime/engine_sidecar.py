@@ -9,13 +9,13 @@ command that rebuilds it, before TensorRT fails with a less helpful message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
+from ..hashing import sha256_file  # noqa: F401  (re-exported for callers)
 
 SIDECAR_VERSION = 1
 HARDWARE_COMPAT = ("none", "ampere_plus", "same_compute_capability")
@@ -70,15 +70,6 @@ def engine_file(graph_file: str) -> str:
     """``dit_encoder.int8.onnx`` -> ``dit_encoder.int8.engine``; FP32 -> ``<role>.fp32.engine``."""
     stem = graph_file.removesuffix(".onnx")
     return (stem if "." in stem else stem + ".fp32") + ".engine"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (engines and graphs can be GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar_path(engine: str | Path) -> Path:
