@@ -114,9 +114,7 @@ class DITModel:
         if not path.is_dir() and (ASSETS / str(name_or_dir)).is_dir():
             path = ASSETS / str(name_or_dir)
         if not path.is_dir():
-            bundled = (
-                sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
-            )
+            bundled = sorted(p.parent.name for p in ASSETS.glob(f"*/{ckpt.CONFIG_FILE}"))
             raise CheckpointError(
                 f"no model directory or bundled model named {str(name_or_dir)!r}; "
                 f"bundled: {bundled or 'none'}"
