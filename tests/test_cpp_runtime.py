@@ -6,7 +6,9 @@ Release, ``-j2``, runs its ctest suite, then compares, for both layouts (fused a
 - token ids, masks, tokens and errors of ``dit_tokenize`` vs ``WordPieceTokenizer`` on a corpus
   of tricky strings with the real 30522-entry BERT vocabulary;
 - the (B, 3, S, S) image tensor of ``dit_infer --dump-input`` vs ``preprocess_batch`` (exact);
-- masks of ``dit_infer`` vs ``Predictor.predict_batch`` (IoU >= 0.999) and scores.
+- masks of ``dit_infer`` vs ``Predictor.predict_batch`` (IoU >= 0.999) and scores;
+- the same for the FP16 and INT8 graphs of ``export/quantize.py`` (``--precision``), on the
+  bundled ``dit-tiny-synthetic`` model exported in both layouts.
 
 Skipped with the reason when CMake, a compiler or the C++ dependencies are missing
 (``bash scripts/install_cpp_deps.sh`` installs them); ``DIT_REQUIRE_CPP=1`` turns that skip into
@@ -87,6 +89,35 @@ def export_dir(tmp_path_factory) -> Path:
         ]
     )  # fmt: skip
     assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def quantized_export(tmp_path_factory) -> Path:
+    """dit-tiny-synthetic in both layouts plus its FP16 and INT8 graphs, made as the README says:
+
+    python export/to_onnx.py --pretrained dit-tiny-synthetic --out DIR --layout both
+    python export/quantize.py DIR --precision fp16 --eval-size 8 --quiet
+    python export/quantize.py DIR --precision int8 --calib-size 8 --eval-size 8 --quiet
+
+    (in-process, synthetic calibration/eval pairs, no latency runs, a private range cache).
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxconverter_common")
+    from dit_deploy.exporters.cli import main as export_main
+    from dit_deploy.precision.cli import main as quantize_main
+
+    root = tmp_path_factory.mktemp("cpp_quantized")
+    out = root / "synthetic"
+    rc = export_main(["--pretrained", "dit-tiny-synthetic", "--out", str(out), "--layout", "both"])
+    assert rc == 0
+    common = ["--eval-size", "8", "--latency-runs", "0", "--cache-dir", str(root / "cache")]
+    assert quantize_main([str(out), "--precision", "fp16", *common, "--quiet"]) == 0
+    rc = quantize_main([str(out), "--precision", "int8", "--calib-size", "8", *common, "--quiet"])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["precisions"]) == ["fp16", "int8"]
     return out
 
 
@@ -282,25 +313,56 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-@pytest.mark.parametrize("layout", ["fused", "split"])
-def test_masks_match_python(cpp_build, export_dir, images, tmp_path, layout) -> None:
+def _compare_masks(build, export_dir, pairs, out_dir, layout, precision="fp32") -> dict:
+    """dit_infer vs Predictor.predict_batch on `pairs`: IoU >= 0.999 per mask, scores within
+    1e-4; returns {"min_iou", "max_score_diff", "masks", "nonempty"} for the record."""
     from dit_deploy.runtime import Predictor
 
-    pairs = [(p, TEXTS[(i + j) % len(TEXTS)]) for i, p in enumerate(images) for j in range(2)]
-    doc = _cpp_infer(cpp_build, export_dir, pairs, tmp_path, layout)
-    predictor = Predictor(export_dir, layout=layout)
+    extra = [] if precision == "fp32" else ["--precision", precision]
+    doc = _cpp_infer(build, export_dir, pairs, out_dir, layout, extra)
+    predictor = Predictor(export_dir, layout=layout, precision=precision)
     want = predictor.predict_batch([(str(p), t) for p, t in pairs])
     assert doc["layout"] == layout
-    low = []
+    assert doc["precision"] == precision
+    low, ious, diffs = [], [], []
     for i, ((p, t), w) in enumerate(zip(pairs, want, strict=True)):
-        got = np.asarray(Image.open(tmp_path / f"mask_{i}.png")) > 0
+        got = np.asarray(Image.open(out_dir / f"mask_{i}.png")) > 0
         assert got.shape == w.mask.shape, p.name
         iou = _iou(got, w.mask)
+        ious.append(iou)
         if iou < 0.999:
             low.append(f"{p.name} {t!r}: IoU {iou:.5f}")
-        assert abs(doc["results"][i]["score"] - w.score) < 1e-4, (p.name, t)
+        diffs.append(abs(doc["results"][i]["score"] - w.score))
+        assert diffs[-1] < 1e-4, (p.name, t, precision)
     assert not low, low
-    assert any(r["area"] > 0 for r in doc["results"])  # the comparison is not all-empty
+    nonempty = sum(r["area"] > 0 for r in doc["results"])
+    assert nonempty > 0  # the comparison is not all-empty
+    return {
+        "graphs": doc["graphs"],
+        "min_iou": min(ious),
+        "max_score_diff": max(diffs),
+        "masks": len(ious),
+        "nonempty": nonempty,
+    }
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_masks_match_python(cpp_build, export_dir, images, tmp_path, layout) -> None:
+    pairs = [(p, TEXTS[(i + j) % len(TEXTS)]) for i, p in enumerate(images) for j in range(2)]
+    _compare_masks(cpp_build, export_dir, pairs, tmp_path, layout)
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_masks_match_python_per_precision(
+    cpp_build, quantized_export, images, tmp_path, precision, layout
+) -> None:
+    """`dit_infer --precision P` runs <role>.P.onnx and agrees with Predictor(precision=P)."""
+    pairs = [(p, TEXTS[i % len(TEXTS)]) for i, p in enumerate(images)]
+    stats = _compare_masks(cpp_build, quantized_export, pairs, tmp_path, layout, precision)
+    roles = ["dit_fused"] if layout == "fused" else ["dit_encoder", "mask_decoder", "text_encoder"]
+    assert stats["graphs"] == {r: f"{r}.{precision}.onnx" for r in roles}
+    print(f"{precision} {layout}: {stats}")
 
 
 # ------------------------------------------------------------------------ errors
@@ -323,6 +385,13 @@ def test_cli_errors_are_clear_and_do_not_crash(cpp_build, export_dir, tmp_path) 
         ([str(broken), str(good), "x"], 3, "not valid JSON"),
         ([str(tmp_path / "nope"), str(good), "x"], 3, "not found"),
         ([str(export_dir), str(good), "x", "--layout", "sideways"], 3, "--layout sideways"),
+        (
+            [str(export_dir), str(good), "x", "--precision", "int8"],
+            3,
+            f"{export_dir} has no int8 graphs (has: fp32); create them with: "
+            f"python export/quantize.py {export_dir} --precision int8",
+        ),
+        ([str(export_dir), str(good), "x", "--precision", "bf16"], 2, "fp32, fp16 or int8"),
         ([str(export_dir), str(good), "x", "--device", "cuda"], 5, "CUDAExecutionProvider"),
         ([str(export_dir), str(good)], 2, "usage"),
     ]

@@ -71,12 +71,16 @@ struct DeviceBuffer {
 
 class TensorRtBackend : public Backend {
  public:
-  TensorRtBackend(const std::string& graph_path, const Options&) {
+  // graph_path: the manifest's graph for the role at options.precision (Manifest::graph), so
+  // dit_fused.int8.onnx -> dit_fused.int8.engine and, FP32, dit_fused.onnx -> dit_fused.fp32.engine
+  TensorRtBackend(const std::string& graph_path, const Options& options) {
     const std::string stem = stem_of(graph_path);
     const bool has_precision = stem.find('.', stem.find_last_of('/') + 1) != std::string::npos;
     engine_path_ = stem + (has_precision ? "" : ".fp32") + ".engine";
     const std::string sidecar_path = engine_path_ + ".json";
-    const std::string rebuild = "rebuild it on this machine: python export/to_trt.py <export dir>";
+    const std::string rebuild =
+        "rebuild it on this machine: python export/to_trt.py <export dir> --precision " +
+        options.precision;
     std::ifstream f(engine_path_, std::ios::binary);
     if (!f) {
       throw ArtifactError("no TensorRT engine " + engine_path_ + "; " + rebuild);

@@ -38,7 +38,66 @@ std::vector<TensorSpec> tensor_specs(const json& list) {
   return out;
 }
 
+/// `table` (role -> graph) of manifest `path`; `what` names it in errors ("graphs", ...).
+std::map<std::string, GraphSpec> graph_table(const json& table, const std::string& path,
+                                             const std::string& what) {
+  if (!table.is_object()) {
+    throw ArtifactError(path + " is malformed (" + what + " must be an object of role -> graph, "
+                        "not " + table.type_name() + "); re-export");
+  }
+  std::map<std::string, GraphSpec> out;
+  for (const auto& item : table.items()) {
+    const json& g = item.value();
+    GraphSpec spec;
+    spec.file = g.at("file").get<std::string>();
+    spec.inputs = tensor_specs(g.at("inputs"));
+    spec.outputs = tensor_specs(g.at("outputs"));
+    spec.sha256 = g.value("sha256", std::string());
+    spec.precision = g.value("precision", std::string("fp32"));
+    out[item.key()] = std::move(spec);
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
 }  // namespace
+
+std::vector<std::string> Manifest::precision_names() const {
+  std::vector<std::string> names{"fp32"};
+  for (const auto& kv : precisions) {  // std::map: sorted, as manifest.py's sorted()
+    if (kv.first != "fp32") names.push_back(kv.first);
+  }
+  return names;
+}
+
+const GraphSpec& Manifest::graph(const std::string& role, const std::string& precision) const {
+  const std::map<std::string, GraphSpec>* table = nullptr;
+  if (precision == "fp32") {
+    table = &graphs;
+  } else {
+    auto it = precisions.find(precision);
+    if (it == precisions.end()) {
+      throw ArtifactError(directory + " has no " + precision + " graphs (has: " +
+                          join(precision_names()) + "); create them with: python "
+                          "export/quantize.py " + directory + " --precision " + precision);
+    }
+    table = &it->second;
+  }
+  auto g = table->find(role);
+  if (g == table->end()) {
+    throw ArtifactError(
+        directory + " has no " + precision + " graph for '" + role + "'; " +
+        (precision == "fp32" ? "re-export it (python export/to_onnx.py ...)"
+                             : "re-run: python export/quantize.py " + directory +
+                                   " --precision " + precision));
+  }
+  return g->second;
+}
 
 std::vector<std::string> Manifest::layouts() const {
   std::vector<std::string> found;
@@ -112,15 +171,19 @@ Manifest read_manifest(const std::string& directory) {
                data["versions"].contains("unicode") && data["versions"]["unicode"].is_string()) {
       m.unicode_version = data["versions"]["unicode"].get<std::string>();
     }
-    for (const auto& item : data.at("graphs").items()) {
-      const json& g = item.value();
-      GraphSpec spec;
-      spec.file = g.at("file").get<std::string>();
-      spec.inputs = tensor_specs(g.at("inputs"));
-      spec.outputs = tensor_specs(g.at("outputs"));
-      spec.sha256 = g.value("sha256", std::string());
-      spec.precision = g.value("precision", std::string("fp32"));
-      m.graphs[item.key()] = std::move(spec);
+    m.graphs = graph_table(data.at("graphs"), path, "\"graphs\"");
+    // optional (exports never quantized have none): precision -> role -> graph
+    if (data.contains("precisions") && !data["precisions"].is_null()) {
+      const json& precisions = data["precisions"];
+      if (!precisions.is_object()) {
+        throw ArtifactError(path + " is malformed (\"precisions\" must be an object of "
+                            "precision -> graphs, not " + precisions.type_name() +
+                            "); re-run python export/quantize.py");
+      }
+      for (const auto& item : precisions.items()) {
+        m.precisions[item.key()] =
+            graph_table(item.value(), path, "\"precisions\": \"" + item.key() + "\"");
+      }
     }
   } catch (const json::exception& exc) {
     throw ArtifactError(path + " is incomplete or malformed (" + exc.what() + "); re-export");
@@ -145,6 +208,15 @@ Manifest read_manifest(const std::string& directory) {
     if (!is_file(m.path(graph.file))) {
       throw ArtifactError(directory + " is missing graph " + graph.file + " (" + role +
                           "); re-export");
+    }
+  }
+  for (const auto& [precision, table] : m.precisions) {
+    for (const auto& [role, graph] : table) {
+      if (!is_file(m.path(graph.file))) {
+        throw ArtifactError(directory + " is missing " + precision + " graph " + graph.file +
+                            " (" + role + "); re-run python export/quantize.py " + directory +
+                            " --precision " + precision);
+      }
     }
   }
   return m;

@@ -1,6 +1,8 @@
 // dit::Predictor (see predictor.hpp): manifest -> tokenizer + letterbox -> graphs -> masks.
 #include "dit/predictor.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -21,6 +23,7 @@ struct Predictor::Impl {
   Tokenizer tokenizer;
   Options options;
   std::string layout;
+  std::map<std::string, GraphSpec> specs;
   std::map<std::string, std::unique_ptr<Backend>> graphs;
 
   Impl(Manifest m, Tokenizer t, const Options& o)
@@ -43,6 +46,11 @@ std::string join(const std::vector<std::string>& v) {
   return s.empty() ? "none" : s;
 }
 
+bool is_file(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 }  // namespace
 
 Predictor::Predictor(const std::string& export_dir, const Options& options) {
@@ -51,6 +59,11 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
   impl_ = std::make_unique<Impl>(std::move(m), std::move(t), options);
   if (options.max_batch < 1) {
     throw InputError("max_batch must be >= 1, got " + std::to_string(options.max_batch));
+  }
+  const std::vector<std::string> known{"fp32", "fp16", "int8"};
+  if (std::find(known.begin(), known.end(), options.precision) == known.end() &&
+      impl_->manifest.precisions.count(options.precision) == 0) {
+    throw InputError("unknown precision '" + options.precision + "'; choose fp32, fp16 or int8");
   }
   const auto available = impl_->manifest.layouts();
   std::string layout = options.layout;
@@ -68,8 +81,20 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
                                        ? std::vector<std::string>{"dit_fused"}
                                        : std::vector<std::string>{"text_encoder", "dit_encoder",
                                                                   "mask_decoder"};
+  for (const auto& role : roles) {  // all graphs first: the precision error before any load
+    impl_->specs[role] = impl_->manifest.graph(role, options.precision);
+  }
   for (const auto& role : roles) {
-    const std::string path = impl_->manifest.path(impl_->manifest.graphs.at(role).file);
+    const GraphSpec& spec = impl_->specs.at(role);
+    const std::string path = impl_->manifest.path(spec.file);
+    if (!is_file(path)) {  // read_manifest checked it; the export may have changed since
+      throw ArtifactError(export_dir + " is missing " + options.precision + " graph " +
+                          spec.file + " (" + role + "); " +
+                          (options.precision == "fp32"
+                               ? std::string("re-export")
+                               : "re-run python export/quantize.py " + export_dir +
+                                     " --precision " + options.precision));
+    }
     if (options.backend == "onnxruntime") {
       impl_->graphs[role] = open_onnxruntime(path, options);
     } else if (options.backend == "tensorrt") {
@@ -88,6 +113,8 @@ Predictor& Predictor::operator=(Predictor&&) noexcept = default;
 const Manifest& Predictor::manifest() const { return impl_->manifest; }
 const Tokenizer& Predictor::tokenizer() const { return impl_->tokenizer; }
 const std::string& Predictor::layout() const { return impl_->layout; }
+const std::string& Predictor::precision() const { return impl_->options.precision; }
+const std::map<std::string, GraphSpec>& Predictor::graph_specs() const { return impl_->specs; }
 
 std::string Predictor::backend_description() const {
   return impl_->graphs.begin()->second->description();

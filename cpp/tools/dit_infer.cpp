@@ -1,6 +1,7 @@
 // dit_infer: segment what a referring expression describes, from the command line.
 //
 //   dit_infer EXPORT_DIR image.jpg "the man on the left" --out mask.png [--json]
+//   dit_infer EXPORT_DIR image.jpg "the man on the left" --precision int8   (quantize.py graphs)
 //
 // Exit codes: 0 ok, 2 usage, 3 export directory (ArtifactError), 4 image or text (InputError),
 // 5 backend or device unavailable, 1 anything else.
@@ -27,6 +28,8 @@ const char* kUsage =
     "  --out-dir DIR         mask_<i>.png per pair (DIR must exist)\n"
     "  --json                print one JSON document (scores, areas, letterboxes, token ids)\n"
     "  --layout L            fused | split (default: fused when exported)\n"
+    "  --precision P         fp32 (default) | fp16 | int8: run <role>.<P>.onnx (or .engine),\n"
+    "                        made by python export/quantize.py EXPORT_DIR --precision P\n"
     "  --backend B           onnxruntime (default) | tensorrt (native engines)\n"
     "  --device D            cpu (default) | cuda | tensorrt  (ONNX Runtime providers)\n"
     "  --threads N           intra-op threads (default: ONNX Runtime's)\n"
@@ -79,6 +82,12 @@ int main(int argc, char** argv) {
         as_json = true;
       } else if (a == "--layout") {
         options.layout = value("--layout");
+      } else if (a == "--precision") {
+        options.precision = value("--precision");
+        if (options.precision != "fp32" && options.precision != "fp16" &&
+            options.precision != "int8") {
+          throw Usage{"--precision must be fp32, fp16 or int8, got '" + options.precision + "'"};
+        }
       } else if (a == "--backend") {
         options.backend = value("--backend");
       } else if (a == "--device") {
@@ -137,6 +146,9 @@ int main(int argc, char** argv) {
     nlohmann::json doc;
     doc["export_dir"] = positional[0];
     doc["layout"] = predictor.layout();
+    doc["precision"] = predictor.precision();
+    doc["graphs"] = nlohmann::json::object();
+    for (const auto& [role, spec] : predictor.graph_specs()) doc["graphs"][role] = spec.file;
     doc["backend"] = predictor.backend_description();
     doc["load_seconds"] = std::chrono::duration<double>(t1 - t0).count();
     doc["predict_seconds"] = std::chrono::duration<double>(t2 - t1).count();

@@ -34,17 +34,28 @@ struct Manifest {
   bool lowercase = true;
   int tokenizer_max_tokens = 0;
   std::string unicode_version;  ///< tokenizer.unicode_version or versions.unicode, when present
-  std::map<std::string, GraphSpec> graphs;  ///< role -> graph
+  std::map<std::string, GraphSpec> graphs;  ///< role -> graph, FP32
+  /// Extra graphs by precision ("fp16", "int8"): precision -> role -> graph, written by
+  /// export/quantize.py under "precisions". Empty for an export without them. A role kept FP32
+  /// (quantize.py --keep-fp32) points at the FP32 file.
+  std::map<std::string, std::map<std::string, GraphSpec>> precisions;
   int manifest_version = 0;
 
-  /// "split" and/or "fused", the layouts whose graphs are all present.
+  /// "split" and/or "fused", the layouts whose (FP32) graphs are all present.
   std::vector<std::string> layouts() const;
+  /// "fp32" then the precisions listed under "precisions", sorted: what graph() accepts.
+  std::vector<std::string> precision_names() const;
+  /// The graph that runs `role` at `precision` ("fp32" = `graphs`), as manifest.py's
+  /// Manifest.graph. Throws ArtifactError naming the export directory, the precisions it has and
+  /// the command that creates the missing ones (python export/quantize.py DIR --precision P).
+  const GraphSpec& graph(const std::string& role, const std::string& precision = "fp32") const;
   std::string path(const std::string& file) const;
 };
 
 constexpr int kManifestVersion = 1;
 
-/// Read and check an export directory's manifest (files it names must exist).
+/// Read and check an export directory's manifest (files it names must exist, those of every
+/// precision too).
 /// Throws ArtifactError naming the file and the fix.
 Manifest read_manifest(const std::string& directory);
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,10 @@ namespace dit {
 struct Options {
   /// "fused" or "split"; empty = fused when the export has it, else split (as in Python).
   std::string layout;
+  /// "fp32" (the export's `graphs`), "fp16" or "int8" (its "precisions", written by
+  /// python export/quantize.py): runs `<role>.<precision>.onnx`, or with backend "tensorrt"
+  /// `<role>.<precision>.engine`. An export without that precision throws ArtifactError.
+  std::string precision = "fp32";
   /// "onnxruntime" or "tensorrt" (native engines; only when built with DIT_WITH_TENSORRT).
   std::string backend = "onnxruntime";
   /// ONNX Runtime execution provider: "cpu", "cuda" or "tensorrt".
@@ -63,7 +68,8 @@ class Backend;  // internal
 /// Thread-safe after construction: predict() holds no per-call state in the object.
 class Predictor {
  public:
-  /// Throws ArtifactError (bad export directory), BackendUnavailableError (backend/device).
+  /// Throws ArtifactError (bad export directory, precision not exported), InputError (bad
+  /// option), BackendUnavailableError (backend/device).
   explicit Predictor(const std::string& export_dir, const Options& options = {});
   ~Predictor();
   Predictor(Predictor&&) noexcept;
@@ -86,6 +92,10 @@ class Predictor {
   const Manifest& manifest() const;
   const Tokenizer& tokenizer() const;
   const std::string& layout() const;
+  /// "fp32", "fp16" or "int8", as in Options.
+  const std::string& precision() const;
+  /// The manifest's graph for each role of the layout at the precision (role -> spec).
+  const std::map<std::string, GraphSpec>& graph_specs() const;
   /// e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)".
   std::string backend_description() const;
 
