@@ -28,22 +28,41 @@ def resize_abs_pos(pos_embed: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return resized.permute(0, 2, 3, 1)
 
 
-def decomposed_rel_pos_bias(q: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor) -> torch.Tensor:
-    """SAM's decomposed relative-position bias for visual queries.
+def rel_pos_as_features(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    num_text: int,
+    r_h: torch.Tensor,
+    r_w: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decomposed relative-position bias, folded into the dot product.
+
+    The bias of visual query i = (y, x) for visual key j = (y', x') is
+    ``q_i . r_h[y, y'] + q_i . r_w[x, x']``. Appending those (h + w) numbers to each query and
+    the matching one-hot row/column indicators to each key gives
+    ``q'_i . k'_j = scale * q_i . k_j + bias_ij``: one matmul, no (L+hw)^2 bias tensor, and fused
+    attention kernels apply. Text queries and keys get zeros: no positional bias.
 
     Args:
-        q: (B, heads, h*w, head_dim) visual queries (unscaled).
-        r_h: (h, h, head_dim) and r_w: (w, w, head_dim) tables from :func:`rel_pos_tables`.
+        q, k: (B, heads, L + h*w, dim), text first; q unscaled (SAM's bias uses it so).
+        r_h: (h, h, dim) and r_w: (w, w, dim) tables from :func:`rel_pos_tables`.
     Returns:
-        (B, heads, h*w, h*w) bias for the visual-to-visual attention block.
+        q', k': (B, heads, L + h*w, dim + h + w).
     """
-    b, heads, _, dim = q.shape
+    b, heads, n, dim = q.shape
     h, w = r_h.shape[0], r_w.shape[0]
-    r_q = q.reshape(b * heads, h, w, dim)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
-    bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-    return bias.reshape(b, heads, h * w, h * w)
+    r_q = q[:, :, num_text:].reshape(b * heads, h, w, dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h).reshape(b, heads, h * w, h)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w).reshape(b, heads, h * w, w)
+    q_rel = F.pad(torch.cat([rel_h, rel_w], dim=-1), (0, 0, num_text, 0))
+    rows = torch.eye(h, dtype=q.dtype, device=q.device).repeat_interleave(w, dim=0)
+    cols = torch.eye(w, dtype=q.dtype, device=q.device).repeat(h, 1)
+    k_rel = F.pad(torch.cat([rows, cols], dim=-1), (0, 0, num_text, 0))
+    return (
+        torch.cat([q * scale, q_rel], dim=-1),
+        torch.cat([k, k_rel.expand(b, heads, n, h + w)], dim=-1),
+    )
 
 
 def rel_pos_tables(attn: nn.Module, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,18 +92,14 @@ def text_visual_attention(
     b, n, c = x.shape
     heads = attn.num_heads
     q, k, v = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    bias = None
     if tables is not None:
-        bias = decomposed_rel_pos_bias(q[:, :, num_text:], *tables)
-        # zero bias for every row/column that touches a text token
-        bias = F.pad(bias, (num_text, 0, num_text, 0))
-    if use_sdpa:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+        q, k = rel_pos_as_features(q, k, num_text, *tables, scale=attn.scale)
     else:
-        scores = (q @ k.transpose(-2, -1)) * attn.scale
-        if bias is not None:
-            scores = scores + bias
-        out = scores.softmax(dim=-1) @ v
+        q = q * attn.scale
+    if use_sdpa:
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    else:
+        out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
     return attn.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
