@@ -75,7 +75,7 @@ def run_cell(req: dict[str, Any]) -> dict[str, Any]:
     try:
         runner = _open_runner(req)
     except (BackendUnavailableError, ArtifactError) as exc:
-        raise Unavailable(str(exc)) from exc
+        raise Unavailable(str(exc).replace("EXPORT_DIR", req["export_dir"])) from exc
     except TypeError as exc:  # a runtime without the precision option
         raise Unavailable(f"this runtime cannot select precision: {exc}") from exc
     first = [(str(samples[0].image_path), samples[0].sentence)]
