@@ -75,7 +75,9 @@ class Job:
         stamp = self.data_dir / "sizes.txt"
         if marker.is_file() and stamp.is_file() and stamp.read_text() == wanted:
             return self.data_dir
-        size = DITModel.from_pretrained(self.args.model).config.input_size
+        from .model.checkpoint import read_pretrained_config
+
+        size = read_pretrained_config(DITModel.resolve_pretrained(self.args.model)).input_size
         self.log(
             f"generating evaluation data ({self.args.eval_size} val, "
             f"{self.args.calib_size} calibration scenes) in {self.data_dir}"
@@ -93,28 +95,10 @@ class Job:
 
     # -- steps -----------------------------------------------------------------------
     def export(self) -> None:
-        from .exporters.onnx_export import run_export
-        from .model.checkpoint import sha256_file
-        from .model.dit_model import DITModel
-        from .runtime.manifest import read_manifest
+        from .exporters.onnx_export import export_pretrained
 
-        model = DITModel.from_pretrained(self.args.model)
-        weights = Path(model.load_reports[-1].source)
-        source = {"pretrained": self.args.model, "sha256": sha256_file(weights)}
-        try:
-            if read_manifest(self.export_dir).source == source:
-                self.log(f"export: up to date ({self.export_dir})")
-                return
-        except DITError:
-            pass
-        run_export(
-            model,
-            self.export_dir,
-            layout="both",
-            source=source,
-            overwrite=True,
-            log=lambda line: self.log("  " + line),
-        )
+        if not export_pretrained(self.args.model, self.export_dir, self.log):
+            self.log(f"export: up to date ({self.export_dir})")
 
     def quantize(self) -> None:
         from .precision.cli import main as quantize_main

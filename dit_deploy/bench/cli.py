@@ -89,34 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bundled_export(name: str, log) -> tuple[Path, dict[str, Any]]:
-    """Export the bundled model once; re-export when its weights changed (hash check)."""
-    from ..model.checkpoint import sha256_file
-    from ..model.dit_model import ASSETS, DITModel
-    from ..runtime.manifest import read_manifest
-
-    weights = ASSETS / name / "model.safetensors"
-    source = {"pretrained": name, "sha256": sha256_file(weights) if weights.is_file() else None}
-    out = RUNS / "exports" / name
-    try:
-        if read_manifest(out).source == source:
-            return out, source
-    except DITError:
-        pass
-    from ..exporters.onnx_export import run_export
-
-    log(f"exporting the bundled model {name} to {out} ...")
-    run_export(
-        DITModel.from_pretrained(name),
-        out,
-        layout="both",
-        source=source,
-        overwrite=True,
-        log=lambda line: log("  " + line),
-    )
-    return out, source
-
-
 def _bundled_data(input_size: int, limit: int, log) -> Path:
     from ..data.synthetic import generate
 
@@ -166,7 +138,11 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
     from ..runtime.manifest import read_manifest
 
     if args.export_dir is None:
-        export_dir, _ = _bundled_export(args.pretrained or DEFAULT_MODEL, log)
+        from ..exporters.onnx_export import export_pretrained
+
+        name = args.pretrained or DEFAULT_MODEL
+        export_dir = RUNS / "exports" / name
+        export_pretrained(name, export_dir, log)
     else:
         export_dir = args.export_dir
     manifest = read_manifest(export_dir)

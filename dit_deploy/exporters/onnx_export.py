@@ -339,3 +339,28 @@ def run_export(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def export_pretrained(name_or_dir: str | Path, out_dir: str | Path, log=print) -> bool:
+    """Export a model in our format (both layouts) unless ``out_dir`` already holds a valid
+    export of the same weights (sha256 in the manifest's source). True if it exported."""
+    from ..errors import DITError
+    from ..runtime.manifest import read_manifest
+
+    weights = DITModel.resolve_pretrained(name_or_dir) / "model.safetensors"
+    source = {"pretrained": str(name_or_dir), "sha256": sha256_file(weights)}
+    try:
+        if read_manifest(out_dir).source == source:
+            return False
+    except DITError:
+        pass
+    log(f"exporting {name_or_dir} to {out_dir} ...")
+    run_export(
+        DITModel.from_pretrained(name_or_dir),
+        out_dir,
+        layout="both",
+        source=source,
+        overwrite=True,
+        log=lambda line: log("  " + line),
+    )
+    return True

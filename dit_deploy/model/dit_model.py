@@ -107,9 +107,9 @@ class DITModel:
         model.load_reports.append(ckpt.load_text_encoder(model.network, text_encoder))
         return model
 
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> DITModel:
-        """Load our format: a directory (or a bundled model name) with config + safetensors."""
+    @staticmethod
+    def resolve_pretrained(name_or_dir: str | Path) -> Path:
+        """The directory of a model in our format: a path, or a bundled model's name."""
         path = Path(name_or_dir)
         if not path.is_dir() and (ASSETS / str(name_or_dir)).is_dir():
             path = ASSETS / str(name_or_dir)
@@ -119,6 +119,12 @@ class DITModel:
                 f"no model directory or bundled model named {str(name_or_dir)!r}; "
                 f"bundled: {bundled or 'none'}"
             )
+        return path
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> DITModel:
+        """Load our format: a directory (or a bundled model name) with config + safetensors."""
+        path = cls.resolve_pretrained(name_or_dir)
         model = cls._new(ckpt.read_pretrained_config(path), path / ckpt.VOCAB_FILE)
         model.load_reports.append(ckpt.load_pretrained_weights(model.network, path))
         return model
