@@ -9,7 +9,6 @@ re-running reuses what is built and valid (hash checks), rebuilding what is stal
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,38 +19,70 @@ STEPS = ("export", "quantize", "engines", "bench", "gallery")
 DEFAULT_MODEL = "dit-tiny-synthetic"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dit-deploy",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__,
-        epilog="examples:\n  dit-deploy                    # everything, on the bundled model\n"
-        "  dit-deploy bench --budget 10  # one step\n"
-        "  dit-deploy --eval-size 20 --calib-size 16   # a quick run",
-    )
+EPILOG = """examples:
+  dit-deploy                                  # every step, on the bundled model
+  dit-deploy run --only bench --budget 10     # one step
+  dit-deploy run --only export,quantize       # several steps
+  dit-deploy run --eval-size 20 --calib-size 16   # a quick run
+"""
+
+
+def _steps(text: str) -> tuple[str, ...]:
+    steps = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown or not steps:
+        raise argparse.ArgumentTypeError(
+            f"unknown step(s) {unknown or text!r}; choose from {','.join(STEPS)}"
+        )
+    return steps
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The main job's options (all checked by argparse before any work starts)."""
     p.add_argument(
-        "step",
-        nargs="?",
-        default="run",
-        choices=("run", *STEPS),
-        help="run = every step in order (default)",
+        "--only",
+        type=_steps,
+        default=STEPS,
+        metavar="STEP[,STEP]",
+        help=f"run only these steps, in order (default: all: {','.join(STEPS)})",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name or model dir")
     p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs") / "dit-deploy",
-        help="working directory (default: %(default)s)",
+        "--out", type=Path, default=Path("runs") / "dit-deploy", help="working directory"
     )
-    p.add_argument("--eval-size", type=int, default=100, help="evaluation pairs (%(default)s)")
-    p.add_argument(
-        "--calib-size", type=int, default=64, help="INT8 calibration pairs (%(default)s)"
-    )
-    p.add_argument("--batch", default="1,4", help="batch sizes to benchmark (%(default)s)")
+    p.add_argument("--eval-size", type=_positive_int, default=100, help="evaluation pairs")
+    p.add_argument("--calib-size", type=_positive_int, default=64, help="INT8 calibration pairs")
+    p.add_argument("--batch", default="1,4", help="batch sizes to benchmark")
     p.add_argument("--budget", type=float, default=3.0, help="seconds per latency measurement")
-    p.add_argument("--gallery-size", type=int, default=6, help="examples per gallery (%(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    return p
+    p.add_argument("--gallery-size", type=_positive_int, default=6, help="examples per gallery")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all)")
+
+
+def register(subparsers) -> None:
+    """``dit-deploy run``: the main job (also what ``dit-deploy`` alone runs)."""
+    p = subparsers.add_parser(
+        "run",
+        help="the main job: export, quantize, engines, bench, gallery (the default verb)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(handler=run_from_args)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown."""
 
 
 class Job:
@@ -211,19 +242,17 @@ class Job:
             self.log(f"gallery: {path}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    job = Job(args)
-    steps = STEPS if args.step == "run" else (args.step,)
+def run_job(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
+    """Run the selected steps; a typed error names the step that failed."""
+    job = Job(args, log)
     timings = []
-    for step in steps:
+    for step in args.only:
         job.log(f"== {step} ==")
         start = time.perf_counter()
         try:
             getattr(job, step)()
         except DITError as exc:
-            print(f"error in step {step}: {exc}", file=sys.stderr)
-            return 1
+            raise type(exc)(f"step {step}: {exc}") from exc
         timings.append((step, time.perf_counter() - start))
     job.log("== summary ==")
     for step, seconds in timings:
@@ -233,6 +262,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "latency_vs_batch.png, accuracy_vs_latency.png, gallery_*.png)"
     )
     return 0
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    return run_job(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``dit-deploy`` console script: the one command line (see :mod:`dit_deploy.cli`)."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

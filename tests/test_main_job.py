@@ -7,7 +7,7 @@ import json
 
 from PIL import Image
 
-from dit_deploy.main_job import main
+from dit_deploy.cli import main
 
 
 def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
@@ -53,7 +53,7 @@ def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
     manifest = json.loads((tmp_path / "job" / "export" / "manifest.json").read_text())
     assert set(manifest["precisions"]) == {"fp16", "int8"}
 
-    assert main([*argv[:8], "export"]) == 0 and main([*argv[:8], "quantize"]) == 0
+    assert main(["run", *argv[:8], "--only", "export,quantize"]) == 0
     again = capsys.readouterr().out
     assert "export: up to date" in again
     assert "quantize fp16: up to date" in again and "quantize int8: up to date" in again
