@@ -3,8 +3,8 @@
 Each verb lives in the module that owns it, which exposes ``register(subparsers)``: it adds
 its sub-parser and sets ``handler`` to a function ``(argparse.Namespace) -> int`` that turns
 the options into a dataclass and calls the library. This front only dispatches and turns
-errors into one line: a :class:`DITError` exits 2 with its message, Ctrl-C exits 130, and
-``--debug`` (or ``DIT_DEBUG=1``) shows the traceback instead.
+errors into one line: a :class:`DITError` exits 1 with its message, bad options exit 2
+(argparse), Ctrl-C exits 130, and ``--debug`` (or ``DIT_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +18,13 @@ from collections.abc import Sequence
 
 from .errors import DITError
 
-# (module, what a user needs when its optional dependencies are missing)
+# the modules that own verbs; one not present in this build is skipped
 VERB_MODULES: tuple[str, ...] = (
     "dit_deploy.main_job",
+    "dit_deploy.exporters.cli",
+    "dit_deploy.precision.cli",
+    "dit_deploy.engines.cli",
+    "dit_deploy.bench.cli",
     "dit_deploy.serving.cli",
     "dit_deploy.batch.cli",
 )
@@ -32,7 +36,7 @@ EPILOG = """examples:
   dit-deploy --debug <verb> ...       # a traceback instead of the one-line error
 """
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 

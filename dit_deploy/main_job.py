@@ -2,7 +2,7 @@
 
 bundled model -> ONNX (split + fused, validated) -> FP16 and INT8 graphs (verified on the
 CPU) -> TensorRT engines (where a GPU exists) -> dit-bench table -> gallery of predictions.
-Each step also runs on its own (``dit-deploy export|quantize|engines|bench|gallery``), and
+Each step also runs on its own (``dit-deploy run --only STEP``), and
 re-running reuses what is built and valid (hash checks), rebuilding what is stale.
 """
 
@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .errors import DITError
+from .hints import command
 
 STEPS = ("export", "quantize", "engines", "bench", "gallery")
 DEFAULT_MODEL = "dit-tiny-synthetic"
@@ -121,7 +123,7 @@ class Job:
             size=size,
             overwrite=True,
         )
-        stamp.write_text(wanted)
+        write_text_atomic(stamp, wanted)
         return self.data_dir
 
     # -- steps -----------------------------------------------------------------------
@@ -132,7 +134,9 @@ class Job:
             self.log(f"export: up to date ({self.export_dir})")
 
     def quantize(self) -> None:
-        from .precision.cli import main as quantize_main
+        from .precision.cli import format_table
+        from .precision.pipeline import QuantizeOptions, run_quantize
+        from .precision.samples import PairSource
         from .runtime.manifest import read_manifest
 
         data = self.data()
@@ -141,32 +145,15 @@ class Job:
             if precision in manifest.precisions:
                 self.log(f"quantize {precision}: up to date")
                 continue
-            argv = [
-                str(self.export_dir),
-                "--precision",
-                precision,
-                "--eval-data",
-                str(data),
-                "--eval-split",
-                "val",
-                "--eval-size",
-                str(min(self.args.eval_size, 64)),
-            ]
-            if precision == "int8":
-                argv += [
-                    "--calib-data",
-                    str(data),
-                    "--calib-split",
-                    "train",
-                    "--calib-size",
-                    str(self.args.calib_size),
-                ]
-            if self.args.threads:
-                argv += ["--threads", str(self.args.threads)]
-            if quantize_main(argv) != 0:
-                raise DITError(
-                    f"quantize {precision} failed (see above); the FP32 export is intact"
-                )
+            opts = QuantizeOptions(
+                precision=precision,
+                calib=PairSource(data, "train", self.args.calib_size)
+                if precision == "int8"
+                else None,
+                eval=PairSource(data, "val", min(self.args.eval_size, 64), seed=1),
+                threads=self.args.threads,
+            )
+            self.log(format_table(run_quantize(self.export_dir, opts, self.log)))
 
     def engines(self) -> None:
         from .runtime.devices import gpu_unavailable_reason
@@ -175,7 +162,7 @@ class Job:
         if reason is not None:
             self.log(
                 f"engines: skipped, TensorRT needs an NVIDIA GPU ({reason}). On a GPU "
-                f"machine: python export/to_trt.py {self.export_dir} --precision fp16"
+                f"machine: {command('engines', self.export_dir, '--precision', 'fp16')}"
             )
             return
         from .precision.trt_cli import main as trt_main
@@ -185,30 +172,30 @@ class Job:
                 raise DITError(f"TensorRT {precision} engine build failed (see above)")
 
     def bench(self) -> None:
-        from .bench.cli import main as bench_main
+        from .bench.cli import options, run_bench
+        from .bench.report import print_table, write_reports
 
-        argv = [
-            str(self.export_dir),
-            "--all",
-            "--data",
-            str(self.data()),
-            "--split",
-            "val",
-            "--limit",
-            str(self.args.eval_size),
-            "--batch",
-            self.args.batch,
-            "--budget",
-            str(self.args.budget),
-            "--pretrained",
-            self.args.model,
-            "--report-dir",
-            str(self.report_dir),
-        ]
-        if self.args.threads:
-            argv += ["--threads", str(self.args.threads)]
-        if bench_main(argv) != 0:
-            raise DITError("dit-bench reported a failed cell (see the table)")
+        opts = options(
+            export_dir=self.export_dir,
+            all=True,
+            data=self.data(),
+            split="val",
+            limit=self.args.eval_size,
+            batch=self.args.batch,
+            budget=self.args.budget,
+            pretrained=self.args.model,
+            report_dir=self.report_dir,
+            threads=self.args.threads,
+        )
+        report = run_bench(opts, self.log)
+        write_reports(report, self.report_dir)
+        print_table(report)
+        failed = [c for c in report["cells"] if c["result"]["status"] == "failed"]
+        if failed:
+            raise DITError(
+                "dit-bench cells failed: "
+                + "; ".join(f"{c['label']}: {c['result'].get('reason')}" for c in failed)
+            )
 
     def gallery(self) -> None:
         """Predictions beside ground truth for PyTorch and every ONNX precision."""

@@ -191,7 +191,7 @@ def test_below_floor_exits_nonzero_and_writes_nothing(fp32_export, tmp_path, cap
     assert _snapshot(out) == before  # no graph, no manifest change, no temp directory
     report = tmp_path / "r.json"
     argv = [str(out), "--precision", "int8", "--calib-size", "6", "--eval-size", "6"]
-    argv += ["--min-mask-iou", "1.01", "--quiet", "--latency-runs", "0"]
+    argv += ["--min-mask-iou", "1.0", "--max-miou-drop", "0", "--quiet", "--latency-runs", "0"]
     argv += ["--cache-dir", str(tmp_path / "c"), "--json", str(report)]
     assert quantize_main(argv) == 1
     assert "below the accuracy floor" in capsys.readouterr().err
@@ -237,7 +237,7 @@ def test_manifest_without_precisions_reads_and_writes_unchanged(fp32_export):
     manifest = read_manifest(fp32_export)
     assert manifest.precisions == {}
     assert "precisions" not in manifest.to_dict()
-    with pytest.raises(ArtifactError, match="export/quantize.py EXPORT_DIR --precision fp16"):
+    with pytest.raises(ArtifactError, match="dit-deploy quantize EXPORT_DIR --precision fp16"):
         manifest.graph("dit_encoder", "fp16")
 
 

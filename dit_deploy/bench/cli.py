@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DITError
 from .cells import Cell, plan_cells
 from .report import environment, print_table, write_reports
 
@@ -28,17 +27,41 @@ EPILOG = """examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dit-bench",
+DESCRIPTION = (
+    "Benchmark an export directory across backends x precisions: latency (warm-up, time "
+    "budget, p50/p90/p99, batch sweep, per-stage split, cold start, peak memory), accuracy "
+    "(mIoU/oIoU/Prec@X on a dataset split) and parity against the PyTorch FP32 reference on "
+    "the same pairs. Cells that cannot run here are listed with the reason. Each cell runs in "
+    "its own process. 'dit-bench' is the same command."
+)
+
+
+def register(subparsers) -> None:
+    """``dit-deploy bench`` (also installed as ``dit-bench``)."""
+    p = subparsers.add_parser(
+        "bench",
+        help="speed, accuracy and parity of every backend x precision (= dit-bench)",
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Benchmark an export directory across backends x precisions: latency "
-        "(warm-up, time budget, p50/p90/p99, batch sweep, per-stage split, cold start, peak "
-        "memory), accuracy (mIoU/oIoU/Prec@X on a dataset split) and parity against the PyTorch "
-        "FP32 reference on the same pairs. Cells that cannot run here are listed with the reason. "
-        "Each cell runs in its own process.",
     )
+    add_arguments(p)
+    p.set_defaults(handler=bench_from_args)
+
+
+def options(**overrides: Any) -> argparse.Namespace:
+    """The bench options with their defaults, overridden by keyword (for library callers)."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args([])
+    unknown = set(overrides) - set(vars(args))
+    if unknown:
+        raise TypeError(f"unknown bench options: {sorted(unknown)}")
+    vars(args).update(overrides)
+    return args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "export_dir",
         nargs="?",
@@ -86,7 +109,6 @@ def _parser() -> argparse.ArgumentParser:
         "--report-dir", type=Path, help=f"where to write reports (default: {RUNS}/<model>)"
     )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
-    return p
 
 
 def _bundled_data(input_size: int, limit: int, log) -> Path:
@@ -209,14 +231,10 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def bench_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark, write the reports, print the table (or JSON); 1 if a cell failed."""
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    try:
-        report = run_bench(args, log)
-    except DITError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    report = run_bench(args, log)
     out_dir = args.report_dir or RUNS / report["model"]
     files = write_reports(report, out_dir)
     if args.json:
@@ -231,6 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {report['cells'][0]['result'].get('reason')}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``dit-bench``: the same as ``dit-deploy bench``."""
+    from ..cli import main as front
+
+    return front(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

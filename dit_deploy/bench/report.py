@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..runtime.devices import cuda_device_count
 
 COLUMNS = [
@@ -226,6 +227,6 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "report.md").write_text(markdown(report))
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out_dir / "report.md", markdown(report))
     return [out_dir / "report.json", out_dir / "report.md", *plots(report, out_dir)]

@@ -140,14 +140,4 @@ class RuntimeRunner:
         return None
 
     def stages(self, feeds):
-        graphs = self.predictor.graphs
-        if "dit_fused" in graphs:
-            return {"fused model": lambda: graphs["dit_fused"].run(feeds)}
-        tok = {k: feeds[k] for k in ("input_ids", "attention_mask")}
-        text = graphs["text_encoder"].run(tok)
-        emb = graphs["dit_encoder"].run({"image": feeds["image"], **text})
-        return {
-            "text encoder": lambda: graphs["text_encoder"].run(tok),
-            "DIT encoder": lambda: graphs["dit_encoder"].run({"image": feeds["image"], **text}),
-            "decoder": lambda: graphs["mask_decoder"].run({**emb, **text}),
-        }
+        return self.predictor.chain.stages(feeds)

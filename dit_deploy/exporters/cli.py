@@ -1,4 +1,4 @@
-"""``python export/to_onnx.py``: export a DIT model to ONNX, or re-validate an export."""
+"""``dit-deploy export`` / ``dit-deploy validate``: a DIT model to ONNX, or re-check an export."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import DITError
+from ..errors import ConfigError
 from .validate import Tolerance
 
 EPILOG = """examples:
-  python export/to_onnx.py --checkpoint dit_refcoco.pth --config layer_wise_vit_b \\
+  dit-deploy export --checkpoint dit_refcoco.pth --config layer_wise_vit_b \\
       --text-encoder bert-base-uncased/ --out exports/refcoco_vit_b --layout split
-  python export/to_onnx.py --pretrained dit-tiny-synthetic --out exports/tiny --layout both
-  python export/to_onnx.py validate exports/tiny --pretrained dit-tiny-synthetic
+  dit-deploy export --pretrained dit-tiny-synthetic --out exports/tiny --layout both
+  dit-deploy validate exports/tiny --pretrained dit-tiny-synthetic
 """
 
 
@@ -56,11 +56,11 @@ def _load_model(args: argparse.Namespace):
     from ..model.dit_model import DITModel
 
     if args.pretrained and args.checkpoint:
-        raise SystemExit("error: give --checkpoint or --pretrained, not both")
+        raise ConfigError("give --checkpoint or --pretrained, not both")
     if args.pretrained:
         return DITModel.from_pretrained(args.pretrained), {"pretrained": str(args.pretrained)}
     if not args.checkpoint:
-        raise SystemExit("error: give --checkpoint (with --config/--text-encoder) or --pretrained")
+        raise ConfigError("give --checkpoint (with --config/--text-encoder) or --pretrained")
     from ..model.checkpoint import sha256_file
 
     model = DITModel.from_checkpoint(
@@ -74,20 +74,23 @@ def _pairs(args: argparse.Namespace):
         return None
     texts = args.texts or []
     if len(texts) != len(args.images):
-        raise SystemExit("error: give one --texts expression per --images file")
+        raise ConfigError("give one --texts expression per --images file")
     return list(zip(args.images, texts, strict=True))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["validate"]:
-        return validate_main(argv[1:])
-    p = argparse.ArgumentParser(
-        prog="export/to_onnx.py",
-        description="Export a DIT model to ONNX (split or fused "
-        "graphs), validate every output against PyTorch in ONNX Runtime, and write an export "
-        "directory (graphs + vocab.txt + manifest.json) only if all outputs pass. "
-        "Run 'export/to_onnx.py validate DIR' to re-check an existing export.",
+DESCRIPTION = (
+    "Export a DIT model to ONNX (split or fused graphs), validate every output against "
+    "PyTorch in ONNX Runtime, and write an export directory (graphs + vocab.txt + "
+    "manifest.json) only if all outputs pass. 'dit-deploy validate DIR' re-checks an export."
+)
+
+
+def register(subparsers) -> None:
+    """``dit-deploy export`` and ``dit-deploy validate``."""
+    p = subparsers.add_parser(
+        "export",
+        help="a DIT model (checkpoint or pretrained) -> validated ONNX export directory",
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -97,24 +100,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--layout",
         choices=["split", "fused", "both"],
         default="split",
-        help="split: text encoder + DIT encoder + mask decoder; fused: one graph",
+        help="split: text encoder + DIT encoder + mask decoder; fused: one graph "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--opset", type=int, default=17, help="ONNX opset, 17..20 (default: %(default)s)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = p.parse_args(argv)
-    try:
-        from .onnx_export import run_export
+    p.set_defaults(handler=export_from_args)
+    v = subparsers.add_parser(
+        "validate",
+        help="re-run an export directory against the PyTorch model",
+        description="Re-run an export directory in ONNX Runtime (CPU) against the PyTorch model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("export_dir", type=Path)
+    _model_args(v)
+    v.set_defaults(handler=validate_from_args)
 
-        model, source = _load_model(args)
-        tol = Tolerance(args.atol, args.rtol, args.min_mask_iou)
-        result = run_export(
-            model, args.out, args.layout, args.opset, tol, _pairs(args), source, args.overwrite
-        )
-    except DITError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+def export_from_args(args: argparse.Namespace) -> int:
+    from .onnx_export import run_export
+
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a directory path")
+    model, source = _load_model(args)
+    tol = Tolerance(args.atol, args.rtol, args.min_mask_iou)
+    result = run_export(
+        model, args.out, args.layout, args.opset, tol, _pairs(args), source, args.overwrite
+    )
     size = sum(f.stat().st_size for f in result.out_dir.iterdir()) / 1e6
     print(
         f"exported {len(result.graphs)} graph(s), all outputs within tolerance -> "
@@ -123,34 +138,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def validate_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="export/to_onnx.py validate",
-        description="Re-run an export directory in ONNX Runtime (CPU) against the PyTorch model.",
-    )
-    p.add_argument("export_dir", type=Path)
-    _model_args(p)
-    args = p.parse_args(argv)
-    try:
-        from ..runtime.manifest import read_manifest
-        from .onnx_export import default_validation_pairs, validate_directory
-        from .validate import raise_on_failures
+def validate_from_args(args: argparse.Namespace) -> int:
+    from ..runtime.manifest import read_manifest
+    from .onnx_export import default_validation_pairs, validate_directory
+    from .validate import raise_on_failures
 
-        manifest = read_manifest(args.export_dir)
-        model, _ = _load_model(args)
-        pairs = _pairs(args) or default_validation_pairs()
-        checks = validate_directory(
-            args.export_dir,
-            manifest,
-            model,
-            pairs,
-            Tolerance(args.atol, args.rtol, args.min_mask_iou),
-        )
-        for check in checks:
-            print(check.line())
-        raise_on_failures(checks, f"{args.export_dir} does not match the PyTorch model")
-    except DITError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    manifest = read_manifest(args.export_dir)
+    model, _ = _load_model(args)
+    pairs = _pairs(args) or default_validation_pairs()
+    checks = validate_directory(
+        args.export_dir, manifest, model, pairs, Tolerance(args.atol, args.rtol, args.min_mask_iou)
+    )
+    for check in checks:
+        print(check.line())
+    raise_on_failures(checks, f"{args.export_dir} does not match the PyTorch model")
     print(f"{args.export_dir}: all {len(checks)} outputs within tolerance")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``export/to_onnx.py [validate]``: the same as ``dit-deploy export`` / ``validate``."""
+    from ..cli import main as front
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["validate"]:
+        return front(argv)
+    return front(["export", *argv])

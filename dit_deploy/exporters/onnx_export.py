@@ -23,10 +23,9 @@ from ..errors import ArtifactError, ConfigError
 from ..model.checkpoint import VOCAB_FILE, sha256_file
 from ..model.dit_model import DITModel
 from ..preprocess import ImageSource
-from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
+from ..runtime.graph_chain import LOGITS, GraphChain
 from ..runtime.manifest import (
-    FUSED_GRAPHS,
-    SPLIT_GRAPHS,
+    LAYOUT_ROLES,
     GraphSpec,
     Manifest,
     TensorSpec,
@@ -35,7 +34,7 @@ from .onnx_io import save_onnx
 from .validate import OutputCheck, Tolerance, compare_outputs, raise_on_failures
 from .wrappers import DecoderForExport, EncoderForExport, FusedForExport, TextEncoderForExport
 
-LAYOUTS = {"split": SPLIT_GRAPHS, "fused": FUSED_GRAPHS, "both": SPLIT_GRAPHS + FUSED_GRAPHS}
+LAYOUTS = {**LAYOUT_ROLES, "both": tuple(r for roles in LAYOUT_ROLES.values() for r in roles)}
 MIN_OPSET, MAX_OPSET = 17, 20
 
 
@@ -196,38 +195,20 @@ def validate_directory(
     feeds, _ = model.prepare(images, texts)
     ref = torch_reference(model, feeds)
     thr = manifest.mask_threshold
-    sessions = {
-        role: OnnxRuntimeBackend(export_dir / g.file) for role, g in manifest.graphs.items()
-    }
     checks: list[OutputCheck] = []
-
-    def pick(names):
-        return {n: ref[n] for n in names}
-
-    if "split" in manifest.layouts:
-        text = sessions["text_encoder"].run(
-            pick([]) | {k: feeds[k] for k in ("input_ids", "attention_mask")}
-        )
-        checks += compare_outputs(text, pick(["text_features"]), tol, thr, "text_encoder.")
-        emb = sessions["dit_encoder"].run(
-            {"image": feeds["image"], "text_features": ref["text_features"]}
-        )
-        checks += compare_outputs(emb, pick(["image_embedding"]), tol, thr, "dit_encoder.")
-        dec = sessions["mask_decoder"].run(
-            {"image_embedding": ref["image_embedding"], "text_features": ref["text_features"]}
-        )
-        checks += compare_outputs(
-            dec, pick(["low_res_logits", "iou_pred"]), tol, thr, "mask_decoder."
-        )
-        # the whole ONNX chain, errors compounding as they will at run time
-        emb = sessions["dit_encoder"].run({"image": feeds["image"], **text})
-        chain = sessions["mask_decoder"].run({**emb, **text})
-        checks += compare_outputs(chain, pick(["low_res_logits"]), tol, thr, "split_chain.")
-    if "fused" in manifest.layouts:
-        fused = sessions["dit_fused"].run(feeds)
-        checks += compare_outputs(
-            fused, pick(["low_res_logits", "iou_pred"]), tol, thr, "dit_fused."
-        )
+    for layout in manifest.layouts:
+        with GraphChain.from_files(layout, manifest.graph_files(export_dir)) as chain:
+            # each graph alone, on the reference's own inputs
+            for role in chain.roles:
+                got = chain.run_role(role, {**feeds, **ref})
+                want = {name: ref[name] for name in got}
+                checks += compare_outputs(got, want, tol, thr, f"{role}.")
+            if len(chain.roles) > 1:
+                # the whole chain, errors compounding as they will at run time
+                logits = {LOGITS: chain.logits(feeds)}
+                checks += compare_outputs(
+                    logits, {LOGITS: ref[LOGITS]}, tol, thr, f"{layout}_chain."
+                )
     return checks
 
 

@@ -1,20 +1,22 @@
-"""``python export/quantize.py``: FP16/INT8 graphs for an export directory, verified on the CPU."""
+"""``dit-deploy quantize``: FP16/INT8 graphs for an export directory, verified on the CPU."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import DITError
+from ..atomic import write_text_atomic
+from ..errors import ConfigError
 
 EPILOG = """examples:
-  python export/quantize.py exports/refcoco_vit_b --precision fp16
-  python export/quantize.py exports/refcoco_vit_b --precision int8 --calib-data data/refcoco \\
+  dit-deploy quantize exports/refcoco_vit_b --precision fp16
+  dit-deploy quantize exports/refcoco_vit_b --precision int8 --calib-data data/refcoco \\
       --calib-size 512 --method entropy
-  python export/quantize.py exports/tiny --precision int8 --calib-data data/synthetic \\
+  dit-deploy quantize exports/tiny --precision int8 --calib-data data/synthetic \\
       --exclude /mask_decoder/output_upscaling/MatMul --json report.json
 
 Nothing is written unless every layout keeps the accuracy floor; then the graphs land in
@@ -24,19 +26,51 @@ Exit codes: 0 written, 1 error or below the floor (nothing written), 2 bad argum
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .fp16 import DEFAULT_FP32_OPS
-    from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES
+DESCRIPTION = (
+    "Make FP16 (FP32 islands) or INT8 (explicit Q/DQ, TensorRT-ready) graphs of an export "
+    "directory, check them in ONNX Runtime on the CPU against the FP32 graphs (logits error, "
+    "mask agreement, mIoU/oIoU change, latency) and add them to the export."
+)
 
-    p = argparse.ArgumentParser(
-        prog="export/quantize.py",
-        description="Make FP16 (FP32 islands) or INT8 (explicit Q/DQ, TensorRT-ready) graphs of "
-        "an export directory, check them in ONNX Runtime on the CPU against the FP32 graphs "
-        "(logits error, mask agreement, mIoU/oIoU change, latency) and add them to the export.",
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    """``dit-deploy quantize``."""
+    p = subparsers.add_parser(
+        "quantize",
+        help="FP16/INT8 graphs of an export, verified on the CPU against FP32",
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("export_dir", type=Path, help="an export directory (python export/to_onnx.py)")
+    add_arguments(p)
+    p.set_defaults(handler=run_from_args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .fp16 import DEFAULT_FP32_OPS
+    from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES
+
+    p.add_argument("export_dir", type=Path, help="an export directory (dit-deploy export)")
     p.add_argument("--precision", choices=["fp16", "int8"], required=True)
     p.add_argument(
         "--keep-fp32",
@@ -48,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal = p.add_argument_group("INT8 calibration")
     cal.add_argument("--calib-data", type=Path, help="dataset root (refer/preprocessed layout)")
     cal.add_argument("--calib-split", default="train", help="(default: %(default)s)")
-    cal.add_argument("--calib-size", type=int, default=64, help="pairs (default: %(default)s)")
+    cal.add_argument(
+        "--calib-size", type=_positive, default=64, help="pairs (default: %(default)s)"
+    )
     cal.add_argument(
         "--method",
         choices=CALIBRATION_METHODS,
@@ -92,13 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver = p.add_argument_group("verification (held-out pairs, ONNX Runtime CPU)")
     ver.add_argument("--eval-data", type=Path, help="dataset root (default: --calib-data)")
     ver.add_argument("--eval-split", default="val", help="(default: %(default)s)")
-    ver.add_argument("--eval-size", type=int, default=64, help="pairs (default: %(default)s)")
+    ver.add_argument("--eval-size", type=_positive, default=64, help="pairs (default: %(default)s)")
     ver.add_argument(
-        "--min-mask-iou", type=float, help="floor: mask IoU vs FP32 (default: fp16 0.98, int8 0.90)"
+        "--min-mask-iou",
+        type=_fraction,
+        help="floor: mask IoU vs FP32 (default: fp16 0.98, int8 0.90)",
     )
     ver.add_argument(
         "--max-miou-drop",
-        type=float,
+        type=_fraction,
         help="floor: mIoU fall, fraction (default: fp16 0.01, int8 0.03)",
     )
     ver.add_argument(
@@ -107,16 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="timed runs per chain, 0 to skip (default: %(default)s)",
     )
-    ver.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    ver.add_argument("--threads", type=_positive, help="ONNX Runtime intra-op threads")
     ver.add_argument(
         "--eval-batch",
-        type=int,
+        type=_positive,
         default=4,
         help="pairs per verification call; 1 bounds memory for ViT-B (default: %(default)s)",
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON here ('-': stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
 
 
 def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]]:
@@ -202,33 +239,44 @@ def _write_json(target: Path | None, data: dict) -> None:
     if str(target) == "-":
         sys.stdout.write(text)
     else:
-        target.write_text(text)
+        write_text_atomic(target, text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("calib_size", "eval_size"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+def _check_json_target(target: Path | None) -> None:
+    """Fail before the work if the JSON report could not be written."""
+    if target is None or str(target) == "-":
+        return
+    if target.is_dir():
+        raise ConfigError(f"--json {target} is a directory; give a file path")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"--json {target}: directory {parent} does not exist or is not writable")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Options -> :class:`QuantizeOptions` -> :func:`run_quantize`; prints the table."""
+    _check_json_target(args.json)
     log = (lambda _m: None) if str(args.json) == "-" else print
-    try:
-        from .pipeline import QuantizeFailed, run_quantize
+    from .pipeline import QuantizeFailed, run_quantize
 
-        opts = _options(args)
-        if args.precision == "int8" and args.calib_data is None:
-            log("note: no --calib-data: calibrating on generated synthetic scenes")
-        try:
-            result = run_quantize(args.export_dir, opts, log, _progress_factory(args.quiet))
-        except QuantizeFailed as failed:
-            log(format_table(failed.result))
-            _write_json(args.json, failed.result.to_dict())
-            raise
-    except DITError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    opts = _options(args)
+    if args.precision == "int8" and args.calib_data is None:
+        log("note: no --calib-data: calibrating on generated synthetic scenes")
+    try:
+        result = run_quantize(args.export_dir, opts, log, _progress_factory(args.quiet))
+    except QuantizeFailed as failed:
+        log(format_table(failed.result))
+        _write_json(args.json, failed.result.to_dict())
+        raise
     log(format_table(result))
     _write_json(args.json, result.to_dict())
     files = ", ".join(g.file for g in result.graphs)
     log(f"wrote {files} and updated {args.export_dir / 'manifest.json'}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``export/quantize.py``: the same as ``dit-deploy quantize``."""
+    from ..cli import main as front
+
+    return front(["quantize", *(sys.argv[1:] if argv is None else argv)])

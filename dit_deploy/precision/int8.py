@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
-from .chain import GraphSet, Preparer
+from ..runtime.graph_chain import GraphChain, layout_of
+from .chain import PairInputs
 from .samples import PairSource
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -103,8 +104,8 @@ class StreamingCalibrationReader:
         self,
         source: PairSource,
         role: str,
-        prepare: Preparer,
-        fp32: GraphSet,
+        prepare: PairInputs,
+        fp32: dict[str, GraphChain],
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.source = source
@@ -147,7 +148,7 @@ class StreamingCalibrationReader:
             return None
         self._position += 1
         feeds, _ = self.prepare([pair])
-        inputs = self.fp32.role_inputs(self.role, feeds)
+        inputs = self.fp32[layout_of(self.role)].role_inputs(self.role, feeds)
         if self.progress:
             self.progress(1)
         return inputs

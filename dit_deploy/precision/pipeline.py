@@ -23,8 +23,9 @@ from .. import __version__
 from ..errors import ArtifactError, ConfigError, ValidationError
 from ..exporters.onnx_io import save_onnx
 from ..hashing import sha256_file
+from ..runtime.graph_chain import GraphChain
 from ..runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, read_manifest
-from .chain import GraphSet, Preparer, fp32_files
+from .chain import PairInputs, chains
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
 from .graph_checks import fp16_problems, int8_problems
 from .int8 import (
@@ -141,8 +142,8 @@ def _convert_one(
     out: Path,
     spec: GraphSpec,
     opts: QuantizeOptions,
-    prepare: Preparer,
-    fp32: GraphSet,
+    prepare: PairInputs,
+    fp32: dict[str, GraphChain],
     progress: ProgressFactory,
 ) -> dict[str, object]:
     """Write ``out`` (``role`` at ``opts.precision``); returns what was done, for the report."""
@@ -227,12 +228,12 @@ def run_quantize(
                 "python -c \"import onnx; print([n.name for n in onnx.load('G.onnx').graph.node])\""
             )
     floor = opts.resolved_floor()
-    prepare = Preparer(export_dir, manifest)
-    fp32 = GraphSet(fp32_files(export_dir, manifest), opts.threads)
+    prepare = PairInputs(export_dir, manifest)
+    fp32 = chains(manifest.graph_files(export_dir), opts.threads)
     tmp = Path(tempfile.mkdtemp(prefix=f".quantize-{opts.precision}-", dir=export_dir))
     try:
         outcomes: list[GraphOutcome] = []
-        files = dict(fp32_files(export_dir, manifest))
+        files = dict(manifest.graph_files(export_dir))
         for role in roles:
             spec = manifest.graphs[role]
             src = export_dir / spec.file
@@ -254,14 +255,14 @@ def run_quantize(
                 f"{role:<13} -> {out.name:<26} {outcome.seconds:6.1f} s "
                 f"{outcome.size_bytes / 1e6:8.2f} MB (fp32 {outcome.fp32_size_bytes / 1e6:.2f} MB)"
             )
-        candidate = GraphSet(files, opts.threads)
+        candidate = chains(files, opts.threads)
         reports = []
         for layout in manifest.layouts:
             bar = progress(f"verify {layout}", len(opts.eval))
             report = compare_layout(
                 layout,
-                fp32,
-                candidate,
+                fp32[layout],
+                candidate[layout],
                 prepare,
                 opts.eval,
                 manifest.mask_threshold,
@@ -270,8 +271,8 @@ def run_quantize(
             )
             if opts.latency_runs > 0:
                 feeds, _ = prepare([next(iter(opts.eval))])
-                report.latency_fp32_ms = chain_latency_ms(fp32, layout, feeds, opts.latency_runs)
-                report.latency_ms = chain_latency_ms(candidate, layout, feeds, opts.latency_runs)
+                report.latency_fp32_ms = chain_latency_ms(fp32[layout], feeds, opts.latency_runs)
+                report.latency_ms = chain_latency_ms(candidate[layout], feeds, opts.latency_runs)
             reports.append(report.check(floor))
         result = QuantizeResult(export_dir, opts.precision, outcomes, reports, floor)
         failed = [r for r in reports if not r.ok]
@@ -320,8 +321,6 @@ def _install(
     updated = Manifest(
         **{**manifest.__dict__, "precisions": {**manifest.precisions, precision: table}}
     )
-    staged = export_dir / f".{MANIFEST_FILE}.tmp"
-    staged.write_text(json.dumps(updated.to_dict(), indent=2) + "\n")
-    os.replace(staged, export_dir / MANIFEST_FILE)
+    updated.write(export_dir)
     if read_manifest(export_dir).precisions.get(precision) is None:
         raise ArtifactError(f"{export_dir / MANIFEST_FILE} did not take the {precision} graphs")

@@ -8,14 +8,15 @@ masks, mIoU/oIoU of both against the ground truth, and CPU latency of both chain
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..metrics import RISMetrics
 from ..postprocess import postprocess_batch
-from .chain import GraphSet, Preparer
+from ..runtime.graph_chain import GraphChain
+from .chain import PairInputs
 from .samples import Pair, PairSource
 
 
@@ -101,9 +102,9 @@ def _batches(pairs: Iterable[Pair], size: int) -> Iterable[list[Pair]]:
 
 def compare_layout(
     layout: str,
-    reference: GraphSet,
-    candidate: GraphSet,
-    prepare: Preparer,
+    reference: GraphChain,
+    candidate: GraphChain,
+    prepare: PairInputs,
     pairs: PairSource,
     threshold: float,
     batch: int = 4,
@@ -114,8 +115,8 @@ def compare_layout(
     agree, truth_ref, truth_new = RISMetrics(), RISMetrics(), RISMetrics()
     for chunk in _batches(pairs, batch):
         feeds, boxes = prepare(chunk)
-        ref = reference.logits(layout, feeds)
-        new = candidate.logits(layout, feeds)
+        ref = reference.logits(feeds)
+        new = candidate.logits(feeds)
         diff = np.abs(new.astype(np.float64) - ref)
         max_abs = max(max_abs, float(np.nanmax(diff)) if np.isfinite(diff).all() else np.inf)
         sum_abs += float(diff.sum())
@@ -147,19 +148,14 @@ def compare_layout(
 
 
 def chain_latency_ms(
-    graphs: GraphSet, layout: str, feeds: dict[str, np.ndarray], runs: int = 10, warmup: int = 2
+    chain: GraphChain, feeds: dict[str, np.ndarray], runs: int = 10, warmup: int = 2
 ) -> float:
     """Median wall time of one chain call (ms) on prepared ``feeds``."""
     for _ in range(warmup):
-        graphs.logits(layout, feeds)
+        chain.logits(feeds)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        graphs.logits(layout, feeds)
+        chain.logits(feeds)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
-
-
-def latency_feeds(prepare: Preparer, pairs: Sequence[Pair]) -> dict[str, np.ndarray]:
-    feeds, _ = prepare(list(pairs))
-    return feeds

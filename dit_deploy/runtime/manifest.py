@@ -7,18 +7,56 @@ disagree with the export it runs.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..errors import ArtifactError
+from ..hashing import sha256_file
+from ..hints import command
+from ..schema import NUMBER, MapOf, check
+from ..tokenizer import WordPieceTokenizer
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 
-# graph roles and their file names, per layout
-SPLIT_GRAPHS = ("text_encoder", "dit_encoder", "mask_decoder")
-FUSED_GRAPHS = ("dit_fused",)
+# The one table of layouts: the graph roles of each, in the order they run. A graph takes its
+# inputs by name from the prepared feeds and the outputs upstream (see runtime/graph_chain.py).
+LAYOUT_ROLES: dict[str, tuple[str, ...]] = {
+    "split": ("text_encoder", "dit_encoder", "mask_decoder"),
+    "fused": ("dit_fused",),
+}
+SPLIT_GRAPHS = LAYOUT_ROLES["split"]
+FUSED_GRAPHS = LAYOUT_ROLES["fused"]
+# how reports name each role's stage
+STAGE_LABELS = {
+    "text_encoder": "text encoder",
+    "dit_encoder": "DIT encoder",
+    "mask_decoder": "decoder",
+    "dit_fused": "fused model",
+}
+
+_TENSOR = {"name": str, "dtype": str, "shape": [(int, str)]}
+_GRAPH = {"file": str, "inputs": [_TENSOR], "outputs": [_TENSOR], "sha256?": str, "precision?": str}
+MANIFEST_SCHEMA = {
+    "config_name": str,
+    "variant": str,
+    "input_size": int,
+    "max_tokens": int,
+    "mask_threshold": NUMBER,
+    "pixel_mean": [NUMBER],
+    "pixel_std": [NUMBER],
+    "tokenizer": {"vocab_file": str, "lowercase": bool, "max_tokens": int, "sha256?": str},
+    "graphs": MapOf(_GRAPH),
+    "config?": dict,
+    "versions?": MapOf(str),
+    "source?": dict,
+    "opset?": int,
+    "manifest_version": int,
+    "precisions?": MapOf(MapOf(_GRAPH)),
+}
 
 
 @dataclass(frozen=True)
@@ -61,14 +99,15 @@ class Manifest:
 
     @property
     def layouts(self) -> list[str]:
-        found = []
-        if all(g in self.graphs for g in SPLIT_GRAPHS):
-            found.append("split")
-        if all(g in self.graphs for g in FUSED_GRAPHS):
-            found.append("fused")
-        return found
+        return [
+            layout
+            for layout, roles in LAYOUT_ROLES.items()
+            if all(role in self.graphs for role in roles)
+        ]
 
-    def graph(self, role: str, precision: str = "fp32") -> GraphSpec:
+    def graph(
+        self, role: str, precision: str = "fp32", directory: str | Path | None = None
+    ) -> GraphSpec:
         """The graph that runs ``role`` at ``precision`` (typed error naming the fix)."""
         if precision == "fp32":
             table = self.graphs
@@ -78,11 +117,19 @@ class Manifest:
             have = ["fp32", *sorted(self.precisions)]
             raise ArtifactError(
                 f"this export has no {precision} graphs (has: {', '.join(have)}); create them "
-                f"with: python export/quantize.py EXPORT_DIR --precision {precision}"
+                f"with: {command('quantize', directory or 'EXPORT_DIR', '--precision', precision)}"
             )
         if role not in table:
-            raise ArtifactError(f"this export has no {precision} graph for {role!r}; re-run it")
+            raise ArtifactError(
+                f"this export has no {precision} graph for {role!r}; re-run: "
+                f"{command('quantize', directory or 'EXPORT_DIR', '--precision', precision)}"
+            )
         return table[role]
+
+    def graph_files(self, directory: str | Path, precision: str = "fp32") -> dict[str, Path]:
+        """Role -> the graph file of every role at ``precision`` (FP32 where not converted)."""
+        table = self.graphs if precision == "fp32" else self.precisions.get(precision, {})
+        return {role: Path(directory) / table.get(role, g).file for role, g in self.graphs.items()}
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,9 +154,10 @@ class Manifest:
         }
 
     def write(self, directory: str | Path) -> Path:
-        path = Path(directory) / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        """Write ``manifest.json`` atomically (a reader sees the old or the new one)."""
+        return write_text_atomic(
+            Path(directory) / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2) + "\n"
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -135,7 +183,11 @@ def _graphs_from_dict(table: dict[str, Any]) -> dict[str, GraphSpec]:
 
 
 def read_manifest(directory: str | Path) -> Manifest:
-    """Read and check an export directory's manifest; typed errors name the file and fix."""
+    """Read and check an export directory's manifest; typed errors name the file and fix.
+
+    Checks the JSON's structure field by field, and that every graph and the vocabulary
+    exist. File contents are checked against their recorded sha256 by :func:`verify_files`.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"export directory not found: {directory}")
@@ -143,7 +195,7 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not path.is_file():
         raise ArtifactError(
             f"{directory} has no {MANIFEST_FILE}: it is not a dit-deploy export directory. "
-            "Create one with: python export/to_onnx.py --out " + str(directory)
+            f"Create one with: {command('export', '--out', directory)}"
         )
     try:
         data = json.loads(path.read_text())
@@ -153,13 +205,13 @@ def read_manifest(directory: str | Path) -> Manifest:
     if version != MANIFEST_VERSION:
         raise ArtifactError(
             f"{path} has manifest version {version!r}, this dit-deploy reads version "
-            f"{MANIFEST_VERSION}; re-export with this version (python export/to_onnx.py ...)"
+            f"{MANIFEST_VERSION}; re-export with this version: "
+            + command("export", "--out", directory)
         )
-    try:
-        manifest = Manifest.from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is incomplete or malformed ({exc}); re-export") from exc
-    vocab = directory / manifest.tokenizer.get("vocab_file", "vocab.txt")
+    check(data, MANIFEST_SCHEMA, str(path))
+    known = set(Manifest.__dataclass_fields__)
+    manifest = Manifest.from_dict({k: v for k, v in data.items() if k in known})
+    vocab = directory / manifest.tokenizer["vocab_file"]
     if not vocab.is_file():
         raise ArtifactError(
             f"{directory} is missing its tokenizer vocabulary {vocab.name}; copy the model's "
@@ -173,6 +225,56 @@ def read_manifest(directory: str | Path) -> Manifest:
             if not (directory / graph.file).is_file():
                 raise ArtifactError(
                     f"{directory} is missing {precision} graph {graph.file} ({role}); re-run "
-                    f"python export/quantize.py {directory} --precision {precision}"
+                    f"{command('quantize', directory, '--precision', precision)}"
                 )
     return manifest
+
+
+# sha256 by (resolved path, size, mtime): a file is hashed once per process until it changes
+_HASHES: dict[tuple[str, int, int], str] = {}
+_HASH_LOCK = threading.Lock()
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of ``path``, cached by size and modification time."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _HASH_LOCK:
+        if key in _HASHES:
+            return _HASHES[key]
+    digest = sha256_file(path)
+    with _HASH_LOCK:
+        _HASHES[key] = digest
+    return digest
+
+
+def verify_file(path: Path, recorded: str, what: str) -> None:
+    """Raise ArtifactError if ``path``'s sha256 differs from the recorded one (if any)."""
+    if recorded and cached_sha256(path) != recorded:
+        raise ArtifactError(
+            f"{path} ({what}) changed since it was written: its sha256 differs from the one "
+            f"recorded in {MANIFEST_FILE}. Re-create it (re-export / re-quantize), or pass "
+            "verify=False only if you trust the modified file"
+        )
+
+
+def verify_files(
+    directory: str | Path, manifest: Manifest, roles: list[str] | tuple[str, ...], precision: str
+) -> None:
+    """Check the vocabulary and the graphs of ``roles`` at ``precision`` against their hashes."""
+    directory = Path(directory)
+    tok = manifest.tokenizer
+    verify_file(directory / tok["vocab_file"], tok.get("sha256", ""), "tokenizer vocabulary")
+    for role in roles:
+        spec = manifest.graph(role, precision, directory)
+        verify_file(directory / spec.file, spec.sha256, f"{precision} graph {role}")
+
+
+def open_tokenizer(directory: str | Path, manifest: Manifest) -> WordPieceTokenizer:
+    """The tokenizer an export was made with (its vocabulary file and settings)."""
+    tok = manifest.tokenizer
+    return WordPieceTokenizer.from_vocab_file(
+        Path(directory) / tok["vocab_file"],
+        lowercase=tok["lowercase"],
+        max_tokens=tok["max_tokens"],
+    )

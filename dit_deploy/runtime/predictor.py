@@ -1,11 +1,13 @@
 """``Predictor``: an export directory -> masks, with no torch.
 
-    p = Predictor("exports/refcoco_vit_b", backend="onnxruntime")  # precision="int8" too
-    r = p.predict("horse.jpg", "pretty prancing gray horse with blue halter")
-    rs = p.predict_batch([("a.jpg", "left man"), ("a.jpg", "right man"), ("b.png", "the cup")])
+    with Predictor("exports/refcoco_vit_b", backend="onnxruntime", precision="int8") as p:
+        r = p.predict("horse.jpg", "pretty prancing gray horse with blue halter")
+        rs = p.predict_batch([("a.jpg", "left man"), ("a.jpg", "right man"), ("b.png", "cup")])
 
-The manifest drives tokenization, letterboxing and the threshold. Thread-safe: the
-predictor holds no per-call state, and ONNX Runtime sessions may be shared.
+The manifest drives tokenization, letterboxing and the threshold. Every file the predictor
+uses is checked against the sha256 recorded in the manifest before the first run
+(``verify=False`` skips that for trusted deployments). Thread-safe: the predictor holds no
+per-call state, and the backends may be shared.
 """
 
 from __future__ import annotations
@@ -16,13 +18,40 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, InputError
+from ..hints import command
 from ..inputs import model_inputs
 from ..postprocess import MaskResult, postprocess_batch
-from ..preprocess import ImageSource
-from ..tokenizer import WordPieceTokenizer
+from ..preprocess import ImageSource, Letterbox
 from .backends import Backend, open_backend
 from .engine_sidecar import engine_file
-from .manifest import Manifest, read_manifest
+from .graph_chain import GraphChain
+from .manifest import Manifest, open_tokenizer, read_manifest, verify_files
+
+MAX_PAIRS_PER_CALL = 100_000
+
+
+def check_pairs(pairs: object) -> list[tuple[ImageSource, str]]:
+    """``pairs`` as a list of (image, text) 2-tuples, or an InputError naming the bad item."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[1], str):
+        raise InputError("predict_batch takes a list of (image, text) pairs; use predict()")
+    if pairs is None or isinstance(pairs, (str, bytes, dict)) or not hasattr(pairs, "__iter__"):
+        raise InputError(
+            f"predict_batch takes a list of (image, text) pairs, got {type(pairs).__name__}"
+        )
+    out = []
+    for i, pair in enumerate(pairs):  # type: ignore[union-attr]
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise InputError(
+                f"pair {i} must be an (image, text) 2-tuple, got {type(pair).__name__}"
+                + (f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else "")
+            )
+        out.append((pair[0], pair[1]))
+        if len(out) > MAX_PAIRS_PER_CALL:
+            raise InputError(
+                f"more than {MAX_PAIRS_PER_CALL} pairs in one call; stream them in chunks "
+                "(or use dit-deploy batch for datasets)"
+            )
+    return out
 
 
 class Predictor:
@@ -38,7 +67,12 @@ class Predictor:
         max_batch: int = 8,
         precision: str = "fp32",
         cuda_graph: bool = False,
+        verify: bool = True,
     ) -> None:
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive integer or None, got {threads!r}")
         self.export_dir = Path(export_dir)
         self.manifest: Manifest = read_manifest(self.export_dir)
         available = self.manifest.layouts
@@ -49,66 +83,64 @@ class Predictor:
                 f"{self.export_dir} has no {layout!r} graphs (has: {available or 'none'}); "
                 f"re-export with --layout {layout} or pick one of {available}"
             )
-        self.layout = layout
-        roles = (
-            ("dit_fused",) if layout == "fused" else ("text_encoder", "dit_encoder", "mask_decoder")
-        )
-        self.precision = precision
-        self.graphs: dict[str, Backend] = {
-            role: self._open(role, backend, device, threads, cuda_graph) for role in roles
-        }
-        tok = self.manifest.tokenizer
-        self.tokenizer = WordPieceTokenizer.from_vocab_file(
-            self.export_dir / tok["vocab_file"],
-            lowercase=tok["lowercase"],
-            max_tokens=tok["max_tokens"],
-        )
+        self.layout, self.precision = layout, precision
+        self.backend_name, self.device = backend, device
+        self._threads, self._cuda_graph = threads, cuda_graph
+        self.chain = GraphChain(layout, self._open)
+        # the artifact first: a changed or missing file is reported before backends load
+        for role in self.chain.roles:
+            self.manifest.graph(role, precision, self.export_dir)
+        if verify:
+            verify_files(self.export_dir, self.manifest, self.chain.roles, precision)
+        self.tokenizer = open_tokenizer(self.export_dir, self.manifest)
         self.max_batch = max_batch
+        self.chain.open_all()
 
-    def _open(
-        self, role: str, backend: str, device: str, threads: int | None, cuda_graph: bool
-    ) -> Backend:
+    @property
+    def graphs(self) -> dict[str, Backend]:
+        """Role -> opened backend, in chain order."""
+        return self.chain.backends
+
+    def _open(self, role: str) -> Backend:
         """``<role>[.<precision>].onnx``, or for ``tensorrt`` its ``.engine`` (+ sidecar)."""
-        spec = self.manifest.graph(role, self.precision)
-        if backend != "tensorrt":
-            return open_backend(backend, self.export_dir / spec.file, device, threads)
+        spec = self.manifest.graph(role, self.precision, self.export_dir)
+        if self.backend_name != "tensorrt":
+            return open_backend(
+                self.backend_name, self.export_dir / spec.file, self.device, self._threads
+            )
         engine = self.export_dir / engine_file(spec.file)
         if not engine.is_file():
+            build = command("engines", self.export_dir, "--precision", self.precision)
             raise ArtifactError(
                 f"{self.export_dir} has no TensorRT engine {engine.name}; build it on this "
-                f"machine with: python export/to_trt.py {self.export_dir} "
-                f"--precision {self.precision}"
+                f"machine with: {build}"
             )
+        if self.device == "cpu":
+            raise InputError("the tensorrt backend runs on a GPU: pass device='cuda' (or 'cuda:N')")
         return open_backend(
-            backend,
+            "tensorrt",
             engine,
-            "cuda" if device == "cpu" else device,
-            threads,
-            cuda_graph=cuda_graph,
+            self.device,
+            self._threads,
+            cuda_graph=self._cuda_graph,
             source_sha256=spec.sha256 or None,
         )
 
     def prepare(
         self, images: Sequence[ImageSource], texts: Sequence[str]
-    ) -> tuple[dict[str, np.ndarray], list]:
-        """Model inputs (``image``, ``input_ids``, ``attention_mask``) + letterbox records."""
+    ) -> tuple[dict[str, np.ndarray], list[Letterbox]]:
+        """Model inputs (``image`` (B,3,S,S), ``input_ids``/``attention_mask`` (B,L) int64)
+        and each image's letterbox record."""
         m = self.manifest
         return model_inputs(images, texts, self.tokenizer, m.input_size, m.pixel_mean, m.pixel_std)
 
     def low_res_logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """(B, 1, S/4, S/4) logits for prepared inputs."""
-        if self.layout == "fused":
-            return self.graphs["dit_fused"].run(feeds)["low_res_logits"]
-        text = self.graphs["text_encoder"].run(
-            {"input_ids": feeds["input_ids"], "attention_mask": feeds["attention_mask"]}
-        )
-        emb = self.graphs["dit_encoder"].run({"image": feeds["image"], **text})
-        return self.graphs["mask_decoder"].run({**emb, **text})["low_res_logits"]
+        return self.chain.logits(feeds)
 
     def predict_batch(self, pairs: Sequence[tuple[ImageSource, str]]) -> list[MaskResult]:
         """Masks for (image, expression) pairs, run ``max_batch`` pairs at a time."""
-        if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[1], str):
-            raise InputError("predict_batch takes a list of (image, text) pairs; use predict()")
+        pairs = check_pairs(pairs)
         results: list[MaskResult] = []
         for start in range(0, len(pairs), self.max_batch):
             chunk = pairs[start : start + self.max_batch]
@@ -122,3 +154,13 @@ class Predictor:
     def predict(self, image: ImageSource, text: str) -> MaskResult:
         """Mask (bool, original H x W) and score for one image and one expression."""
         return self.predict_batch([(image, text)])[0]
+
+    def close(self) -> None:
+        """Release the backends (sessions, engines, device buffers)."""
+        self.chain.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,6 +20,15 @@ class Backend(ABC):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends free on collection
+        """Release what the backend holds (sessions, engines, device memory)."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feeds by input name -> outputs by output name (numpy arrays)."""
         self.check_feeds(feeds)
