@@ -1,5 +1,7 @@
 """Atomic writes: a reader (or a run killed halfway) sees the old file or the new one, never
-a part. Write beside the target, flush to disk, then ``os.replace``."""
+a part. Write beside the target, flush to disk, then ``os.replace``. The temporary file names its
+writer's PID, so :func:`dit_deploy.artifact_dir.clean_inner_leftovers` can remove a dead
+writer's."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` in one step (same-directory temp file + rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -135,21 +135,20 @@ class Job:
 
     def quantize(self) -> None:
         from .precision.cli import format_table
-        from .precision.pipeline import QuantizeOptions, run_quantize
+        from .precision.pipeline import QuantizeOptions, run_quantize, stale_reason
         from .precision.samples import PairSource
-        from .runtime.manifest import read_manifest
 
         data = self.data()
         for precision in ("fp16", "int8"):
-            manifest = read_manifest(self.export_dir)
-            if precision in manifest.precisions:
+            calib = PairSource(data, "train", self.args.calib_size) if precision == "int8" else None
+            reason = stale_reason(self.export_dir, precision, calib)
+            if reason is None:
                 self.log(f"quantize {precision}: up to date")
                 continue
+            self.log(f"quantize {precision}: {reason}; building")
             opts = QuantizeOptions(
                 precision=precision,
-                calib=PairSource(data, "train", self.args.calib_size)
-                if precision == "int8"
-                else None,
+                calib=calib,
                 eval=PairSource(data, "val", min(self.args.eval_size, 64), seed=1),
                 threads=self.args.threads,
             )

@@ -9,6 +9,8 @@ canvas (zero AFTER normalisation, i.e. the padding is not "black").
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,22 +188,33 @@ def _load_file(path: Path, max_pixels: int, input_size: int | None) -> np.ndarra
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            _check_size(im.height, im.width, what, max_pixels, input_size)
+        im = Image.open(path)
+    except _PILLOW_ERRORS as exc:
+        raise _decode_error(what, exc) from exc
+    with im:
+        # outside the decoding guard: a size problem is reported as itself
+        _check_size(im.height, im.width, what, max_pixels, input_size)
+        try:
             im.load()  # force decoding: catches corrupt and truncated files here
-            return _pil_to_rgb(_exif_transpose(im, what), what)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(
+        except _PILLOW_ERRORS as exc:
+            raise _decode_error(what, exc) from exc
+        return _pil_to_rgb(_exif_transpose(im, what), what)
+
+
+# what Pillow raises on files it cannot decode (it has no single base class for them)
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+
+
+def _decode_error(what: str, exc: BaseException) -> ImageError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageError(
             f"{what} exceeds Pillow's decompression-bomb limit ({exc}); raise "
             "PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels if you trust it."
-        ) from exc
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
-        raise ImageError(
-            f"cannot decode {what}: {exc}. It is not an image Pillow can read, or it is "
-            "truncated; re-save or re-download it."
-        ) from exc
+        )
+    return ImageError(
+        f"cannot decode {what}: {exc}. It is not an image Pillow can read, or it is "
+        "truncated; re-save or re-download it."
+    )
 
 
 def _resized_shape(h: int, w: int, size: int) -> tuple[int, int]:

@@ -33,3 +33,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The authors'-format tiny layer-wise checkpoint, loaded (torch)."""
+    pytest.importorskip("torch")
+    from dit_deploy.model.dit_model import DITModel
+
+    return DITModel.from_checkpoint(
+        AUTHORS / "layer_wise.pth", config="layer_wise_tiny", vocab=FIXTURES / "tiny_vocab.txt"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model, tmp_path_factory) -> Path:
+    """One validated export of the tiny model in both layouts, shared by the whole run.
+
+    Read-only: a test that changes files copies it first (``copy_export``).
+    """
+    from dit_deploy.exporters.onnx_export import run_export
+
+    out = tmp_path_factory.mktemp("tiny-export") / "tiny"
+    run_export(tiny_model, out, layout="both", log=lambda *_: None)
+    return out
+
+
+def copy_export(src: Path, dst: Path) -> Path:
+    """A private copy of an export directory (files only: exports are flat)."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst

@@ -25,20 +25,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def model() -> DITModel:
-    return DITModel.from_checkpoint(
-        FIXTURES / "authors" / "layer_wise.pth",
-        config="layer_wise_tiny",
-        vocab=FIXTURES / "tiny_vocab.txt",
-    )
+def model(tiny_model) -> DITModel:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def export_dir(model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("exp") / "tiny"
-    result = run_export(model, out, layout="both", log=lambda *_: None)
-    assert result.out_dir == out
-    return out
+def export_dir(tiny_export) -> Path:
+    return tiny_export
 
 
 def _pairs(n: int):

@@ -39,20 +39,8 @@ INT8_MIN_MASK_IOU = 0.90
 
 
 @pytest.fixture(scope="module")
-def fp32_export(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch")
-    del torch
-    from dit_deploy.exporters.onnx_export import run_export
-    from dit_deploy.model.dit_model import DITModel
-
-    model = DITModel.from_checkpoint(
-        FIXTURES / "authors" / "layer_wise.pth",
-        config="layer_wise_tiny",
-        vocab=FIXTURES / "tiny_vocab.txt",
-    )
-    out = tmp_path_factory.mktemp("prec") / "tiny"
-    run_export(model, out, layout="both", log=lambda *_: None)
-    return out
+def fp32_export(tiny_export) -> Path:
+    return tiny_export
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -61,7 +61,7 @@ def _load_model(args: argparse.Namespace):
         return DITModel.from_pretrained(args.pretrained), {"pretrained": str(args.pretrained)}
     if not args.checkpoint:
         raise ConfigError("give --checkpoint (with --config/--text-encoder) or --pretrained")
-    from ..model.checkpoint import sha256_file
+    from ..hashing import sha256_file
 
     model = DITModel.from_checkpoint(
         args.checkpoint, config=args.config, text_encoder=args.text_encoder, vocab=args.vocab

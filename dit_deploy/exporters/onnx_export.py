@@ -7,7 +7,6 @@ Nothing is written to the output directory unless every graph validates.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 import unicodedata
 from collections import Counter
@@ -19,8 +18,10 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..artifact_dir import recover, swap_in, work_dir
 from ..errors import ArtifactError, ConfigError
-from ..model.checkpoint import VOCAB_FILE, sha256_file
+from ..hashing import sha256_file
+from ..model.checkpoint import VOCAB_FILE
 from ..model.dit_model import DITModel
 from ..preprocess import ImageSource
 from ..runtime.graph_chain import LOGITS, GraphChain
@@ -34,6 +35,7 @@ from .onnx_io import save_onnx
 from .validate import OutputCheck, Tolerance, compare_outputs, raise_on_failures
 from .wrappers import DecoderForExport, EncoderForExport, FusedForExport, TextEncoderForExport
 
+DEFAULT_OPSET = 17
 LAYOUTS = {**LAYOUT_ROLES, "both": tuple(r for roles in LAYOUT_ROLES.values() for r in roles)}
 MIN_OPSET, MAX_OPSET = 17, 20
 
@@ -253,7 +255,7 @@ def run_export(
     model: DITModel,
     out_dir: str | Path,
     layout: str = "split",
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     tolerance: Tolerance | None = None,
     pairs: Sequence[tuple[ImageSource, str]] | None = None,
     source: dict | None = None,
@@ -268,6 +270,7 @@ def run_export(
     if model.vocab_file is None or not Path(model.vocab_file).is_file():
         raise ArtifactError("the model has no tokenizer vocabulary file to ship with the export")
     out_dir = Path(out_dir)
+    recover(out_dir, log)
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
     tol = tolerance or Tolerance()
@@ -275,8 +278,7 @@ def run_export(
     roles = LAYOUTS[layout]
     model.network.eval()
     manifest = build_manifest(model, roles, opset, source or {})
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = work_dir(out_dir, "export")
     try:
         result = ExportResult(out_dir, manifest)
         io = _graph_io(model)
@@ -313,9 +315,7 @@ def run_export(
         for check in result.checks:
             log(check.line())
         raise_on_failures(result.checks, f"export to {out_dir} not written")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        swap_in(tmp, out_dir)
         return result
     finally:
         if tmp.exists():
@@ -326,15 +326,23 @@ def export_pretrained(name_or_dir: str | Path, out_dir: str | Path, log=print) -
     """Export a model in our format (both layouts) unless ``out_dir`` already holds a valid
     export of the same weights (sha256 in the manifest's source). True if it exported."""
     from ..errors import DITError
-    from ..runtime.manifest import read_manifest
+    from ..runtime.manifest import read_manifest, verify_files
 
     weights = DITModel.resolve_pretrained(name_or_dir) / "model.safetensors"
     source = {"pretrained": str(name_or_dir), "sha256": sha256_file(weights)}
+    recover(out_dir, log)
     try:
-        if read_manifest(out_dir).source == source:
+        manifest = read_manifest(out_dir)
+        if (
+            manifest.source == source
+            and manifest.layouts == list(LAYOUT_ROLES)
+            and manifest.opset == DEFAULT_OPSET
+        ):
+            verify_files(out_dir, manifest, list(manifest.graphs), "fp32")
             return False
-    except DITError:
-        pass
+    except DITError as exc:
+        if out_dir.exists():
+            log(f"re-exporting: the export in {out_dir} is not reusable ({exc})")
     log(f"exporting {name_or_dir} to {out_dir} ...")
     run_export(
         DITModel.from_pretrained(name_or_dir),

@@ -16,6 +16,7 @@ checkpoints carry but never use. Nothing is unpickled beyond tensors
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..hashing import sha256_file  # noqa: F401  (re-exported for callers)
 from .config import DITConfig, TextEncoderConfig
 from .dit import DIT
 
@@ -68,11 +68,24 @@ def read_torch_file(path: str | Path) -> Mapping[str, object]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, forbidden globals
+    except pickle.UnpicklingError:  # torch's weights-only unpickler refused an object
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {exc}. Only tensor checkpoints load "
-            "(weights_only=True); re-save it with torch.save(model.state_dict())."
-        ) from exc
+            f"{path} holds executable code (pickled Python objects beyond tensors) and will "
+            "not be loaded. A safe checkpoint holds only tensors and plain containers: in a "
+            "trusted environment, re-save it with torch.save({'state_dict': "
+            "model.state_dict()}, path) or as safetensors."
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {_first_line(exc)}. It is not a PyTorch "
+            "checkpoint, or it is truncated; re-download or re-save it."
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's text, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

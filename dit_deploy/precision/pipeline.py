@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..artifact_dir import clean_inner_leftovers
 from ..errors import ArtifactError, ConfigError, ValidationError
 from ..exporters.onnx_io import save_onnx
 from ..hashing import sha256_file
 from ..runtime.graph_chain import GraphChain
-from ..runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, read_manifest
+from ..runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, read_manifest, verify_files
 from .chain import PairInputs, chains
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
 from .graph_checks import fp16_problems, int8_problems
@@ -208,6 +209,7 @@ def run_quantize(
     """Produce, check and verify ``opts.precision`` graphs; write them only if all pass."""
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
+    verify_files(export_dir, manifest, list(manifest.graphs), "fp32")
     roles = _check_options(manifest, opts)
     if opts.precision == "int8" and opts.calib is None:
         raise ConfigError("INT8 needs calibration pairs (--calib-data, or generated scenes)")
@@ -230,7 +232,10 @@ def run_quantize(
     floor = opts.resolved_floor()
     prepare = PairInputs(export_dir, manifest)
     fp32 = chains(manifest.graph_files(export_dir), opts.threads)
-    tmp = Path(tempfile.mkdtemp(prefix=f".quantize-{opts.precision}-", dir=export_dir))
+    clean_inner_leftovers(export_dir, log)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".quantize.{opts.precision}-{os.getpid()}-", dir=export_dir)
+    )
     try:
         outcomes: list[GraphOutcome] = []
         files = dict(manifest.graph_files(export_dir))
@@ -324,3 +329,39 @@ def _install(
     updated.write(export_dir)
     if read_manifest(export_dir).precisions.get(precision) is None:
         raise ArtifactError(f"{export_dir / MANIFEST_FILE} did not take the {precision} graphs")
+
+
+def stale_reason(
+    export_dir: str | Path, precision: str, calib: PairSource | None = None
+) -> str | None:
+    """Why the export's ``precision`` graphs cannot be reused (None: present, hash-valid,
+    and, for INT8 with ``calib``, calibrated on the same pairs)."""
+    import onnx
+
+    from ..errors import DITError
+    from ..runtime.manifest import verify_files
+
+    export_dir = Path(export_dir)
+    try:
+        manifest = read_manifest(export_dir)
+        if precision not in manifest.precisions:
+            return f"no {precision} graphs"
+        verify_files(export_dir, manifest, list(manifest.precisions[precision]), precision)
+        if calib is None:
+            return None
+        for role, spec in manifest.precisions[precision].items():
+            if spec.precision != precision:
+                continue  # a role kept FP32
+            props = {
+                p.key: p.value
+                for p in onnx.load(
+                    str(export_dir / spec.file), load_external_data=False
+                ).metadata_props
+            }
+            recipe = json.loads(props.get("dit.precision_recipe", "{}"))
+            used, wanted = recipe.get("calibration"), calib.describe()
+            if used != wanted:
+                return f"{role} was calibrated on {used!r}, not {wanted!r}"
+    except DITError as exc:
+        return str(exc)
+    return None
