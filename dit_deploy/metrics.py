@@ -102,3 +102,23 @@ class RISMetrics:
             out[f"prec@{x}"] = float(_above(inter, unions, x).mean()) if n else 0.0
         out["count"] = n
         return out
+
+
+def mask_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Pooled IoU of two sets of masks (same shape, any rank): sum I / sum U, 1.0 when both
+    are empty. The one definition of "how much two precisions' masks agree"."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise InputError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    union = int(np.logical_or(a, b).sum())
+    return 1.0 if union == 0 else int(np.logical_and(a, b).sum()) / union
+
+
+def logits_agreement(a_logits: np.ndarray, b_logits: np.ndarray, threshold: float) -> float:
+    """:func:`mask_agreement` of two (B, 1, h, w) low-res logit tensors, thresholded after the
+    runtime's x4 upsampling (at input resolution, letterbox included)."""
+    from .postprocess import sigmoid, upsample_logits
+
+    a = sigmoid(upsample_logits(a_logits)) > threshold
+    b = sigmoid(upsample_logits(b_logits)) > threshold
+    return mask_agreement(a, b)

@@ -156,7 +156,7 @@ def _run_worker(cell: Cell, request: dict[str, Any], workdir: Path, index: int) 
 
 def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
     from ..data import open_dataset
-    from ..exporters.validate import mask_agreement
+    from ..metrics import logits_agreement
     from ..runtime.manifest import read_manifest
 
     if args.export_dir is None:
@@ -214,7 +214,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
             cell["parity"] = {
                 "max_abs": float(np.abs(logits - reference).max()),
                 "mean_abs": float(np.abs(logits - reference).mean()),
-                "mask_agreement": mask_agreement(logits, reference, manifest.mask_threshold),
+                "mask_agreement": logits_agreement(logits, reference, manifest.mask_threshold),
             }
     return {
         "model": manifest.config_name,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ValidationError
-from ..postprocess import sigmoid, upsample_logits
+from ..metrics import logits_agreement
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,6 @@ class OutputCheck:
         return text + ("  ok" if self.ok else "  FAILED")
 
 
-def mask_agreement(a_logits: np.ndarray, b_logits: np.ndarray, threshold: float) -> float:
-    """IoU between the thresholded upsampled masks of two low-res logit tensors (B,1,h,w)."""
-    a = sigmoid(upsample_logits(a_logits)) > threshold
-    b = sigmoid(upsample_logits(b_logits)) > threshold
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def compare_outputs(
     got: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
@@ -71,7 +63,7 @@ def compare_outputs(
         if out.shape != ref.shape:
             raise ValidationError(f"{prefix}{name}: shape {out.shape} != reference {ref.shape}")
         diff = np.abs(out - ref)
-        iou = mask_agreement(out, ref, threshold) if name == "low_res_logits" else None
+        iou = logits_agreement(out, ref, threshold) if name == "low_res_logits" else None
         checks.append(
             OutputCheck(
                 name=prefix + name,
