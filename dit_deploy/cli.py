@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Sequence
 
 from .errors import DITError
+from .extras import missing_extra
 
 # the modules that own verbs; one not present in this build is skipped
 VERB_MODULES: tuple[str, ...] = (
@@ -84,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"dit-deploy {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as exc:
+        fix = missing_extra(exc)
+        if fix is None or args.debug:
+            raise
+        print(f"dit-deploy {args.verb}: error: {fix}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"dit-deploy {args.verb}: interrupted", file=sys.stderr)

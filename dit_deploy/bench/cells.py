@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..hints import command
 from ..runtime.devices import gpu_unavailable_reason
 
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
@@ -124,8 +125,8 @@ def _engine_cell(export_dir: Path, precision: str) -> Cell:
     if reason is not None:
         reason = (
             f"TensorRT needs an NVIDIA GPU: {reason}. On a GPU machine run: "
-            f"python export/to_trt.py {export_dir} --precision {precision} && "
-            f"dit-bench {export_dir} --engine {precision}"
+            f"{command('engines', export_dir, '--precision', precision)} && "
+            f"{command('bench', export_dir, '--engine', precision)}"
         )
     return Cell(
         f"tensorrt {precision} (engine)",

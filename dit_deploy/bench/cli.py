@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BackendUnavailableError, ConfigError
 from .cells import Cell, plan_cells
 from .report import environment, print_table, write_reports
 
@@ -154,11 +155,31 @@ def _run_worker(cell: Cell, request: dict[str, Any], workdir: Path, index: int) 
     return {"status": "failed", "reason": f"worker exited {proc.returncode}: {tail}"}
 
 
+def _batches(text: str) -> list[int]:
+    try:
+        batches = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        batches = []
+    if not batches or batches[0] < 1:
+        raise ConfigError(f"--batch {text!r}: give comma-separated positive integers, e.g. 1,4")
+    return batches
+
+
 def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
     from ..data import open_dataset
     from ..metrics import logits_agreement
     from ..runtime.manifest import read_manifest
 
+    batches = _batches(args.batch)
+    if args.engine:  # feasibility before any export or data generation
+        from ..runtime.devices import gpu_unavailable_reason
+
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"--engine {args.engine} runs a TensorRT engine, which needs an NVIDIA GPU "
+                f"({reason}); run it on a GPU machine, or drop --engine for the CPU cells"
+            )
     if args.export_dir is None:
         from ..exporters.onnx_export import export_pretrained
 
@@ -170,7 +191,6 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
     manifest = read_manifest(export_dir)
     data = args.data or _bundled_data(manifest.input_size, args.limit, log)
     dataset = open_dataset(data, args.split)  # one clear DatasetError if it is not a dataset
-    batches = sorted({int(b) for b in args.batch.split(",") if b.strip()})
     cells = plan_cells(
         export_dir,
         torch_source=_torch_source(args, manifest.source),
@@ -185,13 +205,12 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "threads": args.threads,
         "budget_s": args.budget,
     }
-    from rich.progress import Progress
+    from ..progress import Progress
 
     results = []
-    with tempfile.TemporaryDirectory() as tmp, Progress(transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(cells))
+    with tempfile.TemporaryDirectory() as tmp, Progress("bench", len(cells)) as progress:
         for i, cell in enumerate(cells):
-            progress.update(task, description=cell.label)
+            progress.describe(cell.label)
             entry = cell.to_dict()
             if cell.reason:
                 entry["result"] = {"status": "unavailable", "reason": cell.reason}
@@ -204,7 +223,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
                     entry["logits"] = np.load(logits)
                     entry["size_mb"] = entry["result"].get("size_mb")
             results.append(entry)
-            progress.advance(task)
+            progress.update(1)
     reference = next(
         (c.get("logits") for c in results if c["backend"] == "pytorch" and "logits" in c), None
     )
@@ -236,7 +255,7 @@ def bench_from_args(args: argparse.Namespace) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     report = run_bench(args, log)
     out_dir = args.report_dir or RUNS / report["model"]
-    files = write_reports(report, out_dir)
+    files = write_reports(report, out_dir, log)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -225,8 +225,25 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_reports(report: dict[str, Any], out_dir: Path, log=print) -> list[Path]:
+    """report.json, report.md and the plots. A run in which no cell succeeded never
+    replaces an earlier report: it is written as ``report.partial.*`` beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(out_dir / "report.md", markdown(report))
-    return [out_dir / "report.json", out_dir / "report.md", *plots(report, out_dir)]
+    any_ok = any(c.get("result", {}).get("status") == "ok" for c in report["cells"])
+    stem = "report"
+    if not any_ok and (out_dir / "report.json").exists():
+        stem = "report.partial"
+        log(f"no cell ran: keeping {out_dir / 'report.json'}; this run is in {stem}.json")
+    files = [
+        write_text_atomic(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n"),
+        write_text_atomic(out_dir / f"{stem}.md", markdown(report)),
+    ]
+    if not any_ok:
+        return files
+    try:
+        return [*files, *plots(report, out_dir)]
+    except ModuleNotFoundError as exc:
+        if exc.name != "matplotlib":
+            raise
+        log("plots skipped: pip install 'dit-deploy[plots]' (matplotlib) to draw them")
+        return files

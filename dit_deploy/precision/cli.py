@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
+from ..progress import Progress
 
 EPILOG = """examples:
   dit-deploy quantize exports/refcoco_vit_b --precision fp16
@@ -158,15 +159,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]]:
     def make(desc: str, total: int) -> Callable[[int], None]:
-        if quiet:
-            return lambda _n: None
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=desc, unit="pair", leave=False, file=sys.stderr)
+        bar = Progress(desc, total, enabled=not quiet)
 
         def update(n: int) -> None:
             bar.update(n)
-            if bar.n >= total:
+            if bar.done >= total:
                 bar.close()
 
         return update

@@ -195,7 +195,8 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not path.is_file():
         raise ArtifactError(
             f"{directory} has no {MANIFEST_FILE}: it is not a dit-deploy export directory. "
-            f"Create one with: {command('export', '--out', directory)}"
+            f"Create one from your model with {command('export', '--out', directory)} and "
+            "--checkpoint or --pretrained (see dit-deploy export --help)"
         )
     try:
         data = json.loads(path.read_text())

@@ -1,0 +1,107 @@
+"""The one command line: verbs, one-line errors, missing extras, progress in logs, and hints
+that run as printed."""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import copy_export
+
+from dit_deploy.cli import build_parser
+from dit_deploy.cli import main as cli
+from dit_deploy.errors import ArtifactError
+from dit_deploy.progress import Progress
+from dit_deploy.runtime import Predictor
+from dit_deploy.runtime.devices import gpu_unavailable_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_without(blocked: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where importing ``blocked`` fails, as in an install
+    without that extra."""
+    prelude = f"import sys; sys.modules[{blocked!r}] = None\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+
+
+def test_every_verb_is_on_the_front():
+    verbs = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert {"run", "export", "validate", "quantize", "bench"} <= verbs
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run", "--only", "export"], ["bench"], ["export", "--pretrained", "dit-tiny-synthetic"]],
+)
+def test_without_torch_console_scripts_say_which_extra_in_one_line(tmp_path, argv):
+    out = tmp_path / "x"
+    args = [*argv, "--out", str(out)] if argv[0] != "bench" else argv
+    proc = _run_without(
+        "torch", f"from dit_deploy.cli import main; sys.exit(main({args!r}))", tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "pip install 'dit-deploy[torch]'" in proc.stderr
+
+
+def test_runtime_predicts_without_torch(tiny_export, tmp_path):
+    code = (
+        "import numpy as np\n"
+        "from dit_deploy.runtime import Predictor\n"
+        f"r = Predictor({str(tiny_export)!r}).predict(np.zeros((20, 30, 3), np.uint8), 'cat')\n"
+        "assert r.mask.shape == (20, 30)\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    proc = _run_without("torch", code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_progress_in_logs_is_plain_periodic_lines():
+    stream = io.StringIO()
+    with Progress("calibrate", 4, stream=stream, interval=0.0) as bar:
+        for _ in range(4):
+            bar.update(1)
+    text = stream.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert lines[0].startswith("calibrate: 1/4 (25%)") and lines[-1].startswith("calibrate: 4/4")
+    quiet = io.StringIO()
+    with Progress("x", 100, stream=quiet, interval=3600) as bar:
+        for _ in range(100):
+            bar.update(1)
+    assert quiet.getvalue().count("\n") == 1  # only the final line within the interval
+
+
+def test_hint_for_a_missing_precision_runs_as_printed(tiny_export, tmp_path, capsys):
+    d = copy_export(tiny_export, tmp_path / "with space")
+    with pytest.raises(ArtifactError) as err:
+        Predictor(d, precision="fp16")
+    hint = re.search(r"dit-deploy quantize .*?--precision fp16", str(err.value)).group(0)
+    argv = shlex.split(hint)[1:]
+    assert cli([*argv, "--eval-size", "4", "--latency-runs", "0", "--quiet"]) == 0
+    Predictor(d, precision="fp16").close()
+
+
+@pytest.mark.skipif(gpu_unavailable_reason() is None, reason="this machine has a GPU")
+def test_bench_engine_without_gpu_fails_fast_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    assert cli(["bench", "--engine", "fp16"]) == 1
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert "needs an NVIDIA GPU" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
