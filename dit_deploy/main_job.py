@@ -197,14 +197,20 @@ class Job:
             )
 
     def gallery(self) -> None:
-        """Predictions beside ground truth for PyTorch and every ONNX precision."""
+        """Predictions beside ground truth for PyTorch and every ONNX precision: the best,
+        median and worst pairs of the evaluation set (by FP32 IoU), the same pairs for all."""
         from .data import open_dataset
         from .gallery import Example, write_gallery
+        from .metrics import mask_iou
         from .model.dit_model import DITModel
         from .runtime import Predictor, read_manifest
 
         dataset = open_dataset(self.data(), "val")
-        samples = [dataset[i] for i in range(min(len(dataset), self.args.gallery_size))]
+        pool = [dataset[i] for i in range(min(len(dataset), self.args.eval_size))]
+        with Predictor(self.export_dir, layout="fused") as fp32:
+            ranked = fp32.predict_batch([(str(s.image_path), s.sentence) for s in pool])
+        order = sorted(range(len(pool)), key=lambda i: -mask_iou(ranked[i].mask, pool[i].mask())[0])
+        samples = [pool[i] for i in _best_median_worst(order, self.args.gallery_size)]
         pairs = [(str(s.image_path), s.sentence) for s in samples]
         predictors: dict[str, Callable] = {
             "pytorch fp32": DITModel.from_pretrained(self.args.model).predict_batch
@@ -222,10 +228,22 @@ class Job:
             ]
             path = write_gallery(
                 examples,
-                f"{self.args.model}: {label}",
+                f"{self.args.model}: {label} (best, median, worst fp32 IoU)",
                 self.report_dir / f"gallery_{label.replace(' ', '_')}.png",
             )
             self.log(f"gallery: {path}")
+
+
+def _best_median_worst(order: list[int], k: int) -> list[int]:
+    """``k`` indices of a best-first ranking: a third from the top, the middle, the bottom."""
+    if k >= len(order):
+        return list(order)
+    top = max(1, k // 3)
+    bottom = max(1, k // 3)
+    middle = k - top - bottom
+    mid_start = max(top, len(order) // 2 - middle // 2)
+    picked = order[:top] + order[mid_start : mid_start + middle] + order[len(order) - bottom :]
+    return list(dict.fromkeys(picked))
 
 
 def run_job(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:

@@ -34,11 +34,15 @@ class MaskResult:
             foreground (probability > threshold) at input resolution inside the letterbox;
             0.0 when no pixel is foreground. Not a calibrated probability of correctness.
         logits: float32 (S, S) logits at input resolution, when asked for; else None.
+        tokens: the word pieces the model read (``[CLS] ... [SEP]``, truncated as the model
+            was fed); ``[UNK]`` marks a word outside the model's vocabulary. Set by the
+            runtime's ``Predictor``; None elsewhere.
     """
 
     mask: np.ndarray
     score: float
     logits: np.ndarray | None = None
+    tokens: list[str] | None = None
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

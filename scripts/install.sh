@@ -14,6 +14,16 @@ fi
 # System packages (Debian 12/13): the C++ runtime's build deps, and jemalloc for dit-bench's
 # tuned PyTorch baseline. Both scripts exit 0 with a message where apt-get is not possible.
 bash scripts/install_cpp_deps.sh
+# The C++ runtime (dit_infer, dit_tokenize) into build/, where the README and tests use it.
+if command -v cmake >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1; then
+  if cmake -S cpp -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j2 >/dev/null; then
+    echo "install: C++ runtime built: build/dit_infer"
+  else
+    echo "install: the C++ runtime did not build (see: cmake --build build); Python is unaffected"
+  fi
+else
+  echo "install: cmake/c++ not found; the C++ runtime is not built (apt-get install cmake g++)"
+fi
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
     && ! dpkg-query -W -f='${Status}' libjemalloc2 2>/dev/null | grep -q "ok installed"; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 \

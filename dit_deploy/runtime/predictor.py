@@ -12,6 +12,7 @@ per-call state, and the backends may be shared.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .graph_chain import GraphChain
 from .manifest import Manifest, open_tokenizer, read_manifest, verify_files
 
 MAX_PAIRS_PER_CALL = 100_000
+log = logging.getLogger(__name__)
 
 
 def check_pairs(pairs: object) -> list[tuple[ImageSource, str]]:
@@ -94,6 +96,7 @@ class Predictor:
             verify_files(self.export_dir, self.manifest, self.chain.roles, precision)
         self.tokenizer = open_tokenizer(self.export_dir, self.manifest)
         self.max_batch = max_batch
+        self._warned: set[str] = set()
         self.chain.open_all()
 
     @property
@@ -146,10 +149,35 @@ class Predictor:
             chunk = pairs[start : start + self.max_batch]
             images, texts = zip(*chunk, strict=True)
             feeds, boxes = self.prepare(images, texts)
-            results += postprocess_batch(
+            masks = postprocess_batch(
                 self.low_res_logits(feeds), boxes, self.manifest.mask_threshold
             )
+            for result, text in zip(masks, texts, strict=True):
+                result.tokens = self.tokenizer.encode(text).tokens
+                if "[UNK]" in result.tokens:
+                    self._warn_unknown(text)
+            results += masks
         return results
+
+    def _warn_unknown(self, text: str) -> None:
+        """Say once per expression text that part of it is outside the model's vocabulary."""
+        if text in self._warned or len(self._warned) > 1000:
+            return
+        self._warned.add(text)
+        pieces = self.tokenizer.tokenize(text)
+        words = [w for w in text.split() if "[UNK]" in self.tokenizer.tokenize(w)]
+        log.warning(
+            "%s: %d of %d word pieces of %r are outside the model's vocabulary (%s): the "
+            "model reads them as [UNK]%s",
+            self.manifest.config_name,
+            pieces.count("[UNK]"),
+            len(pieces),
+            text,
+            ", ".join(words) or "?",
+            "; the bundled model knows only its synthetic world (shapes, colours, positions)"
+            if self.manifest.source.get("pretrained") == "dit-tiny-synthetic"
+            else "",
+        )
 
     def predict(self, image: ImageSource, text: str) -> MaskResult:
         """Mask (bool, original H x W) and score for one image and one expression."""
