@@ -106,9 +106,6 @@ class RuntimeRunner:
     ) -> None:
         from ..runtime import Predictor
 
-        kwargs: dict[str, Any] = {}
-        if precision != "fp32":
-            kwargs["precision"] = precision
         self.predictor = Predictor(
             export_dir,
             backend=backend,
@@ -116,7 +113,7 @@ class RuntimeRunner:
             layout=layout,
             threads=threads,
             max_batch=64,
-            **kwargs,
+            precision=precision,
         )
         m = self.predictor.manifest
         self.tokenizer = self.predictor.tokenizer

@@ -76,8 +76,6 @@ def run_cell(req: dict[str, Any]) -> dict[str, Any]:
         runner = _open_runner(req)
     except (BackendUnavailableError, ArtifactError) as exc:
         raise Unavailable(str(exc).replace("EXPORT_DIR", req["export_dir"])) from exc
-    except TypeError as exc:  # a runtime without the precision option
-        raise Unavailable(f"this runtime cannot select precision: {exc}") from exc
     first = [(str(samples[0].image_path), samples[0].sentence)]
     feeds, boxes = runner.prepare(*zip(*first, strict=True))
     postprocess_batch(runner.low_res_logits(feeds), boxes, runner.threshold)

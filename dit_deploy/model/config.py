@@ -7,7 +7,7 @@ exported artifact carries it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,6 @@ class DITConfig:
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     text_dropout: float = 0.1  # dropout on the per-block text projections (training only)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -123,6 +122,8 @@ class DITConfig:
     def from_dict(cls, data: dict[str, Any]) -> DITConfig:
         try:
             d = dict(data)
+            if d.get("extra") == {}:
+                del d["extra"]  # an always-empty field that dit-deploy 0.1.0 wrote
             enc = dict(d.pop("encoder"))
             enc["global_attn_indexes"] = tuple(enc["global_attn_indexes"])
             return cls(

@@ -94,7 +94,7 @@ class Manifest:
     opset: int = 17
     manifest_version: int = MANIFEST_VERSION
     # extra graphs by precision ("fp16", "int8"): precision -> role -> graph. ``graphs`` is
-    # fp32. Optional: a manifest without it (every export before issue 4) reads the same.
+    # fp32. Optional: a manifest without it (an FP32-only export) reads the same.
     precisions: dict[str, dict[str, GraphSpec]] = field(default_factory=dict)
 
     @property
@@ -134,7 +134,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if not self.precisions:
-            data.pop("precisions")  # byte-identical to manifests written before issue 4
+            data.pop("precisions")  # FP32-only manifests keep their original bytes
         return data
 
     def metadata_props(self) -> dict[str, str]:
