@@ -389,7 +389,7 @@ def test_cli_errors_are_clear_and_do_not_crash(cpp_build, export_dir, tmp_path) 
             [str(export_dir), str(good), "x", "--precision", "int8"],
             3,
             f"{export_dir} has no int8 graphs (has: fp32); create them with: "
-            f"python export/quantize.py {export_dir} --precision int8",
+            f"dit-deploy quantize {export_dir} --precision int8",
         ),
         ([str(export_dir), str(good), "x", "--precision", "bf16"], 2, "fp32, fp16 or int8"),
         ([str(export_dir), str(good), "x", "--device", "cuda"], 5, "CUDAExecutionProvider"),

@@ -92,8 +92,8 @@ const GraphSpec& Manifest::graph(const std::string& role, const std::string& pre
   if (g == table->end()) {
     throw ArtifactError(
         directory + " has no " + precision + " graph for '" + role + "'; " +
-        (precision == "fp32" ? "re-export it (python export/to_onnx.py ...)"
-                             : "re-run: python export/quantize.py " + directory +
+        (precision == "fp32" ? "re-export it (dit-deploy export ...)"
+                             : "re-run: dit-deploy quantize " + directory +
                                    " --precision " + precision));
   }
   return g->second;
@@ -121,7 +121,7 @@ Manifest read_manifest(const std::string& directory) {
   if (!is_file(path)) {
     throw ArtifactError(directory +
                         " has no manifest.json: it is not a dit-deploy export directory. Create "
-                        "one with: python export/to_onnx.py --out " +
+                        "one with: dit-deploy export --out " +
                         directory);
   }
   json data;
@@ -141,7 +141,7 @@ Manifest read_manifest(const std::string& directory) {
     throw ArtifactError(path + " has manifest version " +
                         (version.is_null() ? std::string("None") : version.dump()) +
                         ", this dit runtime reads version " + std::to_string(kManifestVersion) +
-                        "; re-export with this version (python export/to_onnx.py ...)");
+                        "; re-export with this version (dit-deploy export ...)");
   }
   Manifest m;
   m.directory = directory;
@@ -178,7 +178,7 @@ Manifest read_manifest(const std::string& directory) {
       if (!precisions.is_object()) {
         throw ArtifactError(path + " is malformed (\"precisions\" must be an object of "
                             "precision -> graphs, not " + precisions.type_name() +
-                            "); re-run python export/quantize.py");
+                            "); re-run dit-deploy quantize");
       }
       for (const auto& item : precisions.items()) {
         m.precisions[item.key()] =
@@ -214,7 +214,7 @@ Manifest read_manifest(const std::string& directory) {
     for (const auto& [role, graph] : table) {
       if (!is_file(m.path(graph.file))) {
         throw ArtifactError(directory + " is missing " + precision + " graph " + graph.file +
-                            " (" + role + "); re-run python export/quantize.py " + directory +
+                            " (" + role + "); re-run dit-deploy quantize " + directory +
                             " --precision " + precision);
       }
     }

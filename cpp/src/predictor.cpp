@@ -92,7 +92,7 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
                           spec.file + " (" + role + "); " +
                           (options.precision == "fp32"
                                ? std::string("re-export")
-                               : "re-run python export/quantize.py " + export_dir +
+                               : "re-run dit-deploy quantize " + export_dir +
                                      " --precision " + options.precision));
     }
     if (options.backend == "onnxruntime") {

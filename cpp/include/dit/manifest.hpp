@@ -47,7 +47,7 @@ struct Manifest {
   std::vector<std::string> precision_names() const;
   /// The graph that runs `role` at `precision` ("fp32" = `graphs`), as manifest.py's
   /// Manifest.graph. Throws ArtifactError naming the export directory, the precisions it has and
-  /// the command that creates the missing ones (python export/quantize.py DIR --precision P).
+  /// the command that creates the missing ones (dit-deploy quantize DIR --precision P).
   const GraphSpec& graph(const std::string& role, const std::string& precision = "fp32") const;
   std::string path(const std::string& file) const;
 };

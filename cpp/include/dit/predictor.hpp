@@ -20,7 +20,7 @@ struct Options {
   /// "fused" or "split"; empty = fused when the export has it, else split (as in Python).
   std::string layout;
   /// "fp32" (the export's `graphs`), "fp16" or "int8" (its "precisions", written by
-  /// python export/quantize.py): runs `<role>.<precision>.onnx`, or with backend "tensorrt"
+  /// dit-deploy quantize): runs `<role>.<precision>.onnx`, or with backend "tensorrt"
   /// `<role>.<precision>.engine`. An export without that precision throws ArtifactError.
   std::string precision = "fp32";
   /// "onnxruntime" or "tensorrt" (native engines; only when built with DIT_WITH_TENSORRT).
