@@ -1,4 +1,5 @@
 // manifest.json reader (nlohmann-json), with the checks and messages of manifest.py.
+#include <algorithm>
 #include "dit/manifest.hpp"
 
 #include <sys/stat.h>
@@ -83,8 +84,8 @@ const GraphSpec& Manifest::graph(const std::string& role, const std::string& pre
     auto it = precisions.find(precision);
     if (it == precisions.end()) {
       throw ArtifactError(directory + " has no " + precision + " graphs (has: " +
-                          join(precision_names()) + "); create them with: python "
-                          "export/quantize.py " + directory + " --precision " + precision);
+                          join(precision_names()) + "); create them with: dit-deploy "
+                          "quantize " + directory + " --precision " + precision);
     }
     table = &it->second;
   }
@@ -99,12 +100,21 @@ const GraphSpec& Manifest::graph(const std::string& role, const std::string& pre
   return g->second;
 }
 
+const std::vector<std::pair<std::string, std::vector<std::string>>>& layout_roles() {
+  static const std::vector<std::pair<std::string, std::vector<std::string>>> table = {
+      {"split", {"text_encoder", "dit_encoder", "mask_decoder"}},
+      {"fused", {"dit_fused"}},
+  };
+  return table;
+}
+
 std::vector<std::string> Manifest::layouts() const {
   std::vector<std::string> found;
-  if (graphs.count("text_encoder") && graphs.count("dit_encoder") && graphs.count("mask_decoder")) {
-    found.emplace_back("split");
+  for (const auto& [layout, roles] : layout_roles()) {
+    if (std::all_of(roles.begin(), roles.end(), [&](const auto& r) { return graphs.count(r); })) {
+      found.push_back(layout);
+    }
   }
-  if (graphs.count("dit_fused")) found.emplace_back("fused");
   return found;
 }
 

@@ -23,6 +23,7 @@ struct Predictor::Impl {
   Tokenizer tokenizer;
   Options options;
   std::string layout;
+  std::vector<std::string> roles;  ///< the layout's graphs, in the order they run
   std::map<std::string, GraphSpec> specs;
   std::map<std::string, std::unique_ptr<Backend>> graphs;
 
@@ -77,10 +78,11 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
                         join(available));
   }
   impl_->layout = layout;
-  std::vector<std::string> roles = layout == "fused"
-                                       ? std::vector<std::string>{"dit_fused"}
-                                       : std::vector<std::string>{"text_encoder", "dit_encoder",
-                                                                  "mask_decoder"};
+  std::vector<std::string> roles;
+  for (const auto& [name, layout_roles_] : layout_roles()) {
+    if (name == layout) roles = layout_roles_;
+  }
+  impl_->roles = roles;
   for (const auto& role : roles) {  // all graphs first: the precision error before any load
     impl_->specs[role] = impl_->manifest.graph(role, options.precision);
   }
@@ -158,20 +160,23 @@ std::vector<float> Predictor::low_res_logits(const PreparedBatch& b, int* h, int
   feeds["image"] = Tensor::floats({B, 3, S, S}, b.image);
   feeds["input_ids"] = Tensor::ints({B, L}, b.input_ids);
   feeds["attention_mask"] = Tensor::ints({B, L}, b.attention_mask);
-  TensorMap out;
-  if (impl_->layout == "fused") {
-    out = impl_->graphs.at("dit_fused")->run(feeds);
-  } else {
-    TensorMap text = impl_->graphs.at("text_encoder")->run(feeds);
-    TensorMap enc_feeds = text;
-    enc_feeds["image"] = feeds["image"];
-    TensorMap emb = impl_->graphs.at("dit_encoder")->run(enc_feeds);
-    TensorMap dec_feeds = text;
-    for (auto& kv : emb) dec_feeds[kv.first] = std::move(kv.second);
-    out = impl_->graphs.at("mask_decoder")->run(dec_feeds);
+  // the chain: every graph takes its inputs by name from the values computed so far
+  TensorMap values = std::move(feeds);
+  for (const auto& role : impl_->roles) {
+    const Backend& graph = *impl_->graphs.at(role);
+    TensorMap inputs;
+    for (const auto& name : graph.input_names()) {
+      auto found = values.find(name);
+      if (found == values.end()) {
+        throw ArtifactError(impl_->manifest.directory + ": graph " + role + " needs input " +
+                            name + ", which no graph before it produces; re-export");
+      }
+      inputs[name] = found->second;
+    }
+    for (auto& kv : graph.run(inputs)) values[kv.first] = std::move(kv.second);
   }
-  auto it = out.find("low_res_logits");
-  if (it == out.end() || it->second.type != Tensor::Type::kFloat32 ||
+  auto it = values.find("low_res_logits");
+  if (it == values.end() || it->second.type != Tensor::Type::kFloat32 ||
       it->second.shape.size() != 4 || it->second.shape[0] != B || it->second.shape[1] != 1) {
     throw ArtifactError(impl_->manifest.directory +
                         ": the graphs did not return low_res_logits of shape (B, 1, h, w); "

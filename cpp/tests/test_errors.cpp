@@ -44,7 +44,7 @@ TEST(missing_directory) {
 
 TEST(no_manifest) {
   std::string d = make_dir("no_manifest");
-  CHECK_THROWS(dit::ArtifactError, dit::Predictor(d), "to_onnx.py");
+  CHECK_THROWS(dit::ArtifactError, dit::Predictor(d), "dit-deploy export --out");
 }
 
 TEST(corrupt_manifest) {

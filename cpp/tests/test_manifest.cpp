@@ -1,4 +1,4 @@
-// manifest.json with "precisions" (python export/quantize.py): parsing, graph selection by
+// manifest.json with "precisions" (dit-deploy quantize): parsing, graph selection by
 // precision, and the typed error naming the fix when a precision was not exported.
 #include <algorithm>
 #include <filesystem>
@@ -81,7 +81,7 @@ TEST(precisions_parsed) {
   CHECK((m.layouts() == std::vector<std::string>{"fused"}));
   // a role the precision lacks: re-run quantize.py for it
   CHECK_THROWS(dit::ArtifactError, m.graph("text_encoder", "int8"),
-               "python export/quantize.py " + d + " --precision int8");
+               "dit-deploy quantize " + d + " --precision int8");
 }
 
 TEST(no_precisions_key) {
@@ -103,8 +103,8 @@ TEST(missing_precision_error) {
   write(d + "/manifest.json", manifest_json(kFp16));
   dit::Manifest m = dit::read_manifest(d);
   // names the export directory, what it has, and the command that makes the missing precision
-  const std::string want = d + " has no int8 graphs (has: fp32, fp16); create them with: python "
-                               "export/quantize.py " + d + " --precision int8";
+  const std::string want = d + " has no int8 graphs (has: fp32, fp16); create them with: dit-deploy "
+                               "quantize " + d + " --precision int8";
   CHECK_THROWS(dit::ArtifactError, m.graph("dit_fused", "int8"), want);
   dit::Options o;
   o.precision = "int8";
@@ -119,7 +119,7 @@ TEST(missing_precision_error) {
   o.backend = "onnxruntime";
   o.precision = "fp16";
   CHECK_THROWS(dit::ArtifactError, dit::Predictor(d, o),
-               "has no fp16 graphs (has: fp32); create them with: python export/quantize.py");
+               "has no fp16 graphs (has: fp32); create them with: dit-deploy quantize");
   // not a precision at all: an option error
   o.precision = "bf16";
   CHECK_THROWS(dit::InputError, dit::Predictor(d, o), "choose fp32, fp16 or int8");
@@ -153,8 +153,8 @@ TEST(missing_or_malformed_precision_graphs) {
   std::string d = with_graphs(make_dir("missing_fp16_file"), {"dit_fused.onnx"});
   write(d + "/manifest.json", manifest_json(kFp16));
   CHECK_THROWS(dit::ArtifactError, dit::read_manifest(d),
-               "is missing fp16 graph dit_fused.fp16.onnx (dit_fused); re-run python "
-               "export/quantize.py " + d + " --precision fp16");
+               "is missing fp16 graph dit_fused.fp16.onnx (dit_fused); re-run dit-deploy "
+               "quantize " + d + " --precision fp16");
   write(d + "/manifest.json", manifest_json("[1, 2]"));
   CHECK_THROWS(dit::ArtifactError, dit::read_manifest(d), "malformed");
   write(d + "/manifest.json", manifest_json(R"({"fp16": 3})"));

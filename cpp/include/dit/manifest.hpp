@@ -21,6 +21,11 @@ struct GraphSpec {
   std::string precision = "fp32";
 };
 
+/// The one table of layouts (as runtime/manifest.py's LAYOUT_ROLES): each layout's graph
+/// roles in the order they run. A graph takes its inputs by name from the prepared feeds and
+/// the outputs of the graphs before it, so a new layout is one entry here.
+const std::vector<std::pair<std::string, std::vector<std::string>>>& layout_roles();
+
 struct Manifest {
   std::string directory;  ///< the export directory it was read from
   std::string config_name;
