@@ -66,6 +66,7 @@ from .distributed import (
     wait_for_main,
 )
 from .ema import ModelEMA
+from .evaluation import progress
 from .schedule import WarmupCosineScheduler
 
 STATE_FILE = "train_state.pt"
@@ -334,7 +335,7 @@ def evaluate(
     )
     metrics = RISMetrics()
     with eval_precision(precision, dev, train_amp):
-        for batch in _progress(loader, progress and info.is_main, "eval"):
+        for batch in progress(loader, progress and info.is_main, "eval"):
             out = network(
                 batch["image"].to(dev, non_blocking=True),
                 batch["input_ids"].to(dev, non_blocking=True),
@@ -352,14 +353,6 @@ def evaluate(
         merged.merge(part)
     network.train(was_training)
     return merged.compute()
-
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, dynamic_ncols=True, leave=False)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -668,7 +661,7 @@ class Trainer:
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
         it = iter(self.loader)
         show = info.is_main and cfg.progress
-        bar = _progress(range(self.steps_per_epoch), show, f"epoch {epoch}")
+        bar = progress(range(self.steps_per_epoch), show, f"epoch {epoch}")
         for i in bar:
             loss_sum = torch.zeros((), device=info.device)
             for micro in range(o.grad_accum):
