@@ -25,15 +25,15 @@ BUNDLED_MIOU_FLOOR = 0.5  # measured 0.614 (39 expressions); text-blind: 0.005
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="tiny_data")
+def tiny_data_fixture(tmp_path_factory) -> Path:
     from dit_deploy.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("syn"), n_train=24, n_val=6, seed=5)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="tiny_bert")
+def tiny_bert_fixture(tmp_path_factory) -> Path:
     """A random-weight BERT directory shaped like the registry's ``tiny-bert``."""
     import json
     import string
@@ -185,8 +185,8 @@ def test_two_process_gloo_loss_falls_and_ranks_agree(
     assert len(state["rng"]) == 2 and state["epoch"] == 2
 
 
-@pytest.fixture
-def keep_torch_threads():
+@pytest.fixture(name="keep_torch_threads")
+def keep_torch_threads_fixture():
     """In-process training sets torch's thread count; give it back afterwards."""
     n = torch.get_num_threads()
     yield

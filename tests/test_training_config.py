@@ -21,8 +21,15 @@ def test_set_values_are_coerced_by_field_type() -> None:
 
     args = argparse.Namespace(
         config=TINY,
-        set=["optim.lr=5e-4", "optim.epochs=2", "optim.betas=[0.8, 0.9]", "seed=7",
-             "optim.clip_grad_norm=null", "data.val_splits=val", "augment.flip_prob=1"],
+        set=[
+            "optim.lr=5e-4",
+            "optim.epochs=2",
+            "optim.betas=[0.8, 0.9]",
+            "seed=7",
+            "optim.clip_grad_norm=null",
+            "data.val_splits=val",
+            "augment.flip_prob=1",
+        ],
     )
     cfg = train_config_from_args(args)
     assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
@@ -77,11 +84,21 @@ def test_train_cli_prints_one_line_and_exits_2(capsys) -> None:
 
 def test_scripts_help_keeps_examples_and_shows_defaults() -> None:
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--help"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     # examples as written: one command per line, continuation backslashes kept
     assert "torchrun --nproc-per-node 4 training/train.py \\\n" in out
     assert "--set optim.amp=bf16" in out
-    out = subprocess.run([sys.executable, str(ROOT / "training" / "evaluate.py"), "--help"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "training" / "evaluate.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     assert "(default: 32)" in out and "--backend onnxruntime" in out and "--device" in out

@@ -66,7 +66,7 @@ from .distributed import (
     wait_for_main,
 )
 from .ema import ModelEMA
-from .evaluation import progress
+from .evaluation import progress as show_progress
 from .schedule import WarmupCosineScheduler
 
 STATE_FILE = "train_state.pt"
@@ -335,7 +335,7 @@ def evaluate(
     )
     metrics = RISMetrics()
     with eval_precision(precision, dev, train_amp):
-        for batch in progress(loader, progress and info.is_main, "eval"):
+        for batch in show_progress(loader, progress and info.is_main, "eval"):
             out = network(
                 batch["image"].to(dev, non_blocking=True),
                 batch["input_ids"].to(dev, non_blocking=True),
@@ -661,7 +661,7 @@ class Trainer:
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
         it = iter(self.loader)
         show = info.is_main and cfg.progress
-        bar = progress(range(self.steps_per_epoch), show, f"epoch {epoch}")
+        bar = show_progress(range(self.steps_per_epoch), show, f"epoch {epoch}")
         for i in bar:
             loss_sum = torch.zeros((), device=info.device)
             for micro in range(o.grad_accum):
