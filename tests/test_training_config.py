@@ -102,3 +102,17 @@ def test_scripts_help_keeps_examples_and_shows_defaults() -> None:
         check=True,
     ).stdout
     assert "(default: 32)" in out and "--backend onnxruntime" in out and "--device" in out
+
+
+def test_register_adds_train_and_evaluate_verbs() -> None:
+    import argparse
+
+    from dit_deploy.training.cli import register, run_evaluate, run_train
+
+    parser = argparse.ArgumentParser(prog="dit-deploy")
+    register(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(["train", "--config", str(TINY), "--set", "optim.lr=5e-4"])
+    assert args.handler is run_train and not hasattr(args, "data")  # config values kept
+    assert train_config_from_args(args).optim.lr == 5e-4
+    args = parser.parse_args(["evaluate", "--model", "m", "--data", "d", "--device", "cuda:1"])
+    assert args.handler is run_evaluate and args.batch_size == 32 and args.device == "cuda:1"
