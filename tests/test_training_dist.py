@@ -287,3 +287,72 @@ def test_unused_parameters_are_the_sam_heads() -> None:
     names = unused_parameters(net, torch.device("cpu"))
     assert len(names) == 21 and all(n.startswith(UNUSED_PREFIXES) for n in names)
     assert net.training  # the probe restores the mode
+
+
+def _backward_ops(loss: torch.Tensor) -> set[str]:
+    names, seen, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(n for n, _ in fn.next_functions)
+    return names
+
+
+def test_deterministic_mode_has_no_interpolation_backward() -> None:
+    """PyTorch has no deterministic CUDA backward for F.interpolate; the deterministic mode
+    computes the same tables and loss with matmuls, so no such node is left to raise."""
+    from dit_deploy.training.determinism import bce_loss_matmul, install_matmul_position_tables
+    from dit_deploy.training.trainer import bce_loss
+
+    torch.manual_seed(0)
+    net = build_dit(get_config("layer_wise_tiny")).eval()
+    grid = net.config.input_size // net.config.encoder.patch_size
+    x = torch.randn(2, 3, 96, 96)
+    ids = torch.randint(5, 50, (2, net.config.max_tokens))
+    target = (torch.rand(2, 1, 96, 96) > 0.5).float()
+
+    def run(loss_fn):
+        net.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x, ids, torch.ones_like(ids)).low_res_logits, target)
+        ops = _backward_ops(loss)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, ops
+
+    ref_loss, ref_grads, ref_ops = run(bce_loss)
+    assert {"UpsampleBicubic2DBackward0", "UpsampleBilinear2DBackward0"} <= ref_ops
+    assert any(op.startswith("UpsampleLinear1D") for op in ref_ops)
+    plain = net.visual_encoder.position_tables(grid, grid)
+    install_matmul_position_tables(net.visual_encoder, grid, grid)
+    tables = net.visual_encoder.position_tables(grid, grid)
+    torch.testing.assert_close(tables.absolute, plain.absolute, rtol=1e-5, atol=1e-6)
+    for a, b in zip(tables.relative, plain.relative, strict=True):
+        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
+    loss, grads, ops = run(bce_loss_matmul)
+    assert not any(op.startswith("Upsample") for op in ops), sorted(ops)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6)
+    # the tables still train: the position parameters get gradients through the matmuls
+    assert grads["visual_encoder.pos_embed"].abs().sum() > 0
+    assert grads["visual_encoder.blocks.1.attn.rel_pos_h"].abs().sum() > 0
+
+
+def test_deterministic_run_trains_in_strict_mode(
+    tiny_data: Path, tiny_bert: Path, tmp_path: Path, keep_torch_threads
+) -> None:
+    fast = {"data.max_train_samples": 16, "data.val_splits": [], "optim.epochs": 1}
+    try:
+        a = train(tiny_config(tiny_data, tiny_bert, tmp_path / "a", deterministic=True, **fast))
+        assert torch.are_deterministic_algorithms_enabled()
+        b = train(tiny_config(tiny_data, tiny_bert, tmp_path / "b", deterministic=True, **fast))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert len(a.losses) == 2 and a.losses == b.losses
+    for k, v in a.network.state_dict().items():
+        assert torch.equal(v, b.network.state_dict()[k]), k

@@ -57,6 +57,7 @@ from ..model.dit_model import DITModel
 from ..postprocess import postprocess_batch
 from .config import TrainConfig
 from .dataset import ReferTorchDataset, collate_eval, collate_train
+from .determinism import bce_loss_matmul, install_matmul_position_tables
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -452,9 +453,9 @@ def _set_threads(cfg: TrainConfig, info: DistInfo) -> None:
 def enable_determinism() -> None:
     """PyTorch's strict deterministic mode: every op runs a deterministic kernel or raises.
 
-    cuBLAS needs its workspace config before its first handle; cuDNN is pinned. On CUDA the
-    interpolations of the model's position tables and of the loss have no deterministic
-    backward, so PyTorch raises naming them (see docs/training.md); on CPUs runs are exact.
+    cuBLAS needs its workspace config before its first handle; cuDNN is pinned. The
+    interpolations that have no deterministic CUDA backward become matmuls
+    (:mod:`.determinism`) and attention runs the math kernel (see :class:`Trainer`).
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
@@ -517,6 +518,11 @@ class Trainer:
             o.warmup_start_lr / o.lr if o.lr > 0 else 1.0,
         )
         self.ema = ModelEMA(network, o.ema_decay, o.ema_warmup) if o.ema else None
+        self.loss_fn = bce_loss
+        if cfg.deterministic:
+            grid = self.mcfg.input_size // self.mcfg.encoder.patch_size
+            install_matmul_position_tables(network.visual_encoder, grid, grid)
+            self.loss_fn = bce_loss_matmul
         self.amp_dtype = resolve_amp(o.amp, info.device)
         self.scaler = torch.amp.GradScaler(
             info.device.type, enabled=self.amp_dtype == torch.float16
@@ -710,7 +716,8 @@ class Trainer:
                     batch["input_ids"].to(dev, non_blocking=True),
                     batch["attention_mask"].to(dev, non_blocking=True),
                 )
-                loss = bce_loss(out.low_res_logits, batch["target"].to(dev, non_blocking=True))
+                target = batch["target"].to(dev, non_blocking=True)
+                loss = self.loss_fn(out.low_res_logits, target)
             self.scaler.scale(loss / o.grad_accum).backward()
         return loss.detach() / o.grad_accum
 
