@@ -81,3 +81,28 @@ def test_defaults_are_the_recipe_and_deviations_are_named(table) -> None:
     # bf16 is an explicit option, not a default
     assert cfg.override({"optim.amp": "bf16"}).optim.amp == "bf16"
     assert "--set optim.amp=bf16" in DOC.read_text()
+
+
+def test_schedule_is_the_authors_warmup_cosine() -> None:
+    """Per step: linear from WARMUP_LR to LR over WARMUP epochs, then cosine to MIN_LR."""
+    import math
+
+    from dit_deploy.training.schedule import warmup_cosine_lr
+
+    o = TrainConfig.from_yaml(RECIPE).optim
+    n = 1000  # steps per epoch
+    t, total = int(o.warmup_epochs * n), o.epochs * n
+
+    def authors(step: int) -> float:
+        if step < t:
+            return o.warmup_start_lr + step * (o.lr - o.warmup_start_lr) / t
+        return o.min_lr + 0.5 * (o.lr - o.min_lr) * (
+            1 + math.cos(math.pi * (step - t) / (total - t))
+        )
+
+    for step in (0, 1, 17, t - 1, t, t + 1, 12345, total - 1, total):
+        ours = warmup_cosine_lr(step, total, t, o.lr, o.min_lr, o.warmup_start_lr / o.lr)
+        assert ours == pytest.approx(authors(step), rel=1e-12, abs=1e-18), step
+    assert warmup_cosine_lr(0, total, t, o.lr, o.min_lr, o.warmup_start_lr / o.lr) == pytest.approx(
+        1e-7
+    )
