@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import DITConfig
 from .sam_modules import ImageEncoderViT, get_rel_pos
@@ -129,6 +130,8 @@ class DITImageEncoder(ImageEncoderViT):
         )
         self.variant = config.variant
         self.use_sdpa = True
+        #: recompute each block in the backward instead of keeping its activations (training)
+        self.checkpoint_blocks = False
         self.prob_text = (
             nn.Linear(config.text_encoder.hidden_size, enc.embed_dim)
             if config.projects_text
@@ -141,6 +144,22 @@ class DITImageEncoder(ImageEncoderViT):
             nn.init.zeros_(prob.weight)
             nn.init.zeros_(prob.bias)
         self.text_dropout = nn.Dropout(config.text_dropout)
+
+    def _block(
+        self,
+        i: int,
+        source: torch.Tensor,
+        visual: torch.Tensor,
+        rel: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Block i over [probs[i](source); visual] -> (B, L + h*w, C) tokens."""
+        block = self.blocks[i]
+        # concatenation, not slot assignment: no in-place writes (no ScatterND in ONNX)
+        tokens = torch.cat([self.text_dropout(self.probs[i](source)), visual], dim=1)
+        tokens = tokens + text_visual_attention(
+            block.attn, block.norm1(tokens), source.shape[1], rel, self.use_sdpa
+        )
+        return tokens + block.mlp(block.norm2(tokens))
 
     def position_tables(self, h: int, w: int) -> PositionTables:
         """Absolute (1, h, w, C) and per-block relative tables resized for an h x w grid."""
@@ -167,14 +186,14 @@ class DITImageEncoder(ImageEncoderViT):
             text = self.prob_text(text)
         num_text = text.shape[1]
         slots = text
-        for i, block in enumerate(self.blocks):
+        for i in range(len(self.blocks)):
             # layer-wise: always from the original text; end-to-end: from the current slots
             source = text if self.variant == "layer_wise" else slots
-            # concatenation, not slot assignment: no in-place writes (no ScatterND in ONNX)
-            tokens = torch.cat([self.text_dropout(self.probs[i](source)), visual], dim=1)
-            tokens = tokens + text_visual_attention(
-                block.attn, block.norm1(tokens), num_text, tables.relative[i], self.use_sdpa
-            )
-            tokens = tokens + block.mlp(block.norm2(tokens))
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                tokens = checkpoint(
+                    self._block, i, source, visual, tables.relative[i], use_reentrant=False
+                )
+            else:
+                tokens = self._block(i, source, visual, tables.relative[i])
             slots, visual = tokens[:, :num_text], tokens[:, num_text:]
         return self.neck(visual.reshape(b, h, w, c).permute(0, 3, 1, 2))

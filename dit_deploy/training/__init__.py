@@ -1,7 +1,9 @@
-"""Training DIT: ``torchrun`` DDP trainer, datasets with the authors' augmentations, schedule, EMA.
+"""Training DIT: ``torchrun`` DDP trainer, datasets with the authors' augmentations, schedule,
+EMA, and the evaluation of models and exports.
 
 Needs the ``torch`` extra (and ``train`` for RefCOCO masks and TensorBoard). The command-line
-entry point is ``training/train.py``.
+entry points are ``training/train.py`` and ``training/evaluate.py`` (:mod:`.cli`, whose
+:func:`~dit_deploy.training.cli.register` adds the ``train`` and ``evaluate`` verbs).
 """
 
 from .config import AugmentConfig, DataConfig, OptimConfig, TrainConfig
