@@ -19,16 +19,19 @@ from collections.abc import Sequence
 from .errors import DITError
 from .extras import missing_extra
 
-# the modules that own verbs; one not present in this build is skipped
-VERB_MODULES: tuple[str, ...] = (
-    "dit_deploy.main_job",
-    "dit_deploy.exporters.cli",
-    "dit_deploy.precision.cli",
-    "dit_deploy.engines.cli",
-    "dit_deploy.bench.cli",
-    "dit_deploy.serving.cli",
-    "dit_deploy.batch.cli",
-)
+# the modules that own verbs, and their verbs (named when an optional dependency is missing);
+# a module not present in this build is skipped
+VERBS_OF = {
+    "dit_deploy.main_job": ("run",),
+    "dit_deploy.exporters.cli": ("export", "validate"),
+    "dit_deploy.precision.cli": ("quantize",),
+    "dit_deploy.engines.cli": ("engines",),
+    "dit_deploy.bench.cli": ("bench",),
+    "dit_deploy.training.cli": ("train", "evaluate"),
+    "dit_deploy.serving.cli": ("serve", "client", "triton-repo"),
+    "dit_deploy.batch.cli": ("batch",),
+}
+VERB_MODULES = tuple(VERBS_OF)
 
 EPILOG = """examples:
   dit-deploy                          # the main job on the bundled model (same as: dit-deploy run)
@@ -62,22 +65,39 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("dit_deploy"):
-                continue  # a verb module not (yet) in this build
-            raise
+                continue  # a verb module not in this build
+            fix = missing_extra(exc)
+            if fix is None:
+                raise
+            _unavailable(sub, name, fix)
+            continue
         module.register(sub)
     return parser
 
 
+def _unavailable(sub, module: str, fix: str) -> None:
+    """Keep a verb whose module cannot import here: it says which extra it needs."""
+
+    def refuse(args: argparse.Namespace) -> int:
+        raise DITError(fix)
+
+    for verb in VERBS_OF.get(module, ()):
+        p = sub.add_parser(verb, help=f"(unavailable: {fix})", add_help=True)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(handler=refuse)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is global: accepted before or after the verb
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    if not any(a in parser._subparsers._group_actions[0].choices for a in argv):  # type: ignore[union-attr]
-        # no verb: the main job (``dit-deploy --out x`` == ``dit-deploy run --out x``)
-        globals_only = [a for a in argv if a == "--debug"]
-        argv = [*globals_only, "run", *[a for a in argv if a != "--debug"]]
-        if any(a in ("-h", "--help") for a in argv):
-            parser.print_help()
-            return 0
+    verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    if not argv or (argv[0] not in verbs and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # no verb: the main job (``dit-deploy --out x`` = ``run --out x``)
+    if debug:
+        argv = ["--debug", *argv]
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

@@ -104,6 +104,7 @@ def test_evaluate_cli_json_and_one_line_errors(model_and_export, capsys) -> None
         (["--model", str(model_dir), "--batch-size", "0"], "--batch-size"),
     ]
     for extra, match in cases:
-        assert main_evaluate([*extra, *args]) == 2, extra
+        assert main_evaluate([*extra, *args]) == 1, extra
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("evaluate.py: error: ") and match in err[0]
+        assert len(err) == 1 and match in err[0]
+        assert err[0].startswith("dit-deploy evaluate: error: ")

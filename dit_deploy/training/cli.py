@@ -10,11 +10,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from ..errors import DITError
 
 TRAIN_EXAMPLES = """examples:
   # the authors' recipe: 4 GPUs x 16 = batch 64, fp32, 40 epochs
@@ -214,52 +212,15 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run_evaluate)
 
 
-def _standalone(
-    description: str,
-    epilog: str,
-    add: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace], int],
-    argv: Sequence[str] | None,
-    prog: str,
-) -> int:
-    p = argparse.ArgumentParser(
-        prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter
-    )
-    add(p)
-    p.add_argument("--debug", action="store_true", help="show the traceback of errors")
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except DITError as exc:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-
-
 def main_train(argv: Sequence[str] | None = None) -> int:
-    """``training/train.py``."""
-    return _standalone(
-        "Train DIT: one process, or one per device under torchrun (DDP: NCCL on GPUs, gloo "
-        "on CPUs). Options left out keep the config's values. Resume with --resume "
-        "<output>/last.",
-        TRAIN_EXAMPLES,
-        add_train_arguments,
-        run_train,
-        argv,
-        "train.py",
-    )
+    """``training/train.py``: the same as ``dit-deploy train``."""
+    from ..cli import main as front
+
+    return front(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 def main_evaluate(argv: Sequence[str] | None = None) -> int:
-    """``training/evaluate.py``."""
-    return _standalone(
-        "Score a saved model (our format, or a bundled name) or an export on a dataset split: "
-        "mIoU, oIoU, Prec@X at the original resolution, with the same metrics code for "
-        "PyTorch and the runtime backends.",
-        EVAL_EXAMPLES,
-        add_evaluate_arguments,
-        run_evaluate,
-        argv,
-        "evaluate.py",
-    )
+    """``training/evaluate.py``: the same as ``dit-deploy evaluate``."""
+    from ..cli import main as front
+
+    return front(["evaluate", *(sys.argv[1:] if argv is None else argv)])
