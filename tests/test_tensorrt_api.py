@@ -71,15 +71,19 @@ REMOVED_IN_11 = (
 )
 STUB_C = r"""
 #include <stddef.h>
-void* createInferBuilder_INTERNAL(void* l, int v) { (void)l; (void)v; return NULL; }
-void* createInferRefitter_INTERNAL(void* e, void* l, int v) { (void)e; (void)l; (void)v; return NULL; }
-void* createInferRuntime_INTERNAL(void* l, int v) { (void)l; (void)v; return NULL; }
+/* the nine C symbols the binding modules link; constructors report failure (NULL) */
+void* createInferBuilder_INTERNAL(void* a, int b) { (void)a; (void)b; return NULL; }
+void* createInferRefitter_INTERNAL(void* a, void* b, int c) { (void)a; (void)b; (void)c;
+  return NULL; }
+void* createInferRuntime_INTERNAL(void* a, int b) { (void)a; (void)b; return NULL; }
 void* getPluginRegistry(void) { return NULL; }
-void* getBuilderPluginRegistry(int t) { (void)t; return NULL; }
-void* createNvOnnxParser_INTERNAL(void* n, void* l, int v) { (void)n; (void)l; (void)v; return NULL; }
-void* createNvOnnxParserRefitter_INTERNAL(void* r, void* l, int v) { (void)r; (void)l; (void)v; return NULL; }
+void* getBuilderPluginRegistry(int a) { (void)a; return NULL; }
+void* createNvOnnxParser_INTERNAL(void* a, void* b, int c) { (void)a; (void)b; (void)c;
+  return NULL; }
+void* createNvOnnxParserRefitter_INTERNAL(void* a, void* b, int c) { (void)a; (void)b; (void)c;
+  return NULL; }
 int getNvOnnxParserVersion(void) { return 0; }
-int initLibNvInferPlugins(void* l, const char* ns) { (void)l; (void)ns; return 1; }
+int initLibNvInferPlugins(void* a, const char* b) { (void)a; (void)b; return 1; }
 """
 
 
@@ -115,9 +119,9 @@ def used_api() -> dict[str, list]:
         tree = ast.parse(source.read_text())
         bool_tested = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-                if isinstance(node.operand, ast.Call):
-                    bool_tested.add(id(node.operand))
+            negated = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
+            if negated and isinstance(node.operand, ast.Call):
+                bool_tested.add(id(node.operand))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 chain = _chain(node.func)
@@ -137,8 +141,9 @@ def used_api() -> dict[str, list]:
                 if owned:
                     attrs.add(owned)
     maximal = {
-        (o, c) for o, c in attrs if not any(o2 == o and len(c2) > len(c) and c2[: len(c)] == c
-                                            for o2, c2 in attrs)
+        (o, c)
+        for o, c in attrs
+        if not any(o2 == o and len(c2) > len(c) and c2[: len(c)] == c for o2, c2 in attrs)
     }
     return {"attrs": sorted(maximal), "calls": sorted(calls), "sets": sorted(sets)}
 
@@ -357,9 +362,7 @@ def test_tensorrt_calls_match_the_real_bindings(trt_report):
         sigs = _signatures(doc)
         assert sigs, f"no pybind signature in the __doc__ of {key}: {doc[:200]!r}"
         fits = [
-            ret
-            for params, ret in sigs
-            if sum("=" not in p for p in params) <= nargs <= len(params)
+            ret for params, ret in sigs if sum("=" not in p for p in params) <= nargs <= len(params)
         ]
         if not fits:
             wrong.append(f"{key} called with {nargs} argument(s): {sigs}")
@@ -378,9 +381,9 @@ def test_hardware_compat_levels_are_checked_before_a_build(trt_report):
     outcome = trt_report["hardware_compat"]
     assert outcome["ampere_plus"] == "ok"
     if trt_report["version"] == "10.0.1":
-        assert "needs TensorRT >= 10.9, this is TensorRT 10.0.1" in outcome[
-            "same_compute_capability"
-        ]
+        assert (
+            "needs TensorRT >= 10.9, this is TensorRT 10.0.1" in outcome["same_compute_capability"]
+        )
     else:
         assert outcome["same_compute_capability"] == "ok"
 
