@@ -367,3 +367,83 @@ def test_to_trt_script_without_gpu_exits_2_with_one_line(export_dir, monkeypatch
     assert err.count("\n") == 1 and "no NVIDIA GPU (test)" in err
     assert f"run: python export/to_trt.py {export_dir} --max-batch 4" in err
     assert main([str(export_dir), "--max-batch", "2", "--opt-batch", "4"]) == 2
+
+
+# ------------------------------------------------------------- Polygraphy comparator
+@pytest.fixture
+def fused_export(tmp_path) -> Path:
+    """A fused export whose graph is logits = 0.1 * image (FP32) and an FP16 variant
+    (the same in float16): real ONNX Runtime, real Polygraphy."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def model(fp16: bool):
+        inputs = [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 8, 8]),
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 4]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", 4]),
+        ]
+        out = helper.make_tensor_value_info("low_res_logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
+        if fp16:
+            tenth = helper.make_tensor("tenth", TensorProto.FLOAT16, [], [0.1])
+            nodes = [
+                helper.make_node("Cast", ["image"], ["h"], to=TensorProto.FLOAT16),
+                helper.make_node("Constant", [], ["c"], value=tenth),
+                helper.make_node("Mul", ["h", "c"], ["h2"]),
+                helper.make_node("Cast", ["h2"], ["low_res_logits"], to=TensorProto.FLOAT),
+            ]
+        else:
+            tenth = helper.make_tensor("tenth", TensorProto.FLOAT, [], [0.1])
+            nodes = [
+                helper.make_node("Constant", [], ["c"], value=tenth),
+                helper.make_node("Mul", ["image", "c"], ["low_res_logits"]),
+            ]
+        m = helper.make_model(helper.make_graph(nodes, "g", inputs, [out]),
+                              opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+        m.ir_version = 8
+        return m
+
+    out = tmp_path / "export"
+    out.mkdir()
+    onnx.save(model(False), out / "dit_fused.onnx")
+    onnx.save(model(True), out / "dit_fused.fp16.onnx")
+    (out / "vocab.txt").write_text(
+        (Path(__file__).parent / "fixtures" / "tiny_vocab.txt").read_text()
+    )
+    ins = [
+        TensorSpec("image", "float32", ["batch", 3, 8, 8]),
+        TensorSpec("input_ids", "int64", ["batch", 4]),
+        TensorSpec("attention_mask", "int64", ["batch", 4]),
+    ]
+    outs = [TensorSpec("low_res_logits", "float32", ["batch", 3, 8, 8])]
+    Manifest(
+        config_name="tiny",
+        variant="layer_wise",
+        input_size=8,
+        max_tokens=4,
+        mask_threshold=0.0,
+        pixel_mean=[0.485, 0.456, 0.406],
+        pixel_std=[0.229, 0.224, 0.225],
+        tokenizer={"vocab_file": "vocab.txt", "lowercase": True, "max_tokens": 4},
+        graphs={"dit_fused": GraphSpec("dit_fused.onnx", ins, outs)},
+        precisions={"fp16": {"dit_fused": GraphSpec("dit_fused.fp16.onnx", ins, outs,
+                                                    precision="fp16")}},
+    ).write(out)  # fmt: skip
+    return out
+
+
+def test_polygraphy_comparator_measures_the_precision_error(fused_export, capsys):
+    pytest.importorskip("polygraphy")
+    from dit_deploy.engines.compare import CompareOptions, compare_graphs, main
+
+    [result] = compare_graphs(
+        CompareOptions(fused_export, "fp16", candidate="onnxruntime"), log=lambda m: None
+    )
+    assert result.role == "dit_fused" and result.passed
+    err = result.max_abs["low_res_logits"]
+    assert 0 < err < 1e-3  # fp16 rounding of 0.1 * normalised pixels (|x| < 3)
+    assert main([str(fused_export), "--precision", "fp16", "--candidate", "onnxruntime",
+                 "--atol", str(err / 2)]) == 1  # fmt: skip
+    assert "dit_fused     FAIL" in capsys.readouterr().out
+    assert main([str(fused_export), "--precision", "fp16", "--candidate", "tensorrt"]) == 2
+    assert "no engine" in capsys.readouterr().err
