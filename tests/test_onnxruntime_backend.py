@@ -110,3 +110,15 @@ def test_tensorrt_precision_flags(tmp_path, precision, fp16, int8):
     shapes = tensorrt_provider_options(precision, two, tmp_path, max_batch=2)
     assert shapes["trt_profile_max_shapes"] == "input_ids:2x20,mask:2x20"
     assert shapes["trt_profile_opt_shapes"] == "input_ids:1x20,mask:1x20"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
+def test_gpu_providers_start_and_match_the_cpu(export_dir, device):
+    """onnxruntime-gpu (the gpu-trt10 extra): the provider really runs, same numbers."""
+    image = np.random.default_rng(0).normal(size=(3, 3, 2, 2)).astype(np.float32)
+    cpu = OnnxRuntimeBackend(export_dir / "dit_fused.onnx").run({"image": image})["logits"]
+    b = OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device=device, max_batch=4)
+    assert b.providers[0] == {"cuda": "CUDAExecutionProvider",
+                              "tensorrt": "TensorrtExecutionProvider"}[device]  # fmt: skip
+    np.testing.assert_allclose(b.run({"image": image})["logits"], cpu, atol=1e-5)

@@ -260,3 +260,43 @@ def test_batch_below_the_profile_minimum_is_refused_before_the_run(make_backend)
     assert cudart.buffers == []  # refused before any allocation
     with pytest.raises(InputError, match="batch 5 is outside"):
         b.run({"image": _image(5)})
+
+
+@pytest.mark.cuda
+def test_cuda_python_buffers_streams_and_graphs_on_a_gpu():
+    """The backend's cuda.bindings calls, for real: pinned and device buffers, async copies
+    on a non-blocking stream, a captured graph replayed (no TensorRT needed)."""
+    from dit_deploy.runtime.devices import cuda_call, gpu_info, import_cudart
+
+    cudart = import_cudart()
+    info = gpu_info(0)
+    assert info.name and "." in info.compute_capability
+    cuda_call(cudart.cudaSetDevice(0))
+    stream = cuda_call(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
+    n = 1024 * 4
+    host_in, host_out = (cuda_call(cudart.cudaMallocHost(n)) for _ in range(2))
+    dev = cuda_call(cudart.cudaMalloc(n))
+    src = np.frombuffer((ctypes.c_byte * n).from_address(host_in), np.float32)
+    dst = np.frombuffer((ctypes.c_byte * n).from_address(host_out), np.float32)
+    h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+    d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    cuda_call(cudart.cudaStreamBeginCapture(stream, mode))
+    cuda_call(cudart.cudaMemcpyAsync(dev, host_in, n, h2d, stream))
+    cuda_call(cudart.cudaMemcpyAsync(host_out, dev, n, d2h, stream))
+    graph = cuda_call(cudart.cudaStreamEndCapture(stream))
+    graph_exec = cuda_call(cudart.cudaGraphInstantiate(graph, 0))
+    for value in (1.5, -2.0):
+        src[:] = value
+        cuda_call(cudart.cudaGraphLaunch(graph_exec, stream))
+        cuda_call(cudart.cudaStreamSynchronize(stream))
+        assert np.all(dst == value)
+    for result in (
+        cudart.cudaGraphExecDestroy(graph_exec),
+        cudart.cudaGraphDestroy(graph),
+        cudart.cudaFree(dev),
+        cudart.cudaFreeHost(host_in),
+        cudart.cudaFreeHost(host_out),
+        cudart.cudaStreamDestroy(stream),
+    ):
+        cuda_call(result)

@@ -92,3 +92,41 @@ def gpu_unavailable_reason(need_tensorrt: bool = True) -> str | None:
     except BackendUnavailableError as exc:
         reasons.append(str(exc))
     return "; ".join(reasons) or None
+
+
+def stack_versions() -> dict[str, str]:
+    """What this machine has for the GPU path (for reports): GPU, driver-side CUDA,
+    TensorRT, cuda-python, ONNX Runtime (+ providers), Polygraphy, PyTorch. Nothing
+    missing raises: it reads "not installed" / "none"."""
+    import importlib.metadata
+    import platform
+
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    from .backends.tensorrt import installed_tensorrt_version
+
+    out = {"python": platform.python_version(), "gpus": str(cuda_device_count())}
+    try:
+        info = gpu_info(0)
+        out["gpu"] = f"{info.name} (compute capability {info.compute_capability})"
+    except (BackendUnavailableError, OSError) as exc:
+        out["gpu"] = f"none ({exc})"
+    out["tensorrt"] = installed_tensorrt_version() or "not installed"
+    out["cuda-bindings"] = version("cuda-bindings")
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        if version(dist) != "not installed":
+            import onnxruntime
+
+            out[dist] = f"{version(dist)} {onnxruntime.get_available_providers()}"
+    out["polygraphy"] = version("polygraphy")
+    out["torch"] = version("torch")
+    return out
+
+
+if __name__ == "__main__":
+    for key, value in stack_versions().items():
+        print(f"{key:<16} {value}")
