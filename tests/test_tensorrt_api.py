@@ -40,8 +40,11 @@ SOURCES = [
 ]
 CACHE = Path(os.environ.get("DIT_WHEEL_CACHE", Path.home() / ".cache" / "dit_deploy" / "wheels"))
 TRT_VERSIONS = ("10.0.1", "10.13.3.9", "11.4.0.106")  # lowest 10.x, current 10.x, current 11.x
+# the lowest 10.x with a wheel for CPython 3.13 (10.0.1 has wheels up to 3.12)
+LOWEST_FALLBACK = "10.9.0.34"
 CUDA_BINDINGS_12 = "12.9.6"
 ORT_GPU = "1.31.1"  # the gpu-trt10 extra's onnxruntime-gpu
+PY_TAG = f"cp{sys.version_info.major}{sys.version_info.minor}"  # wheels are per CPython
 # variables holding TensorRT objects in our code -> their TensorRT class
 TRT_OBJECTS = {
     "builder": "Builder",
@@ -188,8 +191,9 @@ def _pypi_reachable() -> bool:
         return False
 
 
-def _wheel(requirement: str, pattern: str) -> Path:
-    """The cached wheel for ``requirement`` (``name==version``), downloaded when absent."""
+def _wheel(requirement: str, pattern: str, missing_ok: bool = False) -> Path | None:
+    """The cached wheel for ``requirement`` (``name==version``), downloaded when absent.
+    ``missing_ok``: None when the release has no wheel for this Python."""
     CACHE.mkdir(parents=True, exist_ok=True)
     found = sorted(CACHE.glob(pattern))
     if found:
@@ -201,9 +205,10 @@ def _wheel(requirement: str, pattern: str) -> Path:
     if r.returncode != 0 or not found:
         if not _pypi_reachable():
             pytest.skip(f"PyPI is unreachable, so {requirement} cannot be fetched into {CACHE}")
-        tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
         if "no matching distribution" in r.stderr.lower():
-            pytest.skip(f"{requirement} has no wheel for CPython {tag} on this platform")
+            if missing_ok:
+                return None
+            pytest.skip(f"{requirement} has no wheel for CPython {PY_TAG} on this platform")
         pytest.fail(f"pip download {requirement} failed: {r.stderr[-800:]}")
     return found[0]
 
@@ -305,7 +310,16 @@ print(json.dumps(report))
 @pytest.fixture(scope="session", params=TRT_VERSIONS)
 def trt_report(request, stub_libs) -> dict:
     version = request.param
-    wheel = _wheel(f"tensorrt-cu12-bindings=={version}", f"tensorrt_cu12_bindings-{version}-*.whl")
+    wheel = _wheel(
+        f"tensorrt-cu12-bindings=={version}",
+        f"tensorrt_cu12_bindings-{version}-{PY_TAG}-*.whl",
+        missing_ok=version == TRT_VERSIONS[0],
+    )
+    if wheel is None:  # CPython 3.13+: the lowest release that has a wheel for it
+        version = LOWEST_FALLBACK
+        wheel = _wheel(
+            f"tensorrt-cu12-bindings=={version}", f"tensorrt_cu12_bindings-{version}-{PY_TAG}-*"
+        )
     api = {kind: [x for x in rows if x[0] != "cudart"] for kind, rows in used_api().items()}
     r = subprocess.run(
         [sys.executable, "-c", PROBE, str(stub_libs), str(_unpacked(wheel)), str(ROOT),
@@ -380,7 +394,7 @@ def test_hardware_compat_levels_are_checked_before_a_build(trt_report):
     """SAME_COMPUTE_CAPABILITY arrived in TensorRT 10.9: refused with the reason on 10.0."""
     outcome = trt_report["hardware_compat"]
     assert outcome["ampere_plus"] == "ok"
-    if trt_report["version"] == "10.0.1":
+    if tuple(int(p) for p in trt_report["version"].split(".")[:2]) < (10, 9):
         assert (
             "needs TensorRT >= 10.9, this is TensorRT 10.0.1" in outcome["same_compute_capability"]
         )
@@ -423,7 +437,9 @@ print(json.dumps(out))
 @pytest.mark.parametrize("major", [12, 13])
 def test_cuda_bindings_calls_exist_in_both_majors(major):
     if major == 12:
-        wheel = _wheel(f"cuda-bindings=={CUDA_BINDINGS_12}", f"cuda_bindings-{CUDA_BINDINGS_12}-*")
+        wheel = _wheel(
+            f"cuda-bindings=={CUDA_BINDINGS_12}", f"cuda_bindings-{CUDA_BINDINGS_12}-{PY_TAG}-*"
+        )
         path = str(_unpacked(wheel))
     else:
         pytest.importorskip("cuda.bindings.runtime", reason="cuda-python 13 (dev extra)")
@@ -452,7 +468,7 @@ def test_onnxruntime_tensorrt_options_exist_in_onnxruntime_gpu(tmp_path):
     lib_name = "libonnxruntime_providers_tensorrt.so"
     lib = CACHE / f"onnxruntime_gpu-{ORT_GPU}-{lib_name}"
     if not lib.is_file():
-        wheel = _wheel(f"onnxruntime-gpu=={ORT_GPU}", f"onnxruntime_gpu-{ORT_GPU}-*.whl")
+        wheel = _wheel(f"onnxruntime-gpu=={ORT_GPU}", f"onnxruntime_gpu-{ORT_GPU}-{PY_TAG}-*.whl")
         with zipfile.ZipFile(wheel) as z:
             lib.write_bytes(z.read(f"onnxruntime/capi/{lib_name}"))
         wheel.unlink()  # 250 MB; the 1 MB provider library is all this test needs
