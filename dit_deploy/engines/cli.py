@@ -36,21 +36,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=["fp32", "fp16", "int8"],
         default=["fp32"],
-        help="graph precision(s) to build",
+        help="graph precision(s) to build (default: %(default)s)",
     )
-    p.add_argument("--layout", choices=LAYOUTS, default="all", help="which graphs to build")
-    p.add_argument("--max-batch", type=int, default=8, help="profile maximum")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="all",
+        help="which graphs to build (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=8, help="profile maximum (default: %(default)s)"
+    )
     p.add_argument("--opt-batch", type=int, help="profile optimum (default: max-batch // 2)")
-    p.add_argument("--min-batch", type=int, default=1, help="profile minimum")
-    p.add_argument("--workspace-gb", type=float, default=4.0, help="workspace pool (GiB)")
+    p.add_argument(
+        "--min-batch", type=int, default=1, help="profile minimum (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workspace-gb", type=float, default=4.0, help="workspace pool, GiB (default: %(default)s)"
+    )
     p.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated")
-    p.add_argument("--builder-opt-level", type=int, default=3, help="builder optimisation 0..5")
+    p.add_argument(
+        "--builder-opt-level",
+        type=int,
+        default=3,
+        help="builder optimisation 0..5 (default: %(default)s)",
+    )
     p.add_argument(
         "--hardware-compat",
         choices=["none", "ampere_plus", "same_compute_capability"],
         default="none",
         help="none: GPUs of this compute capability; same_compute_capability needs "
-        "TensorRT >= 10.9",
+        "TensorRT >= 10.9 (default: %(default)s)",
     )
     p.add_argument(
         "--version-compat",
