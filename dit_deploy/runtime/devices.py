@@ -79,6 +79,32 @@ def gpu_info(device: int = 0) -> GpuInfo:
     return GpuInfo(name.rstrip("\x00").strip(), f"{props.major}.{props.minor}")
 
 
+# distributions that provide the ``tensorrt`` module, newest naming first
+_TENSORRT_DISTRIBUTIONS = (
+    "tensorrt",
+    "tensorrt-cu13",
+    "tensorrt-cu12",
+    "tensorrt-cu13-bindings",
+    "tensorrt-cu12-bindings",
+)
+
+
+def installed_tensorrt_version() -> str | None:
+    """The installed TensorRT's version, read from package metadata without importing it
+    (None when no TensorRT package is installed)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    for dist in _TENSORRT_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def gpu_unavailable_reason(need_tensorrt: bool = True) -> str | None:
     """None when an NVIDIA GPU, ``cuda.bindings`` and (``need_tensorrt``) the ``tensorrt``
     package are usable, else why not (each missing piece named, so one run tells all)."""
@@ -106,8 +132,6 @@ def stack_versions() -> dict[str, str]:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
-
-    from .backends.tensorrt import installed_tensorrt_version
 
     out = {"python": platform.python_version(), "gpus": str(cuda_device_count())}
     try:

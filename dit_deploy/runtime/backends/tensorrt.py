@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError, InputError
-from ..devices import cuda_call, gpu_info, import_cudart
+from ..devices import cuda_call, gpu_info, import_cudart, installed_tensorrt_version
 from ..engine_sidecar import EngineSidecar, check_sidecar, read_sidecar
 from .base import Backend
 
@@ -36,30 +36,6 @@ _TENSORRT_HINT = (
     "the tensorrt package is not installed: pip install 'dit-deploy[gpu]' on a machine with an "
     "NVIDIA GPU"
 )
-# distributions that provide the ``tensorrt`` module, newest naming first
-_TENSORRT_DISTRIBUTIONS = (
-    "tensorrt",
-    "tensorrt-cu13",
-    "tensorrt-cu12",
-    "tensorrt-cu13-bindings",
-    "tensorrt-cu12-bindings",
-)
-
-
-def installed_tensorrt_version() -> str | None:
-    """The installed TensorRT's version, read from package metadata without importing it
-    (None when no TensorRT package is installed)."""
-    import importlib.metadata
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    for dist in _TENSORRT_DISTRIBUTIONS:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def _import_tensorrt():
