@@ -45,22 +45,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     te = get_config("layer_wise_tiny").text_encoder
     out = tmp_path_factory.mktemp("tiny_bert")
-    tokens = [
-        *KEEP_SPECIALS,
-        *synthetic_words(),
-        *string.ascii_lowercase,
-        *("##" + c for c in string.ascii_lowercase),
-    ]
+    tokens = [*KEEP_SPECIALS, *synthetic_words(), *string.ascii_lowercase,
+              *("##" + c for c in string.ascii_lowercase)]
     assert len(tokens) <= te.vocab_size
     (out / "vocab.txt").write_text("".join(t + "\n" for t in tokens))
-    hf = BertConfig(
-        vocab_size=te.vocab_size,
-        hidden_size=te.hidden_size,
-        num_hidden_layers=1,
-        num_attention_heads=te.num_heads,
-        intermediate_size=te.intermediate_size,
-        max_position_embeddings=te.max_position_embeddings,
-    )
+    hf = BertConfig(vocab_size=te.vocab_size, hidden_size=te.hidden_size,
+                    num_hidden_layers=1, num_attention_heads=te.num_heads,
+                    intermediate_size=te.intermediate_size,
+                    max_position_embeddings=te.max_position_embeddings)
     torch.manual_seed(0)
     BertModel(hf).save_pretrained(out, safe_serialization=True)
     assert json.loads((out / "config.json").read_text())["vocab_size"] == te.vocab_size
@@ -68,34 +60,20 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, bert: Path, out: Path, **over) -> TrainConfig:
-    cfg = TrainConfig.from_dict(
-        {
-            "model": "layer_wise_tiny",
-            "text_encoder": str(bert),
-            "data": {
-                "path": str(data),
-                "val_splits": ["val"],
-                "num_workers": 0,
-                "max_val_samples": 8,
-            },
-            "optim": {
-                "global_batch_size": 8,
-                "epochs": 2,
-                "lr": 2e-3,
-                "min_lr": 1e-4,
-                "warmup_epochs": 0.2,
-                "clip_grad_norm": 1.0,
-                "ema": True,
-                "ema_decay": 0.9,
-                "amp": "off",
-            },
-            "output_dir": str(out),
-            "cpu_threads": 2,  # summed over local ranks: 1 thread per process with 2 ranks
-            "progress": False,
-            "tensorboard": False,
-            "seed": 3,
-        }
-    )
+    cfg = TrainConfig.from_dict({
+        "model": "layer_wise_tiny",
+        "text_encoder": str(bert),
+        "data": {"path": str(data), "val_splits": ["val"], "num_workers": 0,
+                 "max_val_samples": 8},
+        "optim": {"global_batch_size": 8, "epochs": 2, "lr": 2e-3, "min_lr": 1e-4,
+                  "warmup_epochs": 0.2, "clip_grad_norm": 1.0, "ema": True,
+                  "ema_decay": 0.9, "amp": "off"},
+        "output_dir": str(out),
+        "cpu_threads": 2,  # summed over local ranks: 1 thread per process with 2 ranks
+        "progress": False,
+        "tensorboard": False,
+        "seed": 3,
+    })
     return cfg.override(over) if over else cfg
 
 
@@ -144,11 +122,9 @@ def test_ema_update_math() -> None:
 
 def test_flip_swaps_left_right_and_mirrors_mask() -> None:
     assert swap_left_right("the circle left of the leftmost square") == (
-        "the circle right of the rightmost square"
-    )
+        "the circle right of the rightmost square")
     assert swap_left_right("the square to the right of the red one") == (
-        "the square to the left of the red one"
-    )
+        "the square to the left of the red one")
     assert swap_left_right("Left, RIGHT and bright") == "Right, LEFT and bright"
 
     rng = np.random.default_rng(0)
@@ -158,19 +134,11 @@ def test_flip_swaps_left_right_and_mirrors_mask() -> None:
     only_flip = AugmentConfig(multi_scale=False, color_jitter=0.0, blur_prob=0.0, flip_prob=1.0)
     no_aug = AugmentConfig(multi_scale=False, color_jitter=0.0, blur_prob=0.0, flip_prob=0.0)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    img_f, tgt_f, text_f = augment(
-        image, mask, "the leftmost cross", 64, only_flip, np.random.default_rng(1), mean, std
-    )
-    img_n, tgt_n, text_n = augment(
-        image[:, ::-1].copy(),
-        mask[:, ::-1].copy(),
-        "the leftmost cross",
-        64,
-        no_aug,
-        np.random.default_rng(1),
-        mean,
-        std,
-    )
+    img_f, tgt_f, text_f = augment(image, mask, "the leftmost cross", 64, only_flip,
+                                   np.random.default_rng(1), mean, std)
+    img_n, tgt_n, text_n = augment(image[:, ::-1].copy(), mask[:, ::-1].copy(),
+                                   "the leftmost cross", 64, no_aug,
+                                   np.random.default_rng(1), mean, std)
     assert text_f == "the rightmost cross" and text_n == "the leftmost cross"
     np.testing.assert_array_equal(img_f, img_n)
     np.testing.assert_array_equal(tgt_f, tgt_n)
@@ -235,19 +203,14 @@ def test_resume_continues_bit_identically(
     first = train(tiny_config(tiny_data, tiny_bert, tmp_path / "cut", stop_after_epochs=1))
     steps = len(first.losses)
     assert full.losses[:steps] == first.losses
-    resumed = train(
-        tiny_config(tiny_data, tiny_bert, tmp_path / "cut", resume=str(tmp_path / "cut" / "last"))
-    )
+    resumed = train(tiny_config(tiny_data, tiny_bert, tmp_path / "cut",
+                                resume=str(tmp_path / "cut" / "last")))
     assert resumed.losses == full.losses[steps:]
-    for (k, a), b in zip(
-        full.network.state_dict().items(), resumed.network.state_dict().values(), strict=True
-    ):
+    for (k, a), b in zip(full.network.state_dict().items(),
+                         resumed.network.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    for a, b in zip(
-        full.eval_network.state_dict().values(),
-        resumed.eval_network.state_dict().values(),
-        strict=True,
-    ):
+    for a, b in zip(full.eval_network.state_dict().values(),
+                    resumed.eval_network.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     # the saved directory is our format, loadable strictly
     model = DITModel.from_pretrained(tmp_path / "cut" / "last")
@@ -264,14 +227,7 @@ def test_bundled_model_beats_text_blind(tmp_path: Path) -> None:
     model = DITModel.from_pretrained("dit-tiny-synthetic")
     assert model.load_reports[0].loaded == len(model.network.state_dict())
     assert model.tokenizer.tokenize("the circle left of the red square") == [
-        "the",
-        "circle",
-        "left",
-        "of",
-        "the",
-        "red",
-        "square",
-    ]
+        "the", "circle", "left", "of", "the", "red", "square"]
     root = generate(tmp_path / "val", n_train=0, n_val=20, seed=123)
     samples = list(open_dataset(root, "val"))
     results = model.predict_batch([(s.load_image(), s.sentence) for s in samples])
