@@ -155,20 +155,18 @@ class Job:
             self.log(format_table(run_quantize(self.export_dir, opts, self.log)))
 
     def engines(self) -> None:
+        from .engines import EngineOptions, build_engines
         from .runtime.devices import gpu_unavailable_reason
 
         reason = gpu_unavailable_reason()
         if reason is not None:
             self.log(
                 f"engines: skipped, TensorRT needs an NVIDIA GPU ({reason}). On a GPU "
-                f"machine: {command('engines', self.export_dir, '--precision', 'fp16')}"
+                "machine: "
+                + command("engines", self.export_dir, "--precision", "fp32", "fp16", "int8")
             )
             return
-        from .precision.trt_cli import main as trt_main
-
-        for precision in ("fp32", "fp16", "int8"):
-            if trt_main([str(self.export_dir), "--precision", precision]) != 0:
-                raise DITError(f"TensorRT {precision} engine build failed (see above)")
+        build_engines(EngineOptions(self.export_dir, ("fp32", "fp16", "int8")), log=self.log)
 
     def bench(self) -> None:
         from .bench.cli import options, run_bench

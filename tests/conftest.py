@@ -23,16 +23,19 @@ def minilm_dir() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``gpu`` cleanly where no NVIDIA GPU/TensorRT is present."""
+    """Skip tests marked ``gpu`` (GPU + TensorRT) or ``cuda`` (GPU + cuda-python, no
+    TensorRT needed) cleanly where that is missing, with the reason."""
     from dit_deploy.runtime.devices import gpu_unavailable_reason
 
-    reason = gpu_unavailable_reason()
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU: {reason}")
+    reasons = {
+        "gpu": gpu_unavailable_reason(),
+        "cuda": gpu_unavailable_reason(need_tensorrt=False),
+    }
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in reasons.items():
+            if reason is not None and item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=f"needs an NVIDIA GPU: {reason}"))
+                break
 
 
 @pytest.fixture(scope="session")

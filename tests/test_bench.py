@@ -14,6 +14,7 @@ from dit_deploy.bench.report import markdown
 from dit_deploy.bench.stats import measure, summarize
 from dit_deploy.exporters.onnx_export import run_export
 from dit_deploy.model.dit_model import DITModel
+from dit_deploy.runtime.devices import gpu_unavailable_reason
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = [
@@ -126,6 +127,7 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
     assert "| onnxruntime cpu fp32 (fused) |" in md and "## Environment" in md
 
 
+@pytest.mark.skipif(gpu_unavailable_reason() is None, reason="this machine has a GPU")
 def test_engine_without_gpu_explains_and_fails(tiny_export, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = main(
@@ -141,9 +143,9 @@ def test_engine_without_gpu_explains_and_fails(tiny_export, tmp_path, monkeypatc
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2
-    assert "TensorRT needs an NVIDIA GPU" in err and "python export/to_trt.py" in err
-    assert f"dit-bench {tiny_export} --engine fp16" in err
+    assert code == 1 and err.count("\n") == 1  # refused before any work, in one line
+    assert "needs an NVIDIA GPU" in err and "drop --engine" in err
+    assert not (tmp_path / "r").exists()  # no report replaced by an empty one
 
 
 def test_not_a_dataset_is_one_clear_line(tiny_export, tmp_path, capsys):

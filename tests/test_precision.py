@@ -1,6 +1,6 @@
 """FP16/INT8 graphs of the tiny export: produced, structurally right, verified against FP32 on
-the CPU, nothing written below the floor; engine sidecars refuse a mismatched machine; GPU
-tests (marked ``gpu``) build each precision with TensorRT and compare with ONNX Runtime."""
+the CPU, nothing written below the floor; GPU tests (marked ``gpu``) build each precision
+with TensorRT and compare with ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -21,14 +21,6 @@ from dit_deploy.precision.pipeline import QuantizeFailed, QuantizeOptions, run_q
 from dit_deploy.precision.samples import PairSource
 from dit_deploy.precision.verify import Floor
 from dit_deploy.runtime import Predictor, read_manifest
-from dit_deploy.runtime.engine_sidecar import (
-    EngineMismatchError,
-    EngineSidecar,
-    check_sidecar,
-    engine_file,
-    read_sidecar,
-    write_sidecar,
-)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROLES = ("text_encoder", "dit_encoder", "mask_decoder", "dit_fused")
@@ -229,91 +221,29 @@ def test_manifest_without_precisions_reads_and_writes_unchanged(fp32_export):
         manifest.graph("dit_encoder", "fp16")
 
 
-# --------------------------------------------------------------------------- sidecars
-def _sidecar(**kw) -> EngineSidecar:
-    data = dict(
-        engine_file="dit_encoder.int8.engine",
-        source_onnx="dit_encoder.int8.onnx",
-        source_sha256="ab" * 32,
-        role="dit_encoder",
-        precision="int8",
-        tensorrt_version="11.4.0.106",
-        gpu_name="NVIDIA L4",
-        compute_capability="8.9",
-        profile={"min_batch": 1, "opt_batch": 4, "max_batch": 8, "shapes": {}},
-        inputs=[{"name": "image", "dtype": "float32", "shape": [-1, 3, 512, 512]}],
-        outputs=[{"name": "image_embedding", "dtype": "float32", "shape": [-1, 256, 32, 32]}],
-        build={"command": "python export/to_trt.py exports/x --precision int8 --max-batch 8"},
-    )
-    data.update(kw)
-    return EngineSidecar(**data)
-
-
-def test_sidecar_accepts_its_own_machine():
-    check_sidecar(_sidecar(), "11.4.0.106", "NVIDIA L4", "8.9", "ab" * 32)
-
-
-@pytest.mark.parametrize(
-    ("running", "message"),
-    [
-        (("10.13.3.9", "NVIDIA L4", "8.9"), "built with TensorRT 11.4.0.106, running TensorRT 10"),
-        (("11.4.0.106", "NVIDIA A100", "8.0"), "compute capability 8.9"),
-        (("11.4.0.106", "NVIDIA L40S", "8.9"), "built on NVIDIA L4, running on NVIDIA L40S"),
-    ],
-)
-def test_sidecar_mismatch_is_refused_with_rebuild_command(running, message):
-    with pytest.raises(EngineMismatchError, match=message) as info:
-        check_sidecar(_sidecar(), *running)
-    assert "Rebuild it here with: python export/to_trt.py exports/x --precision int8" in str(
-        info.value
-    )
-
-
-def test_sidecar_compatibility_modes_and_source_hash():
-    versioned = _sidecar(version_compatible=True)
-    check_sidecar(versioned, "11.5.0.1", "NVIDIA L4", "8.9")  # later 11.x runs it
-    with pytest.raises(EngineMismatchError, match="same major version"):
-        check_sidecar(versioned, "10.13.3.9", "NVIDIA L4", "8.9")
-    ampere = _sidecar(hardware_compatibility="ampere_plus")
-    check_sidecar(ampere, "11.4.0.106", "NVIDIA H100", "9.0")
-    with pytest.raises(EngineMismatchError, match=">= 8.0"):
-        check_sidecar(ampere, "11.4.0.106", "Tesla T4", "7.5")
-    with pytest.raises(EngineMismatchError, match="another version of dit_encoder.int8.onnx"):
-        check_sidecar(_sidecar(), "11.4.0.106", "NVIDIA L4", "8.9", "cd" * 32)
-
-
-def test_sidecar_file_round_trip_and_missing(tmp_path):
-    engine = tmp_path / engine_file("dit_encoder.int8.onnx")
-    assert engine.name == "dit_encoder.int8.engine"
-    assert engine_file("dit_encoder.onnx") == "dit_encoder.fp32.engine"
-    with pytest.raises(ArtifactError, match="no sidecar"):
-        read_sidecar(engine)
-    write_sidecar(engine, _sidecar())
-    assert read_sidecar(engine) == _sidecar()
-    assert (tmp_path / "dit_encoder.int8.engine.json").is_file()
-
-
+# ----------------------------------------------------------------- engines (no GPU)
 def test_to_trt_without_gpu_exits_2_with_the_command(quantized, monkeypatch, capsys):
-    from dit_deploy.precision.trt_cli import main as to_trt_main
-    from dit_deploy.runtime import devices
+    """Engine sidecars and the build itself: tests/test_engine_sidecar.py, test_engines.py."""
+    from dit_deploy.engines import build
+    from dit_deploy.engines.cli import main as to_trt_main
 
     out, _ = quantized
-    monkeypatch.setattr(devices, "gpu_unavailable_reason", lambda: "no NVIDIA GPU (test)")
-    assert to_trt_main([str(out), "--precision", "int8", "--max-batch", "4"]) == 2
+    monkeypatch.setattr(build, "gpu_unavailable_reason", lambda: "no NVIDIA GPU (test)")
+    assert to_trt_main([str(out), "--precision", "int8", "--max-batch", "4"]) == 1
     err = capsys.readouterr().err
     assert "no NVIDIA GPU (test)" in err
-    assert f"python export/to_trt.py {out} --precision int8 --max-batch 4" in err
-    assert to_trt_main([str(out), "--max-batch", "2", "--opt-batch", "4"]) == 2  # checked first
+    assert f"dit-deploy engines {out} --precision int8 --max-batch 4" in err
+    assert to_trt_main([str(out), "--max-batch", "2", "--opt-batch", "4"]) == 1  # checked first
 
 
 # --------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_engine_matches_onnxruntime_cpu(quantized, precision):
-    from dit_deploy.precision.trt_cli import main as to_trt_main
+    from dit_deploy.engines import EngineOptions, build_engines
 
     out, _ = quantized
-    assert to_trt_main([str(out), "--precision", precision, "--max-batch", "4"]) == 0
+    build_engines(EngineOptions(out, (precision,), max_batch=4))
     pairs = [(p.image, p.text) for p in PairSource(None, "val", 3)]
     for layout in ("split", "fused"):
         cpu = Predictor(out, precision=precision, layout=layout)

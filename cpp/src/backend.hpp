@@ -40,8 +40,10 @@ class Backend {
 /// ONNX Runtime session over one .onnx graph (device: cpu, cuda, tensorrt).
 std::unique_ptr<Backend> open_onnxruntime(const std::string& graph_path, const Options& options);
 
-/// Native TensorRT engine `<graph stem>.engine` with its `.engine.json` sidecar; throws
-/// BackendUnavailableError when the library was built without TensorRT.
-std::unique_ptr<Backend> open_tensorrt(const std::string& graph_path, const Options& options);
+/// Native TensorRT engine `<graph stem>.engine` with its `.engine.json` sidecar, refused when
+/// the sidecar does not match this machine or `source_sha256` (the manifest's hash of the graph;
+/// "" = not checked); throws BackendUnavailableError when built without TensorRT.
+std::unique_ptr<Backend> open_tensorrt(const std::string& graph_path, const Options& options,
+                                       const std::string& source_sha256);
 
 }  // namespace dit

@@ -202,7 +202,8 @@ std::unique_ptr<Backend> open_onnxruntime(const std::string& graph_path, const O
 }
 
 #ifndef DIT_HAVE_TENSORRT
-std::unique_ptr<Backend> open_tensorrt(const std::string& graph_path, const Options&) {
+std::unique_ptr<Backend> open_tensorrt(const std::string& graph_path, const Options&,
+                                       const std::string&) {
   throw BackendUnavailableError(
       "this dit library was built without TensorRT, so it cannot run the engine for " +
       graph_path +

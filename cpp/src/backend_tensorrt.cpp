@@ -2,15 +2,19 @@
 //
 // Engine: as dit_deploy.runtime.engine_sidecar.engine_file names it (text_encoder.onnx ->
 // text_encoder.fp32.engine, dit_encoder.int8.onnx -> dit_encoder.int8.engine), with
-// the sidecar `<engine>.json` written by the engine builder. The sidecar must match the running
-// TensorRT (major.minor) and GPU (compute capability); otherwise the engine is refused with the
-// rebuild command. Written against the TensorRT 10/11 API: IRuntime::deserializeCudaEngine,
+// the sidecar `<engine>.json` written by the engine builder. The sidecar is judged by the rules
+// the Python runtime applies (engine_compat.hpp: TensorRT major.minor.patch or version
+// compatibility, compute capability or hardware compatibility, the source graph's sha256);
+// a mismatch is refused with the rebuild command. Written against the TensorRT 10/11 API
+// (checked with -fsyntax-only against the headers by tests/test_cpp_tensorrt.py):
+// IRuntime::setEngineHostCodeAllowed/deserializeCudaEngine,
 // getNbIOTensors/getIOTensorName, IExecutionContext::setInputShape/setTensorAddress/enqueueV3.
 // One execution context + stream per call guarded by a mutex (contexts are not thread-safe).
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -18,6 +22,7 @@
 
 #include "backend.hpp"
 #include "dit/errors.hpp"
+#include "engine_compat.hpp"
 
 namespace dit {
 namespace {
@@ -73,14 +78,14 @@ class TensorRtBackend : public Backend {
  public:
   // graph_path: the manifest's graph for the role at options.precision (Manifest::graph), so
   // dit_fused.int8.onnx -> dit_fused.int8.engine and, FP32, dit_fused.onnx -> dit_fused.fp32.engine
-  TensorRtBackend(const std::string& graph_path, const Options& options) {
+  TensorRtBackend(const std::string& graph_path, const Options& options,
+                  const std::string& source_sha256) {
     const std::string stem = stem_of(graph_path);
     const bool has_precision = stem.find('.', stem.find_last_of('/') + 1) != std::string::npos;
     engine_path_ = stem + (has_precision ? "" : ".fp32") + ".engine";
     const std::string sidecar_path = engine_path_ + ".json";
-    const std::string rebuild =
-        "rebuild it on this machine: python export/to_trt.py <export dir> --precision " +
-        options.precision;
+    const std::string command = "dit-deploy engines <export dir> --precision " + options.precision;
+    const std::string rebuild = "build it on this machine with: " + command;
     std::ifstream f(engine_path_, std::ios::binary);
     if (!f) {
       throw ArtifactError("no TensorRT engine " + engine_path_ + "; " + rebuild);
@@ -97,37 +102,31 @@ class TensorRtBackend : public Backend {
       throw ArtifactError("TensorRT engine " + engine_path_ + " has no readable sidecar " +
                           sidecar_path + "; " + rebuild);
     }
-    // TensorRT version: plans are tied to the exact major.minor (without version compatibility)
-    const std::string built = sidecar.value("tensorrt_version", std::string());
-    const int v = getInferLibVersion();
-    const std::string running = std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100);
-    if (built.rfind(running, 0) != 0) {
-      throw ArtifactError("TensorRT engine " + engine_path_ + " was built with TensorRT " +
-                          (built.empty() ? std::string("(unknown)") : built) + ", this is " +
-                          running + "; " + rebuild);
-    }
+    // the sidecar is judged with the same rules as the Python runtime (engine_compat.hpp)
+    const EngineFacts facts = engine_facts(sidecar, sidecar_path);
+    const std::string running = inferlib_version_string(getInferLibVersion());
     int device = 0;
     cuda_check(cudaGetDevice(&device), "cudaGetDevice");
     cudaDeviceProp prop{};
     cuda_check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
     const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
-    std::string want_cc;
-    if (sidecar.contains("compute_capability")) {
-      const auto& c = sidecar["compute_capability"];
-      want_cc = c.is_string() ? c.get<std::string>()
-                              : (c.is_array() && c.size() == 2
-                                     ? std::to_string(c[0].get<int>()) + "." +
-                                           std::to_string(c[1].get<int>())
-                                     : std::string());
+    const EngineVerdict verdict =
+        engine_verdict(facts, MachineFacts{running, prop.name, cc, source_sha256});
+    if (!verdict.problems.empty()) {
+      std::string text = "engine " + facts.engine_file + " does not match this machine: ";
+      for (std::size_t i = 0; i < verdict.problems.size(); ++i) {
+        text += (i ? "; " : "") + verdict.problems[i];
+      }
+      throw ArtifactError(text + ". Rebuild it here with: " +
+                          (facts.rebuild_command.empty() ? command : facts.rebuild_command));
     }
-    if (want_cc != cc) {
-      throw ArtifactError("TensorRT engine " + engine_path_ + " was built for compute capability " +
-                          (want_cc.empty() ? std::string("(unknown)") : want_cc) + " (" +
-                          sidecar.value("gpu_name", std::string("?")) + "), this GPU is " +
-                          prop.name + " (" + cc + "); " + rebuild);
+    for (const auto& warning : verdict.warnings) {
+      std::cerr << "dit: " << engine_path_ << ": " << warning << "\n";
     }
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw BackendUnavailableError("TensorRT: createInferRuntime failed");
+    // a version-compatible plan embeds the lean runtime (host code): allowed explicitly
+    if (facts.version_compatible) runtime_->setEngineHostCodeAllowed(true);
     engine_.reset(runtime_->deserializeCudaEngine(plan.data(), plan.size()));
     if (!engine_) {
       throw ArtifactError("TensorRT cannot deserialize " + engine_path_ + " (" +
@@ -231,8 +230,9 @@ class TensorRtBackend : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> open_tensorrt(const std::string& graph_path, const Options& options) {
-  return std::make_unique<TensorRtBackend>(graph_path, options);
+std::unique_ptr<Backend> open_tensorrt(const std::string& graph_path, const Options& options,
+                                       const std::string& source_sha256) {
+  return std::make_unique<TensorRtBackend>(graph_path, options, source_sha256);
 }
 
 }  // namespace dit

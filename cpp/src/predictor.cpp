@@ -100,7 +100,7 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
     if (options.backend == "onnxruntime") {
       impl_->graphs[role] = open_onnxruntime(path, options);
     } else if (options.backend == "tensorrt") {
-      impl_->graphs[role] = open_tensorrt(path, options);
+      impl_->graphs[role] = open_tensorrt(path, options, spec.sha256);
     } else {
       throw BackendUnavailableError("unknown backend '" + options.backend +
                                     "'; choose onnxruntime or tensorrt");

@@ -7,9 +7,9 @@
 - :mod:`.verify`: each graph against the FP32 graph in ONNX Runtime (CPU): logits error,
   mask agreement, mIoU/oIoU change, latency.
 - :mod:`.pipeline`: ``run_quantize`` = convert, verify, and only then write into the export.
-- :mod:`.trt_build`: ONNX -> TensorRT engine + ``*.engine.json`` sidecar (GPU machines).
 
-TensorRT 11 takes precision only from the graph's types and Q/DQ nodes, so everything that
+TensorRT engines are built from these graphs by :mod:`dit_deploy.engines`; TensorRT 11 takes
+precision only from the graph's types and Q/DQ nodes, so everything that
 decides the accuracy of an engine is decided, and checked, here on the CPU.
 """
 

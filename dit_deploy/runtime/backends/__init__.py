@@ -15,7 +15,8 @@ def open_backend(
 ) -> Backend:
     """Open ``graph`` with the named backend (an ONNX file; for ``tensorrt`` an engine file).
 
-    ``options`` go to the backend (tensorrt: ``cuda_graph``, ``source_sha256``).
+    ``options`` go to the backend (tensorrt: ``cuda_graph``, ``source_sha256``; onnxruntime:
+    ``precision``, ``max_batch`` for the TensorRT provider's flags and profile).
     """
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend

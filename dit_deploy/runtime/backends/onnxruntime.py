@@ -1,9 +1,15 @@
-"""ONNX Runtime backend: CPU here; CUDA and TensorRT execution providers where present."""
+"""ONNX Runtime backend: CPU here; CUDA and TensorRT execution providers where present.
+
+A requested CUDA/TensorRT provider that ONNX Runtime did not actually start (it falls back
+to the CPU with a warning) is refused with the provider's reason. The TensorRT provider gets
+the graph's precision and an explicit batch profile from the export's manifest.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +23,10 @@ _ORT_TYPES = {
     "tensor(int64)": "int64",
     "tensor(int32)": "int32",
 }
+_PROVIDER_LIBRARIES = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -24,22 +34,79 @@ _PROVIDERS = {
 }
 
 
-def _with_options(providers: list[str], graph: Path, cache_dir: str | Path | None) -> list:
-    """Provider options: TensorRT caches its engines and timings beside the graph (or in
-    ``cache_dir``); precision comes from the graph (FP16 types, Q/DQ), so no fp16/int8 flags."""
-    if "TensorrtExecutionProvider" not in providers:
-        return providers
-    cache = str(Path(cache_dir) if cache_dir else graph.parent / "ort_trt_cache")
-    trt_options = {
+def _shape_text(shapes: Mapping[str, Sequence[int]]) -> str:
+    """``{"image": [1, 3, 96, 96], ...}`` -> ``"image:1x3x96x96,..."`` (the EP's format)."""
+    return ",".join(f"{name}:{'x'.join(str(d) for d in shape)}" for name, shape in shapes.items())
+
+
+def tensorrt_provider_options(
+    precision: str,
+    inputs: Sequence[TensorSpec] | None,
+    cache: str | Path,
+    max_batch: int = 8,
+) -> dict[str, Any]:
+    """TensorRT execution provider options for a graph of ``precision``.
+
+    The EP builds weakly typed TensorRT 10 networks, so the graph's precision must be
+    enabled explicitly: FP16 for fp16 graphs, INT8 (+ FP16) for Q/DQ graphs (else it fails
+    with "int8 is not configured" and falls back). With ``inputs`` (the manifest's specs)
+    one explicit profile over the batch axis (1, max_batch // 2, max_batch) is set, so a new
+    batch size does not rebuild the engine in the middle of a run. Engines and timings are
+    cached in ``cache``.
+    """
+    options: dict[str, Any] = {
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": cache,
+        "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": cache,
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": precision in ("fp16", "int8"),
+        "trt_int8_enable": precision == "int8",
     }
-    return [
-        ("TensorrtExecutionProvider", trt_options) if p == "TensorrtExecutionProvider" else p
-        for p in providers
-    ]
+    if inputs:
+        opt = max(1, max_batch // 2)
+        for key, batch in (("min", 1), ("opt", opt), ("max", max_batch)):
+            shapes = {
+                spec.name: [batch if d == "batch" else int(d) for d in spec.shape]
+                for spec in inputs
+            }
+            options[f"trt_profile_{key}_shapes"] = _shape_text(shapes)
+    return options
+
+
+def _graph_in_manifest(graph: Path) -> tuple[str, list[TensorSpec] | None]:
+    """(precision, input specs) of ``graph`` from the manifest beside it; ("fp32", None)
+    for a graph outside an export directory."""
+    from ..manifest import MANIFEST_FILE, read_manifest
+
+    if not (graph.parent / MANIFEST_FILE).is_file():
+        return "fp32", None
+    manifest = read_manifest(graph.parent)
+    tables = [("fp32", manifest.graphs), *manifest.precisions.items()]
+    for precision, table in tables:
+        for spec in table.values():
+            if spec.file == graph.name:
+                return precision, list(spec.inputs)
+    return "fp32", None
+
+
+def _provider_failure(provider: str) -> str:
+    """Why ONNX Runtime could not create ``provider``: the loader's error for its library
+    (a missing libnvinfer/libcudart), or that this onnxruntime has none."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    library = _PROVIDER_LIBRARIES.get(provider)
+    if library is None:
+        return "see ONNX Runtime's warning above"
+    path = Path(ort.__file__).parent / "capi" / library
+    if not path.is_file():
+        return f"this onnxruntime has no {library} (install onnxruntime-gpu instead of onnxruntime)"
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as exc:
+        return f"{library} does not load: {exc}"
+    return f"{library} loads, but the provider did not start (see ONNX Runtime's warning above)"
 
 
 def _spec(arg) -> TensorSpec:
@@ -57,6 +124,8 @@ class OnnxRuntimeBackend(Backend):
         threads: int | None = None,
         optimization: str = "all",
         cache_dir: str | Path | None = None,
+        precision: str | None = None,
+        max_batch: int = 8,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -88,22 +157,35 @@ class OnnxRuntimeBackend(Backend):
         self.path = Path(graph)
         if not self.path.is_file():
             raise ArtifactError(f"graph not found: {self.path}; re-export the model")
+        providers: list = [p for p in wanted if p in available]
+        self.tensorrt_options: dict[str, Any] | None = None
+        if providers[0] == "TensorrtExecutionProvider":
+            found_precision, inputs = _graph_in_manifest(self.path)
+            cache = Path(cache_dir) if cache_dir else self.path.parent / "ort_trt_cache"
+            self.tensorrt_options = tensorrt_provider_options(
+                precision or found_precision, inputs, cache, max_batch
+            )
+            providers[0] = ("TensorrtExecutionProvider", self.tensorrt_options)
         try:
             self.session = ort.InferenceSession(
-                str(self.path),
-                sess_options=options,
-                providers=_with_options(
-                    [p for p in wanted if p in available], self.path, cache_dir
-                ),
+                str(self.path), sess_options=options, providers=providers
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ArtifactError(
                 f"ONNX Runtime cannot load {self.path}: {exc}. The file is corrupt or was "
                 "written by another exporter version; re-export it."
             ) from exc
+        loaded = self.session.get_providers()
+        if wanted[0] not in loaded:
+            # ONNX Runtime falls back (with a warning) when a provider fails to start: a
+            # "cuda" run would silently measure the CPU
+            raise BackendUnavailableError(
+                f"ONNX Runtime did not start {wanted[0]} for {self.path.name} (running "
+                f"{loaded}): {_provider_failure(wanted[0])}"
+            )
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
-        self.providers = self.session.get_providers()
+        self.providers = loaded
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]

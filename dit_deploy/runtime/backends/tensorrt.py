@@ -7,16 +7,19 @@ allocates), and, optionally, one captured CUDA graph per batch size. Inference i
 checked against the running TensorRT and GPU first; a mismatch is refused with the command
 that rebuilds the engine.
 
-``tensorrt`` and ``cuda.bindings`` are imported only when this backend is opened. Every
-attribute of theirs used here is checked against the real bindings by
-``tests/test_tensorrt_api.py``; keep the names ``trt``/``cudart`` and the variable names
-listed there so that check sees them.
+The sidecar is validated and judged (TensorRT's own compatibility rules) before ``tensorrt``
+is imported, so one error names every problem. ``tensorrt`` and ``cuda.bindings`` are
+imported only when this backend is opened. Every call made on them here is checked against
+the real binding wheels (owners and pybind signatures) by ``tests/test_tensorrt_api.py``;
+keep the names ``trt``/``cudart`` and the variable names listed there so that check sees
+them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,57 +28,22 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError, InputError
+from ..devices import cuda_call, gpu_info, import_cudart, installed_tensorrt_version
 from ..engine_sidecar import EngineSidecar, check_sidecar, read_sidecar
-from ..manifest import TensorSpec
 from .base import Backend
+
+_TENSORRT_HINT = (
+    "the tensorrt package is not installed: pip install 'dit-deploy[gpu]' on a machine with an "
+    "NVIDIA GPU"
+)
 
 
 def _import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailableError(
-            "the tensorrt package is not installed: pip install 'dit-deploy[gpu]' on a machine "
-            "with an NVIDIA GPU"
-        ) from exc
+        raise BackendUnavailableError(_TENSORRT_HINT) from exc
     return trt
-
-
-def _import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "cuda-python is not installed: pip install 'dit-deploy[gpu]' (cuda-python)"
-        ) from exc
-    return cudart
-
-
-def cuda_call(result: Any) -> Any:
-    """Unwrap a ``cuda.bindings`` result ``(err, *values)``; raise on a CUDA error."""
-    cudart = _import_cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, text = cudart.cudaGetErrorString(err)
-        name = text.decode() if isinstance(text, bytes) else str(text)
-        raise BackendUnavailableError(f"CUDA error {int(err)}: {name}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str
-
-
-def gpu_info(device: int = 0) -> GpuInfo:
-    """Name and compute capability of CUDA device ``device`` (through cuda-python)."""
-    cudart = _import_cudart()
-    props = cuda_call(cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return GpuInfo(name.rstrip("\x00").strip(), f"{props.major}.{props.minor}")
 
 
 def _host_view(ptr: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
@@ -122,18 +90,20 @@ class TensorRTBackend(Backend):
             )
         self.path = Path(engine_path)
         self.sidecar: EngineSidecar = read_sidecar(self.path)
+        self._check_before_import(source_sha256, device_id)
         trt = _import_tensorrt()
-        cudart = _import_cudart()
+        cudart = import_cudart()
         cuda_call(cudart.cudaSetDevice(device_id))
         gpu = gpu_info(device_id)
-        check_sidecar(
+        for warning in check_sidecar(
             self.sidecar,
             trt.__version__,
             gpu.name,
             gpu.compute_capability,
             source_sha256,
             export_dir=self.path.parent,
-        )
+        ):
+            warnings.warn(f"{self.path.name}: {warning}", stacklevel=2)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -148,12 +118,39 @@ class TensorRTBackend(Backend):
         self.engine = engine
         self.cuda_graph = cuda_graph
         self.device_id = device_id
-        self.inputs = [_spec(t) for t in self.sidecar.inputs]
-        self.outputs = [_spec(t) for t in self.sidecar.outputs]
+        self.inputs = list(self.sidecar.inputs)
+        self.outputs = list(self.sidecar.outputs)
         self._names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._local = threading.local()
         self._states: list[_ThreadState] = []
         self._lock = threading.Lock()
+
+    def _check_before_import(self, source_sha256: str | None, device_id: int) -> None:
+        """Judge the sidecar against what this machine has (TensorRT's version from package
+        metadata, the GPU through cuda-python) before importing TensorRT, so that one error
+        names every problem: an engine for another GPU *and* a missing TensorRT."""
+        missing: list[str] = []
+        version = installed_tensorrt_version()
+        if version is None:
+            missing.append(_TENSORRT_HINT)
+        gpu = None
+        try:
+            gpu = gpu_info(device_id)
+        except BackendUnavailableError as exc:
+            missing.append(str(exc))
+        check_sidecar(
+            self.sidecar,
+            version,
+            gpu.name if gpu else None,
+            gpu.compute_capability if gpu else None,
+            source_sha256,
+            export_dir=self.path.parent,
+            also_missing=missing,
+        )
+        if missing:
+            raise BackendUnavailableError(
+                f"cannot run TensorRT engine {self.path.name} here: " + "; ".join(missing)
+            )
 
     # -- per-thread resources ---------------------------------------------------------
     def _max_shape(self, name: str) -> tuple[int, ...]:
@@ -161,19 +158,22 @@ class TensorRTBackend(Backend):
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             return tuple(engine.get_tensor_profile_shape(name, 0)[2])
         for spec in self.sidecar.outputs:
-            if spec["name"] == name:
-                return tuple(
-                    self.sidecar.max_batch if d in (-1, "batch") else int(d) for d in spec["shape"]
-                )
+            if spec.name == name:
+                return tuple(self.sidecar.max_batch if d == "batch" else int(d) for d in spec.shape)
         raise BackendUnavailableError(f"{self.path}: no shape for output {name!r}")
 
     def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
         if state is not None:
             return state
-        trt, cudart, engine = self._trt, _import_cudart(), self.engine
+        trt, cudart, engine = self._trt, import_cudart(), self.engine
         cuda_call(cudart.cudaSetDevice(self.device_id))
         context = engine.create_execution_context()
+        if context is None:
+            raise BackendUnavailableError(
+                f"TensorRT could not create an execution context for {self.path} (out of GPU "
+                "memory?)"
+            )
         stream = cuda_call(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
         bindings: dict[str, _Binding] = {}
         for name in self._names:
@@ -185,7 +185,8 @@ class TensorRTBackend(Backend):
             binding.host_ptr = cuda_call(cudart.cudaMallocHost(nbytes))
             binding.device_ptr = cuda_call(cudart.cudaMalloc(nbytes))
             binding.host = _host_view(binding.host_ptr, nbytes, dtype)
-            context.set_tensor_address(name, binding.device_ptr)
+            if not context.set_tensor_address(name, binding.device_ptr):
+                raise BackendUnavailableError(f"TensorRT refused the buffer of {name!r}")
             bindings[name] = binding
         state = _ThreadState(context, stream, bindings)
         self._local.state = state
@@ -195,12 +196,13 @@ class TensorRTBackend(Backend):
 
     # -- inference -----------------------------------------------------------------------
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart = _import_cudart()
+        cudart = import_cudart()
         batch = next(iter(feeds.values())).shape[0]
-        if batch > self.sidecar.max_batch:
+        lo, hi = self.sidecar.min_batch, self.sidecar.max_batch
+        if not lo <= batch <= hi:
             raise InputError(
-                f"batch {batch} > the engine's maximum {self.sidecar.max_batch}; run smaller "
-                f"batches or rebuild with --max-batch {batch}"
+                f"batch {batch} is outside the engine's profile ({lo}..{hi}); run batches of "
+                f"{lo}..{hi} or rebuild with --min-batch/--max-batch covering {batch}"
             )
         state = self._state()
         context, stream = state.context, state.stream
@@ -211,7 +213,11 @@ class TensorRTBackend(Backend):
             binding = state.bindings[name]
             data = np.ascontiguousarray(array, dtype=binding.dtype)
             binding.host[: data.size] = data.ravel()
-            context.set_input_shape(name, data.shape)
+            if not context.set_input_shape(name, data.shape):
+                raise InputError(
+                    f"{self.path.name}: TensorRT refused input {name!r} of shape {data.shape} "
+                    f"(outside the profile {self.sidecar.profile.get('shapes', {}).get(name)})"
+                )
             cuda_call(
                 cudart.cudaMemcpyAsync(
                     binding.device_ptr, binding.host_ptr, data.nbytes, h2d, stream
@@ -233,22 +239,31 @@ class TensorRTBackend(Backend):
             for name, shape in out_shapes.items()
         }
 
+    def _enqueue(self, context: Any, stream: Any) -> None:
+        if not context.execute_async_v3(int(stream)):
+            raise BackendUnavailableError(f"TensorRT execute_async_v3 failed on {self.path}")
+
     def _execute(self, state: _ThreadState, shapes: tuple) -> None:
-        cudart = _import_cudart()
+        cudart = import_cudart()
         context, stream = state.context, state.stream
         if not self.cuda_graph:
-            if not context.execute_async_v3(int(stream)):
-                raise BackendUnavailableError(f"TensorRT execute_async_v3 failed on {self.path}")
+            self._enqueue(context, stream)
             return
         graph_exec = state.graphs.get(shapes)
         if graph_exec is None:
             # one plain launch after a shape change lets TensorRT finish its deferred
             # updates; then capture the enqueue for these shapes
-            if not context.execute_async_v3(int(stream)):
-                raise BackendUnavailableError(f"TensorRT execute_async_v3 failed on {self.path}")
+            self._enqueue(context, stream)
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
             cuda_call(cudart.cudaStreamBeginCapture(stream, mode))
-            context.execute_async_v3(int(stream))
+            try:
+                self._enqueue(context, stream)
+            except BackendUnavailableError:
+                # end the capture and drop the partial graph: never replay it
+                _, graph = cudart.cudaStreamEndCapture(stream)
+                if graph is not None:
+                    cudart.cudaGraphDestroy(graph)
+                raise
             graph = cuda_call(cudart.cudaStreamEndCapture(stream))
             graph_exec = cuda_call(cudart.cudaGraphInstantiate(graph, 0))
             cuda_call(cudart.cudaGraphDestroy(graph))
@@ -258,7 +273,7 @@ class TensorRTBackend(Backend):
     def close(self) -> None:
         """Free every thread's buffers, graphs and streams (also done at garbage collection)."""
         try:
-            cudart = _import_cudart()
+            cudart = import_cudart()
         except BackendUnavailableError:
             return
         with self._lock:
@@ -274,8 +289,3 @@ class TensorRTBackend(Backend):
     def __del__(self) -> None:
         if getattr(self, "_states", None):
             self.close()
-
-
-def _spec(data: Mapping[str, Any]) -> TensorSpec:
-    shape = ["batch" if d in (-1, "batch") else int(d) for d in data["shape"]]
-    return TensorSpec(data["name"], data["dtype"], shape)

@@ -1,0 +1,124 @@
+"""The ONNX Runtime backend refuses a CUDA/TensorRT provider that did not actually start (ONNX
+Runtime falls back to the CPU with only a warning), and gives the TensorRT provider the
+graph's precision and a batch profile from the manifest. Real onnxruntime (CPU build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dit_deploy.errors import BackendUnavailableError
+from dit_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend, tensorrt_provider_options
+from dit_deploy.runtime.manifest import GraphSpec, Manifest, TensorSpec
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture
+def export_dir(tmp_path) -> Path:
+    """An export with one fp16 graph (y = x + x) listed in its manifest."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 2, 2])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 2, 2])
+    graph = helper.make_graph([helper.make_node("Add", ["image", "image"], ["logits"])], "g", [x],
+                              [y])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out = tmp_path / "export"
+    out.mkdir()
+    onnx.save(model, out / "dit_fused.fp16.onnx")
+    onnx.save(model, out / "dit_fused.onnx")
+    (out / "vocab.txt").write_text("[PAD]\n")
+    spec = GraphSpec(
+        "dit_fused.onnx",
+        [TensorSpec("image", "float32", ["batch", 3, 2, 2])],
+        [TensorSpec("logits", "float32", ["batch", 3, 2, 2])],
+    )
+    fp16 = GraphSpec("dit_fused.fp16.onnx", spec.inputs, spec.outputs, precision="fp16")
+    Manifest(
+        config_name="tiny",
+        variant="layer_wise",
+        input_size=2,
+        max_tokens=4,
+        mask_threshold=0.0,
+        pixel_mean=[0.0] * 3,
+        pixel_std=[1.0] * 3,
+        tokenizer={"vocab_file": "vocab.txt", "lowercase": True, "max_tokens": 4},
+        graphs={"dit_fused": spec},
+        precisions={"fp16": {"dit_fused": fp16}},
+    ).write(out)
+    return out
+
+
+def test_cpu_runs(export_dir):
+    b = OnnxRuntimeBackend(export_dir / "dit_fused.onnx")
+    image = np.ones((2, 3, 2, 2), np.float32)
+    np.testing.assert_array_equal(b.run({"image": image})["logits"], 2 * image)
+    assert b.providers == ["CPUExecutionProvider"] and b.tensorrt_options is None
+
+
+def test_cuda_provider_that_did_not_start_is_refused_with_its_reason(export_dir, monkeypatch):
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    with pytest.raises(BackendUnavailableError) as info:
+        OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device="cuda")
+    text = str(info.value)
+    assert "did not start CUDAExecutionProvider" in text
+    assert "running ['CPUExecutionProvider']" in text
+    assert "this onnxruntime has no libonnxruntime_providers_cuda.so" in text
+
+
+def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(export_dir, monkeypatch):
+    seen = {}
+    real_session = ort.InferenceSession
+
+    def recording_session(path, sess_options=None, providers=None):
+        seen["providers"] = providers
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    ])  # fmt: skip
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    with pytest.raises(BackendUnavailableError, match="did not start TensorrtExecutionProvider"):
+        OnnxRuntimeBackend(export_dir / "dit_fused.fp16.onnx", device="tensorrt", max_batch=8)
+    name, options = seen["providers"][0]
+    assert name == "TensorrtExecutionProvider"
+    assert options["trt_fp16_enable"] is True and options["trt_int8_enable"] is False
+    assert options["trt_profile_min_shapes"] == "image:1x3x2x2"
+    assert options["trt_profile_opt_shapes"] == "image:4x3x2x2"
+    assert options["trt_profile_max_shapes"] == "image:8x3x2x2"
+    assert options["trt_engine_cache_path"] == str(export_dir / "ort_trt_cache")
+    assert seen["providers"][1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("precision", "fp16", "int8"), [("fp32", False, False), ("fp16", True, False),
+                                    ("int8", True, True)]
+)  # fmt: skip
+def test_tensorrt_precision_flags(tmp_path, precision, fp16, int8):
+    options = tensorrt_provider_options(precision, None, tmp_path)
+    assert (options["trt_fp16_enable"], options["trt_int8_enable"]) == (fp16, int8)
+    assert "trt_profile_min_shapes" not in options  # no manifest: no explicit profile
+    two = [TensorSpec("input_ids", "int64", ["batch", 20]), TensorSpec("mask", "int64",
+                                                                        ["batch", 20])]  # fmt: skip
+    shapes = tensorrt_provider_options(precision, two, tmp_path, max_batch=2)
+    assert shapes["trt_profile_max_shapes"] == "input_ids:2x20,mask:2x20"
+    assert shapes["trt_profile_opt_shapes"] == "input_ids:1x20,mask:1x20"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
+def test_gpu_providers_start_and_match_the_cpu(export_dir, device):
+    """onnxruntime-gpu (the gpu-trt10 extra): the provider really runs, same numbers."""
+    image = np.random.default_rng(0).normal(size=(3, 3, 2, 2)).astype(np.float32)
+    cpu = OnnxRuntimeBackend(export_dir / "dit_fused.onnx").run({"image": image})["logits"]
+    b = OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device=device, max_batch=4)
+    assert b.providers[0] == {"cuda": "CUDAExecutionProvider",
+                              "tensorrt": "TensorrtExecutionProvider"}[device]  # fmt: skip
+    np.testing.assert_allclose(b.run({"image": image})["logits"], cpu, atol=1e-5)
