@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from .cli_types import positive_int
 from .errors import DITError
 from .hints import command
 
@@ -39,16 +40,6 @@ def _steps(text: str) -> tuple[str, ...]:
     return steps
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The main job's options (all checked by argparse before any work starts)."""
     p.add_argument(
@@ -62,12 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("runs") / "dit-deploy", help="working directory"
     )
-    p.add_argument("--eval-size", type=_positive_int, default=100, help="evaluation pairs")
-    p.add_argument("--calib-size", type=_positive_int, default=64, help="INT8 calibration pairs")
+    p.add_argument("--eval-size", type=positive_int, default=100, help="evaluation pairs")
+    p.add_argument("--calib-size", type=positive_int, default=64, help="INT8 calibration pairs")
     p.add_argument("--batch", default="1,4", help="batch sizes to benchmark")
     p.add_argument("--budget", type=float, default=3.0, help="seconds per latency measurement")
-    p.add_argument("--gallery-size", type=_positive_int, default=6, help="examples per gallery")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--gallery-size", type=positive_int, default=6, help="examples per gallery")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all)")
 
 
 def register(subparsers) -> None:

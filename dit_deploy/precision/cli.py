@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..cli_types import fraction, positive_int
 from ..errors import ConfigError
 from ..progress import Progress
 
@@ -32,26 +33,6 @@ DESCRIPTION = (
     "directory, check them in ONNX Runtime on the CPU against the FP32 graphs (logits error, "
     "mask agreement, mIoU/oIoU change, latency) and add them to the export."
 )
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -84,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cal.add_argument("--calib-data", type=Path, help="dataset root (refer/preprocessed layout)")
     cal.add_argument("--calib-split", default="train", help="(default: %(default)s)")
     cal.add_argument(
-        "--calib-size", type=_positive, default=64, help="pairs (default: %(default)s)"
+        "--calib-size", type=positive_int, default=64, help="pairs (default: %(default)s)"
     )
     cal.add_argument(
         "--method",
@@ -129,15 +110,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ver = p.add_argument_group("verification (held-out pairs, ONNX Runtime CPU)")
     ver.add_argument("--eval-data", type=Path, help="dataset root (default: --calib-data)")
     ver.add_argument("--eval-split", default="val", help="(default: %(default)s)")
-    ver.add_argument("--eval-size", type=_positive, default=64, help="pairs (default: %(default)s)")
+    ver.add_argument(
+        "--eval-size", type=positive_int, default=64, help="pairs (default: %(default)s)"
+    )
     ver.add_argument(
         "--min-mask-iou",
-        type=_fraction,
+        type=fraction,
         help="floor: mask IoU vs FP32 (default: fp16 0.98, int8 0.90)",
     )
     ver.add_argument(
         "--max-miou-drop",
-        type=_fraction,
+        type=fraction,
         help="floor: mIoU fall, fraction (default: fp16 0.01, int8 0.03)",
     )
     ver.add_argument(
@@ -146,10 +129,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=10,
         help="timed runs per chain, 0 to skip (default: %(default)s)",
     )
-    ver.add_argument("--threads", type=_positive, help="ONNX Runtime intra-op threads")
+    ver.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads")
     ver.add_argument(
         "--eval-batch",
-        type=_positive,
+        type=positive_int,
         default=4,
         help="pairs per verification call; 1 bounds memory for ViT-B (default: %(default)s)",
     )
