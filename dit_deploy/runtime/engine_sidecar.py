@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
-from ..hashing import sha256_file  # noqa: F401  (re-exported for callers)
 from .manifest import TensorSpec
 
 SIDECAR_VERSION = 1
