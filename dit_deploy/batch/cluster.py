@@ -7,7 +7,8 @@ The embedded instance:
 
 - binds every Ray process to the loopback interface (Ray otherwise picks the routable
   address of the host; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's switch for
-  "single-machine, loopback only", read when Ray is imported);
+  "single-machine, loopback only", read when Ray is first imported in the process: a
+  warning says so when Ray was imported before and bound elsewhere);
 - keeps Ray's token authentication on, with a random token held in this process's
   environment for the life of the instance, so nothing is written to ``~/.ray/auth_token``
   (an explicit ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` is respected);
@@ -17,6 +18,7 @@ The embedded instance:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -29,6 +31,17 @@ LOOPBACK = "127.0.0.1"
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 _LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _PROCESS_TOKEN = secrets.token_hex(32)  # one per process: Ray's token loader caches it
+
+
+def require_ray() -> None:
+    """Check that Ray Data is installed without importing Ray (its import reads settings
+    that :func:`connect` sets first)."""
+    missing = [m for m in ("ray", "pyarrow", "pandas") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailableError(
+            f"dit-deploy batch runs on Ray Data, which is not installed here (missing: "
+            f"{', '.join(missing)}); install it with: pip install 'dit-deploy[batch]'"
+        )
 
 
 def import_ray() -> ModuleType:
@@ -79,7 +92,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def _embedded_environment() -> dict[str, str]:
     values = {_LOCAL_ONLY_VAR: "0"}
     if not any(os.environ.get(k) for k in _AUTH_VARS):
-        values.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_PROCESS_TOKEN)
+        # ray.init turns token mode on for a new local instance and takes this token
+        # instead of generating one into ~/.ray/auth_token
+        values["RAY_AUTH_TOKEN"] = _PROCESS_TOKEN
     return values
 
 

@@ -27,7 +27,7 @@ from ..metrics import RISMetrics
 from ..runtime.backends import BACKENDS
 from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS, Manifest, read_manifest
 from . import stages
-from .cluster import RayInfo, connect, import_ray
+from .cluster import RayInfo, connect, require_ray
 from .shards import (
     ERRORS_FILE,
     SUMMARY_FILE,
@@ -148,7 +148,7 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
             another job, or a pipeline failure (completed shards are kept for a re-run).
     """
     started = time.perf_counter()
-    import_ray()  # fail fast, naming the extra, when Ray Data is not installed
+    require_ray()  # fail fast, naming the extra, when Ray Data is not installed
     _, layout, export_record = _resolve_export(options)
     source = read_source(options.source, options.data)
     plan = ShardPlan(len(source), options.shard_size)
