@@ -210,6 +210,9 @@ def test_a_rerun_redoes_lost_and_corrupt_shards_only(export_dir, data_dir, pairs
         kept
     )
     assert not list(out.glob(".tmp-*"))
+    third = run_batch(options, log=lambda _: None)  # all done: nothing runs, Ray not needed
+    assert third["shards_resumed"] == third["shards"] and third["ray"] is None
+    assert third["ok"] == len(pairs) and third["rows_this_run"] == 0
     # a different job does not resume into the same directory
     with pytest.raises(BatchJobError, match="differs in: shard_size"):
         run_batch(BatchOptions(str(source), out, export_dir, shard_size=7), log=lambda _: None)

@@ -154,7 +154,10 @@ def format_summary(summary: dict) -> str:
         f"{'wall':<16}{summary['wall_s']:.1f} s (Ray start {summary['startup_s']:.1f} s)",
     ]
     if summary.get("rows_per_s"):
-        lines.append(f"{'rows/s':<16}{summary['rows_per_s']:.1f} (pipeline, this run)")
+        lines.append(
+            f"{'rows/s':<16}{summary['rows_per_s']:.1f} (this run; first result after "
+            f"{summary['first_result_s']:.1f} s)"
+        )
     metrics = summary.get("metrics")
     if metrics:
         names = [k for k in metrics if k != "count"]

@@ -127,6 +127,27 @@ def _resolve_export(options: BatchOptions) -> tuple[Manifest, str, dict[str, Any
     return manifest, layout, record
 
 
+@dataclass
+class _Timing:
+    """Where a run's time went: Ray start, then the pipeline (first result = pool start)."""
+
+    startup_s: float = 0.0
+    pipeline_s: float = 0.0
+    first_result_s: float | None = None
+
+    def summary(self, rows: int) -> dict[str, float | None]:
+        return {
+            "startup_s": round(self.startup_s, 3),
+            "pipeline_s": round(self.pipeline_s, 3),
+            # the workers' start (model load) and Ray Data's read-ahead are inside this
+            "first_result_s": None
+            if self.first_result_s is None
+            else round(self.first_result_s, 3),
+            # rows segmented / pipeline time (the workers' start included, Ray's not)
+            "rows_per_s": round(rows / self.pipeline_s, 2) if self.pipeline_s > 0 else None,
+        }
+
+
 def worker_memory_bytes(export_dir: Path, layout: str, precision: str) -> int:
     """Memory a Predictor worker reserves: its graphs (+ external data) x ``WEIGHT_COPIES``,
     plus ``ACTIVATION_BYTES`` for a batch's activations."""
@@ -172,9 +193,9 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
         if plan.shard_of(error.position) not in done:
             writer.add_error(error)
     ray_info: RayInfo | None = None
-    startup = pipeline = 0.0
+    timing = _Timing()
     if todo:
-        ray_info, startup, pipeline = _run_pipeline(options, layout, todo, plan, writer, log)
+        ray_info = _run_pipeline(options, layout, todo, plan, writer, log, timing)
     missing = [s for s in range(plan.count) if s not in done and s not in writer.committed]
     if missing:
         raise BatchJobError(
@@ -182,12 +203,7 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
             "command to finish them"
         )
     summary = _summarize(options, source, plan, layout, done, writer, ray_info)
-    summary.update(
-        wall_s=round(time.perf_counter() - started, 3),
-        startup_s=round(startup, 3),
-        pipeline_s=round(pipeline, 3),
-        rows_per_s=round(writer.rows_ok / pipeline, 2) if pipeline > 0 else None,
-    )
+    summary.update(wall_s=round(time.perf_counter() - started, 3), **timing.summary(writer.rows_ok))
     atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     log(
         f"batch: finished: {summary['ok']} rows segmented, {summary['errors']} errors "
@@ -205,7 +221,8 @@ def _run_pipeline(
     plan: ShardPlan,
     writer: ShardWriter,
     log: Callable[[str], None],
-) -> tuple[RayInfo, float, float]:
+    timing: _Timing,
+) -> RayInfo:
     """Build the Ray Data pipeline for ``todo`` rows and commit shards as rows come back."""
     t0 = time.perf_counter()
     with connect(options.ray_address, options.embedded_cpus(), log) as info:
@@ -234,6 +251,8 @@ def _run_pipeline(
         done_rows = 0
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if timing.first_result_s is None:
+                    timing.first_result_s = time.perf_counter() - t1
                 for i in range(len(batch["id"])):
                     record = {k: _scalar(batch[k][i]) for k in stages.RESULT_COLUMNS}
                     done_rows += 1
@@ -251,7 +270,8 @@ def _run_pipeline(
             raise
         except Exception as exc:
             raise _pipeline_error(exc) from exc
-        return info, startup, time.perf_counter() - t1
+        timing.startup_s, timing.pipeline_s = startup, time.perf_counter() - t1
+        return info
 
 
 def build_dataset(options: BatchOptions, layout: str, items: list[dict[str, Any]]):
