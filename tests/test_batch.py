@@ -322,6 +322,19 @@ def test_a_killed_job_resumes_with_exactly_the_input_ids(export_dir, data_dir, p
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(r["id"] for r in rows)
 
 
+def test_an_export_changed_after_export_is_refused_in_one_line(
+    export_dir, data_dir, pairs, tmp_path, capsys
+):
+    changed = tmp_path / "export"
+    shutil.copytree(export_dir, changed)
+    with open(changed / "dit_fused.onnx", "ab") as f:
+        f.write(b"\0")
+    source = _write_jsonl(data_dir / "changed.jsonl", pairs[:2])
+    assert cli_main(["batch", str(source), str(tmp_path / "out"), "--export", str(changed)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match the sha256 recorded" in err[0]
+
+
 def test_cpu_stages_run_as_tasks_apart_from_the_model_actors(export_dir, capsys):
     options = BatchOptions("unused.jsonl", Path("unused"), export_dir)
     ds = build_dataset(options, "fused", [{"id": "a", "position": 0, "shard": 0}])

@@ -192,3 +192,27 @@ def test_runtime_imports_without_ray_and_batch_names_the_extra(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("dit-deploy batch: error:")
     assert "pip install 'dit-deploy[batch]'" in done.stderr
+
+
+def test_worker_errors_come_back_typed_and_others_name_ray():
+    from dit_deploy.batch.pipeline import _pipeline_error
+    from dit_deploy.errors import ArtifactError
+
+    init_failure = RuntimeError(
+        "The actor died because of an error raised in its creation task, ray::MapWorker\n"
+        "Traceback (most recent call last):\n  ...\n"
+        "dit_deploy.errors.ArtifactError: exports/x has no TensorRT engine; build it"
+    )
+    err = _pipeline_error(init_failure)
+    assert isinstance(err, ArtifactError)
+    assert str(err) == "batch worker: exports/x has no TensorRT engine; build it"
+    try:
+        try:
+            raise InputError("bad thing")
+        except InputError as inner:
+            raise RuntimeError("wrapped by Ray") from inner
+    except RuntimeError as outer:
+        assert isinstance(_pipeline_error(outer), InputError)
+    other = _pipeline_error(ValueError("object store full\nmore"))
+    assert isinstance(other, BatchJobError)
+    assert "ValueError: object store full" in str(other) and "re-run" in str(other)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -22,10 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import errors
 from ..errors import ArtifactError, DITError, InputError
+from ..hashing import sha256_file
 from ..metrics import RISMetrics
 from ..runtime.backends import BACKENDS
-from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS, Manifest, read_manifest
+from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS, read_manifest
 from . import stages
 from .cluster import RayInfo, connect, require_ray
 from .shards import (
@@ -107,8 +110,8 @@ class BatchOptions:
         return max(os.cpu_count() or 1, self.num_workers * self.threads + 1)
 
 
-def _resolve_export(options: BatchOptions) -> tuple[Manifest, str, dict[str, Any]]:
-    """The manifest, the layout to run, and the export's part of the job record."""
+def _resolve_export(options: BatchOptions) -> tuple[str, dict[str, Any]]:
+    """The layout to run, and the export's part of the job record (checks the precision)."""
     manifest = read_manifest(options.export)
     layout = options.layout or ("fused" if "fused" in manifest.layouts else "split")
     if layout not in manifest.layouts:
@@ -118,13 +121,22 @@ def _resolve_export(options: BatchOptions) -> tuple[Manifest, str, dict[str, Any
         )
     roles = FUSED_GRAPHS if layout == "fused" else SPLIT_GRAPHS
     graphs = {role: manifest.graph(role, options.precision).sha256 for role in roles}
+    files = {manifest.graph(role, options.precision).file: graphs[role] for role in roles}
+    files[manifest.tokenizer["vocab_file"]] = manifest.tokenizer.get("sha256", "")
+    for name, recorded in files.items():
+        # the job record (and so resume) trusts these hashes: check them once, here
+        if recorded and sha256_file(options.export / name) != recorded:
+            raise ArtifactError(
+                f"{options.export / name} does not match the sha256 recorded in "
+                f"{options.export / 'manifest.json'}: it changed after the export; re-export"
+            )
     record = {
         "model": manifest.config_name,
         "precision": options.precision,
         "layout": layout,
         "graphs_sha256": graphs,
     }
-    return manifest, layout, record
+    return layout, record
 
 
 @dataclass
@@ -170,7 +182,7 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
     """
     started = time.perf_counter()
     require_ray()  # fail fast, naming the extra, when Ray Data is not installed
-    _, layout, export_record = _resolve_export(options)
+    layout, export_record = _resolve_export(options)
     source = read_source(options.source, options.data)
     plan = ShardPlan(len(source), options.shard_size)
     job = job_record(source, options.shard_size, export_record, options.png)
@@ -331,8 +343,16 @@ def _scalar(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, bytes) else value
 
 
+_TYPED_ERROR_LINE = re.compile(r"^(?:dit_deploy\.errors\.)?(?P<name>[A-Za-z]+Error): (?P<msg>.+)$")
+
+
 def _pipeline_error(exc: BaseException) -> DITError:
-    """The DITError a worker raised (e.g. a bad export), else one naming the Ray failure."""
+    """The DITError a worker raised (e.g. a bad export), else one naming the Ray failure.
+
+    Ray keeps an exception raised in a task as its cause, but one raised in an actor's
+    ``__init__`` only as text (the traceback inside ``ActorDiedError``'s message): the
+    typed error is then recovered from its traceback's last line.
+    """
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -342,6 +362,11 @@ def _pipeline_error(exc: BaseException) -> DITError:
         seen.add(id(e))
         if isinstance(e, DITError):
             return type(e)(f"batch worker: {e}")
+        for line in reversed(str(e).splitlines()):
+            match = _TYPED_ERROR_LINE.match(line.strip())
+            cls = getattr(errors, match["name"], None) if match else None
+            if isinstance(cls, type) and issubclass(cls, DITError):
+                return cls(f"batch worker: {match['msg']}")
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return BatchJobError(
