@@ -63,14 +63,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path("runs") / "dit-deploy" / "export",
         help="export directory (manifest.json + graphs)",
     )
-    p.add_argument("--data", type=Path, default=None, help="dataset root for NAME:SPLIT sources")
+    p.add_argument(
+        "--data", type=Path, default=None, help="dataset root (for NAME:SPLIT sources only)"
+    )
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="runtime backend")
     p.add_argument("--precision", default="fp32", help="fp32, or a precision of the export")
     p.add_argument(
         "--layout",
-        choices=("fused", "split"),
-        default=None,
-        help="graph layout (default: fused when exported)",
+        choices=("auto", "fused", "split"),
+        default="auto",
+        help="graph layout (auto: fused when exported, else split)",
     )
     p.add_argument("--num-workers", type=_positive_int, default=1, help="Predictor actors")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="rows per model call")
@@ -91,8 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ray-address",
         default=None,
-        help="join this Ray cluster (auto, ray://head:10001); default: a local Ray on "
-        "127.0.0.1 for the job",
+        help="join this Ray cluster (auto, HEAD:6379, ray://HEAD:10001); none: a local Ray "
+        "on 127.0.0.1, started and stopped for the job",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="discard results of an earlier job in OUT"
@@ -129,7 +131,7 @@ def options_from_args(args: argparse.Namespace):
         data=args.data,
         backend=args.backend,
         precision=args.precision,
-        layout=args.layout,
+        layout=None if args.layout == "auto" else args.layout,
         num_workers=args.num_workers,
         batch_size=args.batch_size,
         gpus_per_worker=args.gpus_per_worker,
