@@ -28,6 +28,7 @@ from dit_deploy.batch.pipeline import build_dataset
 from dit_deploy.cli import main as cli_main
 from dit_deploy.data import open_dataset
 from dit_deploy.data.synthetic import generate
+from dit_deploy.errors import BackendUnavailableError
 from dit_deploy.mask_codec import decode_png, decode_rle
 from dit_deploy.metrics import RISMetrics
 from dit_deploy.runtime import Predictor
@@ -333,6 +334,15 @@ def test_an_export_changed_after_export_is_refused_in_one_line(
     assert cli_main(["batch", str(source), str(tmp_path / "out"), "--export", str(changed)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not match the sha256 recorded" in err[0]
+
+
+def test_a_worker_that_cannot_be_placed_is_an_error_not_a_hang(
+    export_dir, data_dir, pairs, tmp_path
+):
+    source = _write_jsonl(data_dir / "gpu.jsonl", pairs[:2])
+    options = BatchOptions(str(source), tmp_path / "out", export_dir, gpus_per_worker=1)
+    with pytest.raises(BackendUnavailableError, match="needs 1 GPU.*Ray has 0"):
+        run_batch(options, log=lambda _: None)
 
 
 def test_cpu_stages_run_as_tasks_apart_from_the_model_actors(export_dir, capsys):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
-from ..errors import ArtifactError, DITError, InputError
+from ..errors import ArtifactError, BackendUnavailableError, DITError, InputError
 from ..hashing import sha256_file
 from ..metrics import RISMetrics
 from ..runtime.backends import BACKENDS
@@ -242,6 +242,7 @@ def _run_pipeline(
 
         startup = time.perf_counter() - t0
         log(f"batch: Ray: {info.line()} (up in {startup:.1f} s)")
+        _check_fits(options, info, log)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = (
             sys.stderr.isatty() if options.progress is None else options.progress
@@ -284,6 +285,29 @@ def _run_pipeline(
             raise _pipeline_error(exc) from exc
         timing.startup_s, timing.pipeline_s = startup, time.perf_counter() - t1
         return info
+
+
+def _check_fits(options: BatchOptions, info: RayInfo, log: Callable[[str], None]) -> None:
+    """A worker that can never be placed would make Ray Data wait forever: say so instead
+    (on a cluster only warn: an autoscaler may still add the nodes)."""
+    problems = []
+    if options.gpus_per_worker > info.gpus:
+        problems.append(f"a worker needs {options.gpus_per_worker:g} GPU(s), Ray has {info.gpus:g}")
+    if options.threads + 1 > info.cpus:
+        problems.append(
+            f"a worker needs {options.threads} CPU(s) plus 1 for the CPU tasks, Ray has "
+            f"{info.cpus:g}"
+        )
+    if not problems:
+        return
+    message = "; ".join(problems)
+    if info.mode == "cluster":
+        log(f"batch: warning: {message}; waiting for the cluster to grow")
+        return
+    raise BackendUnavailableError(
+        f"{message}: lower --gpus-per-worker / --threads, or run on a cluster "
+        "(--ray-address) that has them"
+    )
 
 
 def build_dataset(options: BatchOptions, layout: str, items: list[dict[str, Any]]):
