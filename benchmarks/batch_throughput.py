@@ -14,12 +14,19 @@ inside; the embedded Ray's start (once per command) is measured apart. Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import time
-from pathlib import Path
+
+# numpy's BLAS (post-processing matmuls) in one thread, as Ray sets it in its workers: the
+# loop and the pipeline then differ in their structure only, not in BLAS threading (which
+# on a loaded 2-core machine alone changed the loop's post-processing time 50x)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 
 def main() -> None:
