@@ -95,6 +95,7 @@ def test_output_directory_refuses_another_job_and_overwrite_clears_it(tmp_path):
     open_output(out, job, overwrite=False, log=print)
     part_file(out, 0).write_text("")
     open_output(out, job, overwrite=False, log=print)  # the same job: resumes
+    open_output(out, {**job, "source": "elsewhere"}, overwrite=False, log=print)  # same rows
     assert part_file(out, 0).exists()
     with pytest.raises(BatchJobError, match="differs in: input_sha256"):
         open_output(out, {**job, "input_sha256": "b"}, overwrite=False, log=print)

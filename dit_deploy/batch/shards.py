@@ -142,7 +142,8 @@ def open_output(
             raise BatchJobError(
                 f"{path} is unreadable ({exc}); pass --overwrite to start this job afresh"
             ) from exc
-        different = [k for k in job if previous.get(k) != job[k]]
+        # the source's name is for people: the same rows given by another path still resume
+        different = [k for k in job if k != "source" and previous.get(k) != job[k]]
         if different:
             raise BatchJobError(
                 f"{out} holds the results of a different job (it differs in: "
