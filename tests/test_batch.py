@@ -293,17 +293,19 @@ def test_a_killed_job_resumes_with_exactly_the_input_ids(export_dir, data_dir, p
     argv += ["--shard-size", "4"]
     ray_tmp = tempfile.mkdtemp(prefix="dbk", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dit_deploy.cli", "batch", *argv],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "job.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dit_deploy.cli", "batch", *argv],
+            env=env,
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 150
         while not glob.glob(str(out / "part-*.jsonl")) and time.monotonic() < deadline:
-            assert proc.poll() is None, "the job ended before it could be killed"
+            assert proc.poll() is None, f"the job ended before it was killed:\n{log.read_text()}"
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         proc.wait()
