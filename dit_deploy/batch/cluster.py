@@ -1,0 +1,152 @@
+"""Connecting to Ray: an embedded local instance on 127.0.0.1 (default), or a cluster.
+
+Ray is imported here only, and only when a job runs, so ``dit_deploy`` without the ``batch``
+extra imports fine and ``dit-deploy batch`` says which extra to install.
+
+The embedded instance:
+
+- binds every Ray process to the loopback interface (Ray otherwise picks the routable
+  address of the host; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's switch for
+  "single-machine, loopback only", read when Ray is first imported in the process: a
+  warning says so when Ray was imported before and bound elsewhere);
+- keeps Ray's token authentication on, with a random token held in this process's
+  environment for the life of the instance, so nothing is written to ``~/.ray/auth_token``
+  (an explicit ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` is respected);
+- has no dashboard, and is stopped when the job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..errors import BackendUnavailableError
+
+LOOPBACK = "127.0.0.1"
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+_LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_PROCESS_TOKEN = secrets.token_hex(32)  # one per process: Ray's token loader caches it
+
+
+def require_ray() -> None:
+    """Check that Ray Data is installed without importing Ray (its import reads settings
+    that :func:`connect` sets first)."""
+    missing = [m for m in ("ray", "pyarrow", "pandas") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailableError(
+            f"dit-deploy batch runs on Ray Data, which is not installed here (missing: "
+            f"{', '.join(missing)}); install it with: pip install 'dit-deploy[batch]'"
+        )
+
+
+def import_ray() -> ModuleType:
+    """``ray`` with Ray Data, or a typed error naming the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (needs pandas + pyarrow: the ray[data] extra)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"dit-deploy batch runs on Ray Data, which is not installed here ({exc}); "
+            "install it with: pip install 'dit-deploy[batch]'"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayInfo:
+    """How the job reached Ray."""
+
+    mode: str  # "embedded" | "cluster" | "existing" (the caller's own ray.init)
+    address: str
+    cpus: float
+    gpus: float
+
+    def line(self) -> str:
+        where = {
+            "embedded": "embedded local Ray",
+            "cluster": "Ray cluster",
+            "existing": "the Ray this process is already connected to",
+        }[self.mode]
+        return f"{where} at {self.address} ({self.cpus:g} CPUs, {self.gpus:g} GPUs)"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in (*values, *_AUTH_VARS)}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _embedded_environment() -> dict[str, str]:
+    values = {_LOCAL_ONLY_VAR: "0"}
+    if not any(os.environ.get(k) for k in _AUTH_VARS):
+        # ray.init turns token mode on for a new local instance and takes this token
+        # instead of generating one into ~/.ray/auth_token
+        values["RAY_AUTH_TOKEN"] = _PROCESS_TOKEN
+    return values
+
+
+@contextlib.contextmanager
+def connect(
+    address: str | None, num_cpus: int, log: Callable[[str], None] = print
+) -> Iterator[RayInfo]:
+    """Connect to Ray for the duration of a job.
+
+    Args:
+        address: ``None`` starts an embedded instance (stopped on exit); else
+            ``ray.init(address=...)`` joins that cluster (``auto``, ``ray://host:10001``, ...).
+            A process already connected (``ray.is_initialized()``) keeps its connection.
+        num_cpus: CPUs of the embedded instance.
+    """
+    if address is None:
+        with _environment(_embedded_environment()):
+            ray = import_ray()
+            if ray.is_initialized():
+                yield _info(ray, "existing")
+                return
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level="WARNING",
+                _node_ip_address=LOOPBACK,
+            )
+            try:
+                info = _info(ray, "embedded")
+                if info.address != LOOPBACK:
+                    log(f"warning: Ray bound to {info.address}, not {LOOPBACK}")
+                yield info
+            finally:
+                ray.shutdown()
+        return
+    ray = import_ray()
+    if ray.is_initialized():
+        yield _info(ray, "existing")
+        return
+    ray.init(address=address, logging_level="WARNING")
+    try:
+        yield _info(ray, "cluster", address)
+    finally:
+        ray.shutdown()  # disconnects; the cluster keeps running
+
+
+def _info(ray: ModuleType, mode: str, address: str | None = None) -> RayInfo:
+    resources = ray.cluster_resources()
+    return RayInfo(
+        mode,
+        address or ray.util.get_node_ip_address(),
+        float(resources.get("CPU", 0)),
+        float(resources.get("GPU", 0)),
+    )
