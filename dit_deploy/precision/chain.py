@@ -6,13 +6,14 @@ produce) and by verification (each precision's chain against the FP32 chain).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArtifactError
 from ..preprocess import Letterbox, preprocess_batch
+from ..runtime.backends import Backend
 from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
 from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS, Manifest
 from ..tokenizer import WordPieceTokenizer
@@ -42,18 +43,25 @@ class Preparer:
 
 
 class GraphSet:
-    """ONNX Runtime CPU sessions over one precision's graphs (role -> file), opened lazily."""
+    """Backends (ONNX Runtime CPU unless ``opener`` says otherwise: ``(role, file) ->
+    Backend``) over one precision's graphs (role -> file), opened lazily."""
 
-    def __init__(self, files: Mapping[str, Path], threads: int | None = None) -> None:
+    def __init__(
+        self,
+        files: Mapping[str, Path],
+        threads: int | None = None,
+        opener: Callable[[str, Path], Backend] | None = None,
+    ) -> None:
         self.files = dict(files)
         self.threads = threads
-        self._sessions: dict[str, OnnxRuntimeBackend] = {}
+        self.opener = opener or (lambda _role, f: OnnxRuntimeBackend(f, threads=self.threads))
+        self._sessions: dict[str, Backend] = {}
 
-    def session(self, role: str) -> OnnxRuntimeBackend:
+    def session(self, role: str) -> Backend:
         if role not in self._sessions:
             if role not in self.files:
                 raise ArtifactError(f"no graph for {role!r} (have {sorted(self.files)})")
-            self._sessions[role] = OnnxRuntimeBackend(self.files[role], threads=self.threads)
+            self._sessions[role] = self.opener(role, self.files[role])
         return self._sessions[role]
 
     def run(self, role: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

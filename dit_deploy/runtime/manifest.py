@@ -35,6 +35,9 @@ class GraphSpec:
     outputs: list[TensorSpec]
     sha256: str = ""
     precision: str = "fp32"
+    # an execution precision of an unchanged graph file ("openvino-bf16": the FP32 graph run
+    # in BF16 by OpenVINO); "" = the graph's own types decide
+    execution: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,10 @@ class Manifest:
         data = asdict(self)
         if not self.precisions:
             data.pop("precisions")  # byte-identical to manifests written before issue 4
+        for table in (data["graphs"], *data.get("precisions", {}).values()):
+            for graph in table.values():
+                if not graph["execution"]:
+                    del graph["execution"]  # only execution precisions carry the field
         return data
 
     def metadata_props(self) -> dict[str, str]:
@@ -129,6 +136,7 @@ def _graphs_from_dict(table: dict[str, Any]) -> dict[str, GraphSpec]:
             outputs=[TensorSpec(**t) for t in g["outputs"]],
             sha256=g.get("sha256", ""),
             precision=g.get("precision", "fp32"),
+            execution=g.get("execution", ""),
         )
         for role, g in table.items()
     }

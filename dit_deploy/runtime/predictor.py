@@ -20,7 +20,7 @@ from ..inputs import model_inputs
 from ..postprocess import MaskResult, postprocess_batch
 from ..preprocess import ImageSource
 from ..tokenizer import WordPieceTokenizer
-from .backends import Backend, open_backend
+from .backends import Backend, check_execution, open_backend
 from .engine_sidecar import engine_file
 from .manifest import Manifest, read_manifest
 
@@ -38,6 +38,7 @@ class Predictor:
         max_batch: int = 8,
         precision: str = "fp32",
         cuda_graph: bool = False,
+        backend_options: dict | None = None,
     ) -> None:
         self.export_dir = Path(export_dir)
         self.manifest: Manifest = read_manifest(self.export_dir)
@@ -54,6 +55,7 @@ class Predictor:
             ("dit_fused",) if layout == "fused" else ("text_encoder", "dit_encoder", "mask_decoder")
         )
         self.precision = precision
+        self.backend_options = dict(backend_options or {})
         self.graphs: dict[str, Backend] = {
             role: self._open(role, backend, device, threads, cuda_graph) for role in roles
         }
@@ -70,8 +72,16 @@ class Predictor:
     ) -> Backend:
         """``<role>[.<precision>].onnx``, or for ``tensorrt`` its ``.engine`` (+ sidecar)."""
         spec = self.manifest.graph(role, self.precision)
+        check_execution(backend, spec.execution)
         if backend != "tensorrt":
-            return open_backend(backend, self.export_dir / spec.file, device, threads)
+            return open_backend(
+                backend,
+                self.export_dir / spec.file,
+                device,
+                threads,
+                execution=spec.execution,
+                **self.backend_options,
+            )
         engine = self.export_dir / engine_file(spec.file)
         if not engine.is_file():
             raise ArtifactError(
