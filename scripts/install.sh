@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,train,dev]"
+.venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,openvino,train,dev]"
 # System packages (Debian 12/13): the C++ runtime's build deps, and jemalloc for dit-bench's
 # tuned PyTorch baseline. Both scripts exit 0 with a message where apt-get is not possible.
 bash scripts/install_cpp_deps.sh

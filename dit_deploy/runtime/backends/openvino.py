@@ -151,8 +151,10 @@ class OpenVINOBackend(Backend):
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
 
     def compiled_property(self, name: str) -> str:
-        """A property of the compiled model as OpenVINO applied it (e.g. the precision hint)."""
-        return str(self.compiled.get_property(name))
+        """A property of the compiled model as OpenVINO applied it (``f32``/``bf16`` for the
+        precision hint)."""
+        value = self.compiled.get_property(name)
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
