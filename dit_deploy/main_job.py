@@ -1,7 +1,8 @@
 """``dit-deploy``: the main job in one command.
 
-bundled model -> ONNX (split + fused, validated) -> FP16 and INT8 graphs (verified on the
-CPU) -> TensorRT engines (where a GPU exists) -> dit-bench table -> gallery of predictions.
+bundled model -> ONNX (split + fused, validated) -> FP16 and INT8 graphs, and BF16 where
+OpenVINO and a BF16 CPU are present (verified on the CPU) -> TensorRT engines (where a GPU
+exists) -> dit-bench table -> gallery of predictions.
 Each step also runs on its own (``dit-deploy export|quantize|engines|bench|gallery``), and
 re-running reuses what is built and valid (hash checks), rebuilding what is stale.
 """
@@ -136,7 +137,10 @@ class Job:
         from .runtime.manifest import read_manifest
 
         data = self.data()
-        for precision in ("fp16", "int8"):
+        for precision in ("fp16", "int8", "bf16"):
+            if precision == "bf16" and (reason := _bf16_skip_reason()):
+                self.log(f"quantize bf16: skipped, {reason}")
+                continue
             manifest = read_manifest(self.export_dir)
             if precision in manifest.precisions:
                 self.log(f"quantize {precision}: up to date")
@@ -216,6 +220,7 @@ class Job:
         from .gallery import Example, write_gallery
         from .model.dit_model import DITModel
         from .runtime import Predictor, read_manifest
+        from .runtime.backends import EXECUTIONS
 
         dataset = open_dataset(self.data(), "val")
         samples = [dataset[i] for i in range(min(len(dataset), self.args.gallery_size))]
@@ -225,8 +230,10 @@ class Job:
         }
         manifest = read_manifest(self.export_dir)
         for precision in ("fp32", *sorted(manifest.precisions)):
-            predictors[f"onnxruntime {precision}"] = Predictor(
-                self.export_dir, precision=precision, layout="fused"
+            execution = manifest.graph("dit_fused", precision).execution
+            backend = EXECUTIONS[execution][0] if execution else "onnxruntime"
+            predictors[f"{backend} {precision}"] = Predictor(
+                self.export_dir, backend=backend, precision=precision, layout="fused"
             ).predict_batch
         for label, predict in predictors.items():
             results = predict(pairs)
@@ -240,6 +247,17 @@ class Job:
                 self.report_dir / f"gallery_{label.replace(' ', '_')}.png",
             )
             self.log(f"gallery: {path}")
+
+
+def _bf16_skip_reason() -> str | None:
+    """Why the BF16 execution precision (OpenVINO) cannot be verified here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'dit-deploy[openvino]')"
+    from .runtime.backends.openvino import bf16_unavailable_reason
+
+    return bf16_unavailable_reason()
 
 
 def run_job(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
