@@ -11,13 +11,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,openvino,train,dev]"
-# System packages (Debian 12/13): the C++ runtime's build deps, and jemalloc for dit-bench's
-# tuned PyTorch baseline. Both scripts exit 0 with a message where apt-get is not possible.
+# System packages (Debian 12/13): the C++ runtime's build deps (exits 0 with a message where
+# apt-get is not possible).
 bash scripts/install_cpp_deps.sh
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-    && ! dpkg-query -W -f='${Status}' libjemalloc2 2>/dev/null | grep -q "ok installed"; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null; } \
-    || echo "install: libjemalloc2 not installed; dit-bench's tuned baseline falls back to glibc tunables"
-fi
 .venv/bin/python -c "import torch, onnxruntime, dit_deploy; print('dit-deploy', dit_deploy.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cpp_runtime import cpp_build  # noqa: F401  (fixture: builds cpp/ once, or skips)
 
 from dit_deploy.errors import (
     BackendUnavailableError,
@@ -261,3 +262,48 @@ assert "torch" not in sys.modules
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "refused: openvino is not installed: pip install 'dit-deploy[openvino]'" in proc.stdout
+
+
+@pytest.fixture
+def bf16_manifest_copy(tiny_export, tmp_path) -> Path:
+    """A copy of the export whose manifest lists bf16 as the pipeline records it (written
+    here directly, so no BF16 CPU is needed)."""
+    out = _copy(tiny_export, tmp_path / "tiny")
+    data = json.loads((out / "manifest.json").read_text())
+    data["precisions"] = {
+        "bf16": {
+            role: {**g, "precision": "bf16", "execution": "openvino-bf16"}
+            for role, g in data["graphs"].items()
+        }
+    }
+    (out / "manifest.json").write_text(json.dumps(data))
+    return out
+
+
+def test_onnxruntime_and_tensorrt_refuse_an_execution_precision(bf16_manifest_copy):
+    for backend in ("onnxruntime", "tensorrt"):
+        with pytest.raises(PrecisionUnavailableError, match="backend='openvino'"):
+            Predictor(bf16_manifest_copy, backend=backend, precision="bf16")
+
+
+def test_cpp_runtime_refuses_an_execution_precision(
+    cpp_build,  # noqa: F811  (the imported fixture)
+    bf16_manifest_copy,
+    tmp_path,
+):
+    """The C++ runtime runs ONNX Runtime: it must not run a bf16 entry silently as FP32."""
+    image = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(image)
+    cmd = [str(cpp_build / "dit_infer"), str(bf16_manifest_copy), str(image), "the cup"]
+    proc = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "m.png"), "--precision", "bf16"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert "execution precision (openvino-bf16)" in proc.stderr
+    assert 'backend="openvino"' in proc.stderr
+    ok = subprocess.run([*cmd, "--out", str(tmp_path / "m.png")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr  # fp32 from the same manifest still runs
