@@ -79,6 +79,7 @@ def tiny_export(tmp_path_factory) -> Path:
 
 def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the bundled evaluation set is generated under ./runs
+    monkeypatch.setenv("DIT_DEPLOY_OPENVINO_CACHE", str(tmp_path / "ov_cache"))
     code = main(
         [
             str(tiny_export),

@@ -3,6 +3,7 @@ in interleaved rounds (:mod:`.rounds`); latency, speed-ups and noise flags per b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -87,8 +88,10 @@ class WorkerCell:
             reply = self._read()
         except CellFailed:
             reply = {}
-        self.commands.close()
-        self.replies.close()
+        for stream in (self.commands, self.replies):
+            # BrokenPipeError: unsent bytes of a worker that is gone
+            with contextlib.suppress(OSError):
+                stream.close()
         self.proc.wait()
         return reply
 
