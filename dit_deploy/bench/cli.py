@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=10,
         help="interleaved rounds: every cell runs a slice of its budget in each round, so "
-        "drift hits all cells alike; speed-ups are computed round by round (%(default)s)",
+        "drift hits all cells alike; speed-ups are computed round by round. All cells stay "
+        "loaded meanwhile: memory is the sum of their peaks (%(default)s)",
     )
     p.add_argument(
         "--noise-limit",
