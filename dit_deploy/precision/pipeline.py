@@ -28,7 +28,7 @@ from .. import __version__
 from ..errors import ArtifactError, ConfigError, ValidationError
 from ..exporters.onnx_io import save_onnx
 from ..hashing import sha256_file
-from ..runtime.backends import open_backend
+from ..runtime.backends import EXECUTIONS, open_backend
 from ..runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, read_manifest
 from .chain import GraphSet, Preparer, fp32_files
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
@@ -46,9 +46,9 @@ from .samples import PairSource
 from .verify import DEFAULT_FLOORS, Floor, LayoutReport, chain_latency_ms, compare_layout
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-# precisions that run the FP32 graph files in another precision: precision -> (backend,
-# the manifest's ``execution`` value)
-EXECUTION_PRECISIONS = {"bf16": ("openvino", "openvino-bf16")}
+# precisions that run the FP32 graph files at another precision: precision -> the
+# manifest's ``execution`` value (its backend: ``EXECUTIONS[execution][0]``)
+EXECUTION_PRECISIONS = {mode: name for name, (_backend, mode) in EXECUTIONS.items()}
 
 
 def _no_progress(_desc: str, _total: int) -> Callable[[int], None]:
@@ -330,7 +330,8 @@ def _execution_candidate(
     log: Callable[[str], None],
 ) -> tuple[GraphSet, list[GraphOutcome]]:
     """The FP32 graphs opened at an execution precision (``roles``; the rest as they are)."""
-    backend, execution = EXECUTION_PRECISIONS[opts.precision]
+    execution = EXECUTION_PRECISIONS[opts.precision]
+    backend = EXECUTIONS[execution][0]
     files = fp32_files(export_dir, manifest)
 
     def opener(role: str, path: Path):
@@ -378,7 +379,7 @@ def _install(
     table: dict[str, GraphSpec] = {}
     for role, spec in manifest.graphs.items():
         if role in roles and precision in EXECUTION_PRECISIONS:
-            execution = EXECUTION_PRECISIONS[precision][1]
+            execution = EXECUTION_PRECISIONS[precision]
             table[role] = GraphSpec(
                 spec.file, spec.inputs, spec.outputs, spec.sha256, precision, execution
             )
