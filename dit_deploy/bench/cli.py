@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -16,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
-from .cells import Cell, plan_cells
+from .cells import plan_cells
 from .report import environment, print_table, write_reports
+from .stats import NOISE_LIMIT
 
 DEFAULT_MODEL = "dit-tiny-synthetic"
 RUNS = Path("runs") / "dit-bench"
@@ -33,7 +32,9 @@ DESCRIPTION = (
     "budget, p50/p90/p99, batch sweep, per-stage split, cold start, peak memory), accuracy "
     "(mIoU/oIoU/Prec@X on a dataset split) and parity against the PyTorch FP32 reference on "
     "the same pairs. Cells that cannot run here are listed with the reason. Each cell runs in "
-    "its own process. 'dit-bench' is the same command."
+    "its own process; all cells are timed in interleaved rounds, speed-ups are per-round "
+    "ratios with their spread, wide spreads are flagged noisy, and the machine's load at the "
+    "start is recorded. 'dit-bench' is the same command."
 )
 
 
@@ -97,6 +98,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=5.0,
         help="seconds of timed runs per batch size (%(default)s)",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="interleaved rounds: every cell runs a slice of its budget in each round, so "
+        "drift hits all cells alike; speed-ups are computed round by round. All cells stay "
+        "loaded meanwhile: memory is the sum of their peaks (%(default)s)",
+    )
+    p.add_argument(
+        "--noise-limit",
+        type=float,
+        default=NOISE_LIMIT,
+        help="flag a cell noisy when its round-to-round spread (IQR/median) of latency or "
+        "speed-up exceeds this (%(default)s)",
+    )
     p.add_argument("--pretrained", help="PyTorch reference: our model directory or bundled name")
     p.add_argument(
         "--checkpoint", type=Path, help="PyTorch reference: an authors'-format checkpoint"
@@ -137,22 +153,6 @@ def _torch_source(
     if "pretrained" in manifest_source:
         return {"pretrained": manifest_source["pretrained"]}
     return None
-
-
-def _run_worker(cell: Cell, request: dict[str, Any], workdir: Path, index: int) -> dict[str, Any]:
-    req_file, res_file = workdir / f"cell{index}.json", workdir / f"cell{index}.result.json"
-    req_file.write_text(json.dumps(request | {"cell": cell.to_dict()}))
-    env = os.environ | cell.env
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_deploy.bench.worker", str(req_file), str(res_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if res_file.is_file():
-        return json.loads(res_file.read_text())
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"status": "failed", "reason": f"worker exited {proc.returncode}: {tail}"}
 
 
 def _batches(text: str) -> list[int]:
@@ -206,24 +206,22 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "budget_s": args.budget,
     }
     from ..progress import Progress
+    from .machine import machine_load
+    from .matrix import run_matrix
 
-    results = []
-    with tempfile.TemporaryDirectory() as tmp, Progress("bench", len(cells)) as progress:
-        for i, cell in enumerate(cells):
-            progress.describe(cell.label)
-            entry = cell.to_dict()
-            if cell.reason:
-                entry["result"] = {"status": "unavailable", "reason": cell.reason}
-            else:
-                logits = Path(tmp) / f"logits{i}.npy"
-                entry["result"] = _run_worker(
-                    cell, request | {"logits_file": str(logits)}, Path(tmp), i
-                )
-                if entry["result"].get("status") == "ok":
-                    entry["logits"] = np.load(logits)
-                    entry["size_mb"] = entry["result"].get("size_mb")
-            results.append(entry)
-            progress.update(1)
+    load = machine_load()
+    with tempfile.TemporaryDirectory() as tmp, Progress("bench", 0) as progress:
+        results, baseline = run_matrix(
+            cells,
+            request,
+            Path(tmp),
+            args.rounds,
+            args.noise_limit,
+            progress.describe,
+        )
+        for cell in results:
+            if "logits_file" in cell:
+                cell["logits"] = np.load(cell.pop("logits_file"))
     reference = next(
         (c.get("logits") for c in results if c["backend"] == "pytorch" and "logits" in c), None
     )
@@ -245,7 +243,10 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
             "pairs": min(len(dataset), args.limit),
         },
         "batches": batches,
-        "environment": environment(args.threads),
+        "environment": environment(args.threads) | {"load_at_start": load},
+        "rounds": args.rounds,
+        "noise_limit": args.noise_limit,
+        "baseline": baseline,
         "cells": results,
     }
 
