@@ -92,8 +92,9 @@ def register(subparsers) -> None:
         "--max-queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch"
     )
     p.add_argument("--threads", type=_positive, default=None, help="CPU threads per instance")
-    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
-                   help="refuse larger images")
+    p.add_argument(
+        "--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+    )
     p.add_argument("--drain-s", type=_positive, default=20, help="SIGTERM: wait for in-flight")
     p.add_argument("--log-file", type=Path, default=None, help="tritonserver's log")
     p.set_defaults(handler=run_serve)

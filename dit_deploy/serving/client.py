@@ -58,7 +58,9 @@ def image_bytes(image: ImageInput) -> bytes:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return buf.getvalue()
-    raise ImageError(f"cannot send a {type(image).__name__}; pass a path, bytes, PIL image or array")
+    raise ImageError(
+        f"cannot send a {type(image).__name__}; pass a path, bytes, a PIL image or an array"
+    )
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -78,8 +80,12 @@ def classify(exc: BaseException, url: str) -> ServerError:
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     message = str(message or type(exc).__name__)
     low = f"{status} {message}".lower()
-    if isinstance(exc, (TimeoutError, socket.timeout)) or any(t in low for t in _TIMEOUT) or (
-        type(exc).__name__ == "Timeout"  # gevent's
+    if (
+        isinstance(exc, (TimeoutError, socket.timeout))
+        or any(t in low for t in _TIMEOUT)
+        or (
+            type(exc).__name__ == "Timeout"  # gevent's
+        )
     ):
         return ServerTimeoutError(
             f"no answer from {url} in time ({message}); raise the client time-out or check "
@@ -222,9 +228,7 @@ class DITClient:
         else:
             wanted = [tc.InferRequestedOutput(n) for n in names]
             kwargs = {"client_timeout": self.timeout_s}
-        result = self._call(
-            self._client().infer, self.model, inputs, outputs=wanted, **kwargs
-        )
+        result = self._call(self._client().infer, self.model, inputs, outputs=wanted, **kwargs)
         values = {}
         for n in names:
             array = result.as_numpy(n)
@@ -271,7 +275,7 @@ class DITClient:
             return list(pool.map(one, pairs))
 
 
-_METRIC = re.compile(r'^(nv_inference_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+_METRIC = re.compile(r"^(nv_inference_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$")
 
 
 def read_metrics(metrics_url: str, model: str = c.MODEL_NAME, timeout_s: float = 5.0) -> dict:

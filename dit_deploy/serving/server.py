@@ -66,7 +66,10 @@ class ServeOptions:
             raise ConfigError(f"--max-queue-delay-us must be >= 0; got {self.max_queue_delay_us}")
         # PyTriton's own stop() waits 30 s for tritonserver before killing it
         if self.drain_s > 28:
-            raise ConfigError(f"--drain-s must be <= 28 (PyTriton kills after 30 s); got {self.drain_s}")
+            raise ConfigError(
+                f"--drain-s must be <= 28 (PyTriton kills tritonserver after 30 s); "
+                f"got {self.drain_s}"
+            )
 
 
 class DITInferFunc:
@@ -114,7 +117,9 @@ class DITInferFunc:
         responses = []
         for request, (start, stop) in zip(requests, spans, strict=True):
             want = getattr(request, "requested_output_names", None) or c.OUTPUTS
-            encoded = [c.encode_outputs(results.get(i), want, rows[i].error) for i in range(start, stop)]
+            encoded = [
+                c.encode_outputs(results.get(i), want, rows[i].error) for i in range(start, stop)
+            ]
             responses.append(c.stack_outputs(encoded, (*c.OUTPUTS, c.ERROR)))
         return responses
 

@@ -73,7 +73,11 @@ class Preprocess:
                 self.max_pixels,
                 self.tokenizer.encode,
             )
-            bad = [f"row {i}: {r.error}" if len(rows) > 1 else r.error for i, r in enumerate(rows) if r.error]
+            bad = [
+                f"row {i}: {r.error}" if len(rows) > 1 else r.error
+                for i, r in enumerate(rows)
+                if r.error
+            ]
             if bad:
                 error = pb.TritonError("; ".join(bad), pb.TritonError.INVALID_ARG)
                 responses.append(pb.InferenceResponse(output_tensors=[], error=error))

@@ -34,7 +34,12 @@ from . import contract as c
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 ROLES = {"fused": ("dit_fused",), "split": ("text_encoder", "dit_encoder", "mask_decoder")}
-_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+_TYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+}
 MODEL_PY = (
     '"""Triton python backend: {what} (dit-deploy triton-repo)."""\n\n'
     "from dit_deploy.serving.triton_models import {cls} as TritonPythonModel  # noqa: F401\n"
@@ -100,7 +105,7 @@ def _model_config(
 
 
 def parse_config(text: str, where: str = "config.pbtxt"):
-    """``ModelConfig`` protobuf of a ``config.pbtxt``; :class:`ArtifactError` if it does not parse."""
+    """``ModelConfig`` protobuf of a ``config.pbtxt`` text; :class:`ArtifactError` if invalid."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -135,11 +140,13 @@ def _copy_export(
     data = manifest.to_dict()
     data["graphs"] = {r: g for r, g in data["graphs"].items() if r in roles}
     table = data.get("precisions", {}).get(precision, {})
-    data["precisions"] = {precision: {r: g for r, g in table.items() if r in roles}} if table else {}
+    kept = {r: g for r, g in table.items() if r in roles}
+    data["precisions"] = {precision: kept} if kept else {}
     dst.mkdir(parents=True)
     files = [manifest.tokenizer["vocab_file"]]
     if graphs:
-        files += [g["file"] for t in (data["graphs"], *data["precisions"].values()) for g in t.values()]
+        tables = (data["graphs"], *data["precisions"].values())
+        files += [g["file"] for t in tables for g in t.values()]
     for name in files:
         for f in (export / name, export / f"{name}.data"):
             if f.is_file():
@@ -174,16 +181,31 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
     configs: dict[str, str] = {}
     pre_params = {"max_pixels": str(opts.max_pixels)} if opts.max_pixels else {}
     configs["dit_preprocess"] = _model_config(
-        "dit_preprocess", 'backend: "python"', image_text, [*feeds, letterbox], opts, "cpu",
+        "dit_preprocess",
+        'backend: "python"',
+        image_text,
+        [*feeds, letterbox],
+        opts,
+        "cpu",
         pre_params,
     )
     configs["dit_postprocess"] = _model_config(
-        "dit_postprocess", 'backend: "python"', [logits, letterbox], served, opts, "cpu",
+        "dit_postprocess",
+        'backend: "python"',
+        [logits, letterbox],
+        served,
+        opts,
+        "cpu",
         {"mask_threshold": repr(float(manifest.mask_threshold))},
     )
     if opts.backend == "python":
         configs["dit_model"] = _model_config(
-            "dit_model", 'backend: "python"', feeds, [logits], opts, opts.kind,
+            "dit_model",
+            'backend: "python"',
+            feeds,
+            [logits],
+            opts,
+            opts.kind,
             {
                 "precision": opts.precision,
                 "device": "cuda" if opts.kind == "gpu" else "cpu",
@@ -206,15 +228,21 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
         for name, text in configs.items():
             (tmp / name / "1").mkdir(parents=True)
             (tmp / name / "config.pbtxt").write_text(text)
-        for name, (what, cls) in {
+        python_models = {
             "dit_preprocess": ("decode, letterbox, tokenize", "Preprocess"),
             "dit_postprocess": ("un-letterbox, threshold, PNG/RLE", "Postprocess"),
-            **({"dit_model": ("the Predictor's graphs", "Model")} if opts.backend == "python" else {}),
-        }.items():
+        }
+        if opts.backend == "python":
+            python_models["dit_model"] = ("the Predictor's graphs", "Model")
+        for name, (what, cls) in python_models.items():
             (tmp / name / "1" / "model.py").write_text(MODEL_PY.format(what=what, cls=cls))
         layout = "fused" if "fused" in manifest.layouts else "split"
         _copy_export(
-            opts.export_dir, manifest, opts.precision, layout, tmp / "dit_preprocess" / "1" / "export",
+            opts.export_dir,
+            manifest,
+            opts.precision,
+            layout,
+            tmp / "dit_preprocess" / "1" / "export",
             graphs=False,
         )
         model_dir = tmp / "dit_model" / "1"
@@ -294,15 +322,17 @@ def bundled_tritonserver(workdir: Path) -> tuple[list[str], dict[str, str]]:
         from pytriton.utils.distribution import get_libs_path, get_stub_path
     except ModuleNotFoundError:
         raise DITError(
-            "PyTriton (which bundles tritonserver) is not installed: pip install 'dit-deploy[serve]'"
+            "PyTriton (which bundles tritonserver) is not installed: "
+            "pip install 'dit-deploy[serve]'"
         ) from None
     from .server import fix_python_backend_env
 
     dist = Path(workdir) / "tritonserver"
     if not dist.exists():
-        shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
-        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        shutil.copy2(get_stub_path(version), dist / "backends" / "python" / "triton_python_backend_stub")
+        skip = shutil.ignore_patterns("python_backend_stubs")
+        shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=skip)
+        stub = get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}")
+        shutil.copy2(stub, dist / "backends" / "python" / "triton_python_backend_stub")
     env = dict(os.environ)
     fix_python_backend_env(env)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
