@@ -96,7 +96,9 @@ def register(subparsers) -> None:
         "--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
     )
     p.add_argument("--drain-s", type=_positive, default=20, help="SIGTERM: wait for in-flight")
-    p.add_argument("--log-file", type=Path, default=None, help="tritonserver's log")
+    p.add_argument(
+        "--log-file", type=Path, default=None, help="tritonserver's log (default: a temp file)"
+    )
     p.set_defaults(handler=run_serve)
 
     p = subparsers.add_parser(

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import sysconfig
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -214,6 +215,8 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
     from pytriton.triton import Triton, TritonConfig
 
     logging.getLogger("pytriton").setLevel(logging.WARNING)
+    # tritonserver's own log goes to a file: the terminal keeps our one-line status
+    log_file = opts.log_file or Path(tempfile.gettempdir()) / f"dit-deploy-serve-{os.getpid()}.log"
     config = TritonConfig(
         http_address=opts.host,
         http_port=opts.http_port,
@@ -223,7 +226,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
         metrics_port=opts.metrics_port,
         exit_timeout_secs=opts.drain_s,
         strict_readiness=True,
-        log_file=opts.log_file,
+        log_file=log_file,
     )
     stopping = threading.Event()
 
@@ -260,7 +263,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
                 f"dit-deploy serve: ready: model '{c.MODEL_NAME}' ({opts.backend} {p.precision} "
                 f"{p.layout}, {opts.device}, max batch {opts.max_batch}, "
                 f"{opts.instances} instance(s)) | HTTP {u['http']} | gRPC {u['grpc']} | "
-                f"metrics {u['metrics']} | pid {os.getpid()}"
+                f"metrics {u['metrics']} | pid {os.getpid()} | log {log_file}"
             )
             sys.stdout.flush()
             triton.serve(monitoring_period_s=1.0)
@@ -272,5 +275,8 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
     if stopping.is_set():
         log("dit-deploy serve: stopped")
         return 0
-    log("dit-deploy serve: error: tritonserver exited unexpectedly")
+    tail = log_file.read_text(errors="replace").splitlines()[-5:] if log_file.is_file() else []
+    log(f"dit-deploy serve: error: tritonserver exited unexpectedly; its log {log_file} ends:")
+    for line in tail:
+        log(f"  {line}")
     return 1
