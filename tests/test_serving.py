@@ -559,9 +559,10 @@ def test_python_repository_runs_in_the_bundled_tritonserver(export, reference, t
                  "--precision", "int8", "--max-queue-delay-us", "100000")  # fmt: skip
     argv, env = bundled_tritonserver(tmp_path / "bin")
     ports = _free_ports(3)
+    names = ("http", "grpc", "metrics")
     argv += [f"--model-repository={repo}", "--exit-timeout-secs=5",
-             *(f"--{k}-address=127.0.0.1" for k in ("http", "grpc", "metrics")),
-             *(f"--{k}-port={v}" for k, v in zip(("http", "grpc", "metrics"), ports, strict=True))]  # fmt: skip
+             *(f"--{k}-address=127.0.0.1" for k in names),
+             *(f"--{k}-port={v}" for k, v in zip(names, ports, strict=True))]  # fmt: skip
     server = Server(
         argv, tmp_path / "tritonserver.log", ports, f"http://127.0.0.1:{ports[0]}", env=env
     )
