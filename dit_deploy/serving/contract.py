@@ -46,12 +46,12 @@ OUTPUTS = (MASK_PNG, MASK_RLE, SCORE)
 MAX_TEXT_BYTES = 4096
 
 
-def _as_bytes(value: object, name: str) -> bytes:
+def _as_bytes(value: object, name: str, error: type[InputError]) -> bytes:
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
-    raise InputError(f"{name} must be BYTES; got a {type(value).__name__}")
+    raise error(f"{name} must be BYTES; got a {type(value).__name__}")
 
 
 def decode_image(data: object, max_pixels: int, input_size: int) -> np.ndarray:
@@ -61,7 +61,7 @@ def decode_image(data: object, max_pixels: int, input_size: int) -> np.ndarray:
         ImageError: empty, not an image Pillow can read, truncated, or more than
             ``max_pixels`` pixels (checked from the header, before decoding).
     """
-    raw = _as_bytes(data, IMAGE)
+    raw = _as_bytes(data, IMAGE, ImageError)
     if not raw:
         raise ImageError("IMAGE is empty; send the bytes of an image file (JPEG, PNG, ...)")
     try:
@@ -84,7 +84,7 @@ def decode_text(data: object) -> str:
     Raises:
         TextError: not UTF-8, empty or blank, or longer than :data:`MAX_TEXT_BYTES`.
     """
-    raw = _as_bytes(data, TEXT)
+    raw = _as_bytes(data, TEXT, TextError)
     if len(raw) > MAX_TEXT_BYTES:
         raise TextError(f"TEXT has {len(raw)} bytes, more than {MAX_TEXT_BYTES}; shorten it")
     try:

@@ -132,12 +132,15 @@ def fix_python_backend_env(environ: dict | None = None) -> str | None:
     the loader may find the distribution's library of another patch release first, and the
     stub fails at start-up (e.g. ``'_thread.RLock' object has no attribute
     '_recursion_count'``). Putting ``sysconfig``'s ``LIBDIR`` first on ``LD_LIBRARY_PATH``
-    fixes it. Returns the directory put first, or None when this Python has no shared library.
+    fixes it. Returns the directory put first, or None when nothing needs changing (no shared
+    library, or the system's own Python whose library the loader finds by default).
     """
     environ = os.environ if environ is None else environ
     libdir = sysconfig.get_config_var("LIBDIR")
     soname = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
     if not libdir or not soname or not (Path(libdir) / soname).exists():
+        return None
+    if libdir.startswith(("/usr/lib", "/lib")):
         return None
     parts = [p for p in environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *[p for p in parts if p != libdir]])
