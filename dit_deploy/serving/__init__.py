@@ -8,3 +8,22 @@
 
 Heavy imports (PyTriton, tritonclient) happen inside these modules, never here.
 """
+
+from typing import Any
+
+_LAZY = {
+    "DITClient": ".client",
+    "ServerError": ".errors",
+    "RequestError": ".errors",
+    "ServerUnavailableError": ".errors",
+    "ServerTimeoutError": ".errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``from dit_deploy.serving import DITClient`` without importing tritonclient up front."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,7 @@ REPO_EPILOG = """examples:
 then, on a GPU machine (the python models need dit-deploy inside the container):
   docker run --gpus all --rm -p 8000-8002:8000-8002 -v $PWD/models:/models -v $PWD:/src \\
     nvcr.io/nvidia/tritonserver:24.10-py3 \\
-    sh -c "pip install /src && tritonserver --model-repository=/models"
+    sh -c "pip install /src 'numpy<2' && tritonserver --model-repository=/models"
 """
 
 
