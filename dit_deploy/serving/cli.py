@@ -83,21 +83,25 @@ def register(subparsers) -> None:
         "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"), help="runtime"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--layout", choices=("fused", "split"), default=None, help="default: fused")
+    p.add_argument(
+        "--layout", choices=("fused", "split"), default=None, help="graphs (None: fused if any)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
-    p.add_argument("--http-port", type=_port, default=8000)
-    p.add_argument("--grpc-port", type=_port, default=8001)
-    p.add_argument("--metrics-port", type=_port, default=8002)
+    p.add_argument("--http-port", type=_port, default=8000, help="KServe v2 HTTP")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="KServe v2 gRPC")
+    p.add_argument("--metrics-port", type=_port, default=8002, help="Prometheus /metrics")
     p.add_argument(
         "--max-queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch"
     )
-    p.add_argument("--threads", type=_positive, default=None, help="CPU threads per instance")
+    p.add_argument(
+        "--threads", type=_positive, default=None, help="CPU threads per instance (None: cores/N)"
+    )
     p.add_argument(
         "--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
     )
     p.add_argument("--drain-s", type=_positive, default=20, help="SIGTERM: wait for in-flight")
     p.add_argument(
-        "--log-file", type=Path, default=None, help="tritonserver's log (default: a temp file)"
+        "--log-file", type=Path, default=None, help="tritonserver's log (None: a temp file)"
     )
     p.set_defaults(handler=run_serve)
 
