@@ -89,8 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     s = p.add_argument_group("server load test (dit_deploy.bench.server_load)")
     s.add_argument("--server", metavar="URL", help="load-test a DIT Triton server at this URL")
-    s.add_argument("--concurrency", default="1,4,16", help="requests in flight per level")
-    s.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    s.add_argument(
+        "--concurrency",
+        default="1,4,16",
+        help="requests in flight per level (default: %(default)s)",
+    )
+    s.add_argument(
+        "--duration", type=float, default=20.0, help="seconds per level (default: %(default)s)"
+    )
     s.add_argument("--metrics-url", help="Triton's metrics (default: http://HOST:8002/metrics)")
     s.add_argument("--compare", type=Path, metavar="EXPORT_DIR", help="also run in-process")
     return p
