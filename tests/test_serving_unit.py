@@ -218,3 +218,21 @@ def test_repository_configs_parse_and_match_the_export(export, tmp_path):
         assert "from dit_deploy.serving.triton_models import" in text
     with pytest.raises(Exception, match="does not parse"):
         parse_config('name: "x"\nmax_batch_size: "eight"\n')
+
+
+def test_a_silent_server_is_a_time_out_naming_the_url():
+    pytest.importorskip("tritonclient.grpc")
+    import socket
+    import time
+
+    from dit_deploy.serving.client import DITClient
+
+    with socket.socket() as listener:  # accepts connections (the kernel does), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        for url in (f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{port}"):
+            start = time.monotonic()
+            with pytest.raises(ServerTimeoutError, match=f"127.0.0.1:{port}"):
+                DITClient(url, timeout_s=1.0).predict(SAMPLES / "chelsea.jpg", "the cat")
+            assert time.monotonic() - start < 6

@@ -173,6 +173,10 @@ class DITClient:
             import tritonclient.grpc as tc
         return tc
 
+    def _timeout(self) -> dict:
+        """gRPC calls take their deadline per call; HTTP's is set on the client."""
+        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
@@ -183,7 +187,7 @@ class DITClient:
     def is_ready(self) -> bool:
         """True when the server is up and model ``dit`` is loaded."""
         try:
-            return bool(self._call(self._client().is_model_ready, self.model))
+            return bool(self._call(self._client().is_model_ready, self.model, **self._timeout()))
         except ServerError:
             return False
 
@@ -201,7 +205,7 @@ class DITClient:
     def outputs(self) -> tuple[str, ...]:
         """The model's output names (read once from its metadata)."""
         if self._outputs is None:
-            meta = self._call(self._client().get_model_metadata, self.model)
+            meta = self._call(self._client().get_model_metadata, self.model, **self._timeout())
             if not isinstance(meta, dict):  # gRPC: a protobuf
                 meta = {"outputs": [{"name": o.name} for o in meta.outputs]}
             self._outputs = tuple(o["name"] for o in meta["outputs"])
@@ -224,11 +228,11 @@ class DITClient:
             names.append(c.ERROR)
         if self.protocol == "http":
             wanted = [tc.InferRequestedOutput(n, binary_data=True) for n in names]
-            kwargs = {}
         else:
             wanted = [tc.InferRequestedOutput(n) for n in names]
-            kwargs = {"client_timeout": self.timeout_s}
-        result = self._call(self._client().infer, self.model, inputs, outputs=wanted, **kwargs)
+        result = self._call(
+            self._client().infer, self.model, inputs, outputs=wanted, **self._timeout()
+        )
         values = {}
         for n in names:
             array = result.as_numpy(n)
