@@ -208,9 +208,12 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
     """Run the server until SIGTERM/SIGINT (then drain and return 0) or until Triton dies (1)."""
     opts.check()
     check_python_backend()
-    for what, port in (("http", opts.http_port), ("grpc", opts.grpc_port)):
+    for what, port in (
+        ("http", opts.http_port),
+        ("grpc", opts.grpc_port),
+        ("metrics", opts.metrics_port),
+    ):
         _check_port_free(opts.host, port, what)
-    _check_port_free(opts.host, opts.metrics_port, "metrics")
     predictors = _predictors(opts)  # typed errors (no export, no precision) before Triton starts
     fix_python_backend_env()
 
@@ -272,14 +275,24 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
             triton.serve(monitoring_period_s=1.0)
     except KeyboardInterrupt:
         stopping.set()
+    except Exception as exc:  # PyTriton's start-up errors (stub, ports, time-outs) in one line
+        if stopping.is_set():
+            raise
+        raise BackendUnavailableError(
+            f"Triton did not start ({type(exc).__name__}: {exc}); {_log_tail(log_file)}"
+        ) from exc
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if stopping.is_set():
         log("dit-deploy serve: stopped")
         return 0
-    tail = log_file.read_text(errors="replace").splitlines()[-5:] if log_file.is_file() else []
-    log(f"dit-deploy serve: error: tritonserver exited unexpectedly; its log {log_file} ends:")
-    for line in tail:
-        log(f"  {line}")
+    log(f"dit-deploy serve: error: tritonserver exited unexpectedly; {_log_tail(log_file)}")
     return 1
+
+
+def _log_tail(log_file: Path, lines: int = 3) -> str:
+    if not log_file.is_file():
+        return f"no tritonserver log at {log_file}"
+    tail = log_file.read_text(errors="replace").strip().splitlines()[-lines:]
+    return f"tritonserver's log {log_file} ends: " + " | ".join(t.strip() for t in tail)
