@@ -510,10 +510,10 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
     from dit_deploy.serving.triton_repo import parse_config
 
     src = export
-    if backend == "tensorrt":  # the engine is copied, not read: a placeholder file suffices
+    if backend == "tensorrt":  # the plan is copied, not run: its sidecar is what is read
         src = tmp_path / "export"
         shutil.copytree(export, src)
-        (src / "dit_fused.int8.engine").write_bytes(b"plan")
+        _fake_engine(src, "int8", max_batch=8)
     repo = _repo(src, tmp_path / "repo", "--backend", backend, "--precision", "int8",
                  "--max-batch", "4", "--instances", "2")  # fmt: skip
     configs = {p.parent.name: parse_config(p.read_text()) for p in repo.glob("*/config.pbtxt")}
@@ -540,11 +540,48 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
         assert configs[name].instance_group[0].kind == ModelInstanceGroup.KIND_CPU
 
 
+def _fake_engine(export: Path, precision: str, max_batch: int, sha256: str | None = None) -> None:
+    """A plan file (bytes, never run here) and the sidecar export/to_trt.py writes beside it."""
+    from dit_deploy.runtime import read_manifest
+    from dit_deploy.runtime.engine_sidecar import EngineSidecar, engine_file, write_sidecar
+
+    spec = read_manifest(export).graph("dit_fused", precision)
+    engine = export / engine_file(spec.file)
+    engine.write_bytes(b"a TensorRT plan")
+    write_sidecar(
+        engine,
+        EngineSidecar(
+            engine_file=engine.name,
+            source_onnx=spec.file,
+            source_sha256=sha256 or spec.sha256,
+            role="dit_fused",
+            precision=precision,
+            tensorrt_version="10.13.3.9",
+            gpu_name="NVIDIA L4",
+            compute_capability="8.9",
+            profile={"min_batch": 1, "opt_batch": 4, "max_batch": max_batch, "shapes": {}},
+            inputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.inputs],
+            outputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.outputs],
+        ),
+    )
+
+
 def test_triton_repo_refuses_what_it_cannot_write(export, tmp_path, capsys):
+    import shutil
+
     from dit_deploy.cli import main
 
     assert main(["triton-repo", str(export), str(tmp_path / "r"), "--backend", "tensorrt"]) == 2
     assert "no TensorRT engine" in capsys.readouterr().err
+    src = tmp_path / "export"
+    shutil.copytree(export, src)
+    _fake_engine(src, "fp32", max_batch=4)
+    argv = ["triton-repo", str(src), str(tmp_path / "r"), "--backend", "tensorrt"]
+    assert main([*argv, "--max-batch", "8"]) == 2
+    assert "admits batches up to 4" in capsys.readouterr().err
+    _fake_engine(src, "fp32", max_batch=8, sha256="cd" * 32)
+    assert main(argv) == 2
+    assert "was built from another dit_fused.onnx" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing half-written
     (tmp_path / "r").mkdir()
     assert main(["triton-repo", str(export), str(tmp_path / "r")]) == 2
@@ -590,12 +627,24 @@ def test_python_repository_runs_in_the_bundled_tritonserver(export, reference, t
 
 
 @pytest.mark.gpu
-def test_onnxruntime_and_tensorrt_repositories_in_a_full_tritonserver(export, reference, tmp_path):
-    """Needs a full tritonserver (the NGC container: /opt/tritonserver) on a GPU machine."""
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, backend):
+    """Needs a full tritonserver (the NGC container's /opt/tritonserver, or $TRITONSERVER) with
+    the onnxruntime and tensorrt backends, on a GPU machine; the plan is built here first."""
+    import shutil
+
     binary = Path(os.environ.get("TRITONSERVER", "/opt/tritonserver/bin/tritonserver"))
-    if not (binary.parent.parent / "backends" / "onnxruntime").is_dir():
-        pytest.skip(f"no full tritonserver with the onnxruntime backend at {binary}")
-    repo = _repo(export, tmp_path / "repo", "--backend", "onnxruntime", "--precision", "fp32")
+    if not (binary.parent.parent / "backends" / backend).is_dir():
+        pytest.skip(f"no full tritonserver with the {backend} backend at {binary}")
+    src = export
+    if backend == "tensorrt":
+        from dit_deploy.precision.trt_cli import main as trt_main
+
+        src = tmp_path / "export"
+        shutil.copytree(export, src)
+        assert trt_main([str(src), "--precision", "fp16", "--layout", "fused"]) == 0
+    precision = "fp16" if backend == "tensorrt" else "fp32"
+    repo = _repo(src, tmp_path / "repo", "--backend", backend, "--precision", precision)
     ports = _free_ports(3)
     server = Server(
         [str(binary), f"--model-repository={repo}", f"--http-port={ports[0]}",
@@ -603,9 +652,12 @@ def test_onnxruntime_and_tensorrt_repositories_in_a_full_tritonserver(export, re
         tmp_path / "tritonserver.log", ports, f"http://127.0.0.1:{ports[0]}",
     )  # fmt: skip
     try:
-        got = DITClient(server.grpc).predict_batch(PAIRS)
-        for r, ref in zip(got, reference["fp32"], strict=True):
-            agree = (r.mask == ref.mask).mean()
-            assert agree > 0.99, agree  # another ONNX Runtime build, on the GPU
+        for url in (server.http, server.grpc):
+            got = DITClient(url).predict_batch(PAIRS)
+            for r, ref in zip(got, reference[precision], strict=True):
+                agree = (r.mask == ref.mask).mean()  # another runtime build, on the GPU
+                assert agree > 0.99, agree
+        with pytest.raises(RequestError, match="not an image file"):
+            DITClient(server.http).predict(b"junk", "the cat")
     finally:
         server.stop()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArtifactError, ConfigError, DITError
+from ..runtime.engine_sidecar import engine_file, read_sidecar, sidecar_path
 from ..runtime.manifest import Manifest, read_manifest
 from . import contract as c
 
@@ -254,20 +255,9 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
             if (opts.export_dir / f"{graph}.data").is_file():
                 shutil.copy2(opts.export_dir / f"{graph}.data", model_dir / f"{graph}.data")
         else:
-            from ..runtime.engine_sidecar import engine_file
-
-            _, _, graph = _graph_io(manifest, opts.precision)
-            engine = opts.export_dir / engine_file(graph)
-            if not engine.is_file():
-                raise ArtifactError(
-                    f"{opts.export_dir} has no TensorRT engine {engine.name}; build it on a GPU "
-                    f"like the target's with: dit-deploy run --only engines (a plan runs only on "
-                    f"the GPU type and TensorRT version it was built with)"
-                )
+            engine = _checked_engine(opts, manifest)
             shutil.copy2(engine, model_dir / "model.plan")
-            sidecar = engine.with_name(engine.name + ".json")
-            if sidecar.is_file():
-                shutil.copy2(sidecar, model_dir / "model.plan.json")
+            shutil.copy2(sidecar_path(engine), model_dir / "model.plan.json")
         if opts.out.exists():
             shutil.rmtree(opts.out)
         os.replace(tmp, opts.out)
@@ -279,6 +269,40 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
         f"dit_model [{opts.backend}, {opts.precision}, {opts.kind}] -> dit_postprocess)"
     )
     return opts.out
+
+
+def _checked_engine(opts: RepoOptions, manifest: Manifest) -> Path:
+    """The fused graph's engine, its sidecar read and checked against the graph and batch.
+
+    The GPU match is checked by Triton's TensorRT backend on the target; here: the engine
+    was built from this very graph (sha256) and its profile admits ``--max-batch``.
+    """
+    spec = manifest.graph("dit_fused", opts.precision)
+    engine = opts.export_dir / engine_file(spec.file)
+    rebuild = (
+        f"python export/to_trt.py {opts.export_dir} --precision {opts.precision} "
+        f"--layout fused --max-batch {opts.max_batch}"
+    )
+    if not engine.is_file():
+        raise ArtifactError(
+            f"{opts.export_dir} has no TensorRT engine {engine.name}; build it on a GPU of the "
+            f"target's type (a plan runs only on the GPU type and TensorRT version it was "
+            f"built with): {rebuild}"
+        )
+    sidecar = read_sidecar(engine)
+    if spec.sha256 and sidecar.source_sha256 != spec.sha256:
+        raise ArtifactError(
+            f"{engine.name} was built from another {spec.file} (sha256 "
+            f"{sidecar.source_sha256[:12]}, the graph now has {spec.sha256[:12]}); rebuild: "
+            f"{rebuild}"
+        )
+    engine_max = int(sidecar.profile.get("max_batch", 0))
+    if engine_max < opts.max_batch:
+        raise ConfigError(
+            f"{engine.name} admits batches up to {engine_max}, less than --max-batch "
+            f"{opts.max_batch}; pass --max-batch {engine_max} or rebuild: {rebuild}"
+        )
+    return engine
 
 
 def _ensemble_config(max_batch: int, inputs: list[str], outputs: list[str]) -> str:
