@@ -79,13 +79,19 @@ def classify(exc: BaseException, url: str) -> ServerError:
     status = exc.status() if hasattr(exc, "status") and callable(exc.status) else None
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     message = str(message or type(exc).__name__)
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):  # first: its text is the user's
+        return RequestError(
+            f"{url} refused the request ({status}): {message}",
+            url=url,
+            status=status,
+            server_message=message,
+        )
     low = f"{status} {message}".lower()
+    gevent_timeout = type(exc).__name__ == "Timeout"
     if (
         isinstance(exc, (TimeoutError, socket.timeout))
+        or gevent_timeout
         or any(t in low for t in _TIMEOUT)
-        or (
-            type(exc).__name__ == "Timeout"  # gevent's
-        )
     ):
         return ServerTimeoutError(
             f"no answer from {url} in time ({message}); raise the client time-out or check "
@@ -98,13 +104,6 @@ def classify(exc: BaseException, url: str) -> ServerError:
         return ServerUnavailableError(
             f"cannot reach a Triton server at {url} ({message}); is it running? start one with "
             "'dit-deploy serve EXPORT_DIR'",
-            url=url,
-            status=status,
-            server_message=message,
-        )
-    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
-        return RequestError(
-            f"{url} refused the request ({status}): {message}",
             url=url,
             status=status,
             server_message=message,
