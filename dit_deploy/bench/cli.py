@@ -24,6 +24,7 @@ EPILOG = """examples:
   dit-bench                                             # bundled model + bundled evaluation set
   dit-bench exports/refcoco_vit_b --all --data data/refcoco --split val --batch 1,4,8
   dit-bench exports/refcoco_vit_b --engine fp16         # the TensorRT FP16 engine (GPU machine)
+  dit-bench --server http://127.0.0.1:8000 --concurrency 1,4,16 --duration 20   # a DIT server
 """
 
 
@@ -126,6 +127,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report-dir", type=Path, help=f"where to write reports (default: {RUNS}/<model>)"
     )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    s = p.add_argument_group("server load test (dit_deploy.bench.server_load)")
+    s.add_argument("--server", metavar="URL", help="load-test a DIT Triton server at this URL")
+    s.add_argument(
+        "--concurrency",
+        default="1,4,16",
+        help="requests in flight per level (default: %(default)s)",
+    )
+    s.add_argument(
+        "--duration", type=float, default=20.0, help="seconds per level (default: %(default)s)"
+    )
+    s.add_argument("--metrics-url", help="Triton's metrics (default: http://HOST:8002/metrics)")
+    s.add_argument("--compare", type=Path, metavar="EXPORT_DIR", help="also run in-process")
+
+
+def _server_main(args: argparse.Namespace) -> int:
+    from . import server_load
+
+    try:
+        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--concurrency takes integers like 1,4,16; got {args.concurrency!r}"
+        ) from None
+    opts = server_load.LoadOptions(
+        url=args.server,
+        concurrency=levels,
+        duration_s=args.duration,
+        metrics_url=args.metrics_url,
+        compare_export=args.compare,
+        threads=args.threads,
+    )
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    report = server_load.run_load(opts, log)
+    files = server_load.write_reports(report, args.report_dir or RUNS / "server")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        server_load.print_table(report)
+        print(f"reports: {', '.join(str(f) for f in files)}")
+    return 0
 
 
 def _bundled_data(input_size: int, limit: int, log) -> Path:
@@ -253,6 +294,8 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 def bench_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark, write the reports, print the table (or JSON); 1 if a cell failed."""
+    if args.server:
+        return _server_main(args)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     report = run_bench(args, log)
     out_dir = args.report_dir or RUNS / report["model"]
