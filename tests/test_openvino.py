@@ -310,3 +310,13 @@ def test_cpp_runtime_refuses_an_execution_precision(
     assert proc.returncode != 0 and "--precision must be fp32, fp16 or int8" in proc.stderr
     ok = subprocess.run([*cmd, "--out", str(tmp_path / "m.png")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr  # fp32 from the same manifest still runs
+
+
+def test_port_names_are_the_graphs_own_names():
+    """OpenVINO may merge a graph output with the exporter-internal tensor feeding it; the
+    chain connects graphs by the ONNX names, so the backend must report those."""
+    from dit_deploy.runtime.backends.openvino import _graph_name
+
+    assert _graph_name({"/neck/neck.3/Mul_output_0", "image_embedding"}) == "image_embedding"
+    assert _graph_name({"low_res_logits"}) == "low_res_logits"
+    assert _graph_name({"/a/b_output_0"}) == "/a/b_output_0"

@@ -75,7 +75,15 @@ def _spec(port) -> TensorSpec:
         d.get_length() if d.is_static else "batch" for d in port.get_partial_shape()
     ]
     dtype = np.dtype(port.get_element_type().to_dtype()).name
-    return TensorSpec(port.get_any_name(), dtype, shape)
+    return TensorSpec(_graph_name(port.get_names()), dtype, shape)
+
+
+def _graph_name(names: set[str]) -> str:
+    """The ONNX graph's own name for a port. OpenVINO may merge an output with the internal
+    tensor feeding it (``{"image_embedding", "/neck/neck.3/Mul_output_0"}``) and
+    ``get_any_name`` then returns either; exporter-internal names start with "/"."""
+    public = sorted(n for n in names if not n.startswith("/"))
+    return public[0] if public else sorted(names)[0]
 
 
 class OpenVINOBackend(Backend):
