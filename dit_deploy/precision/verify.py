@@ -24,13 +24,31 @@ from .samples import Pair, PairSource
 class Floor:
     """The accuracy a precision must keep, or nothing is written.
 
-    ``min_mask_iou``: pooled IoU (sum I / sum U) of the new masks against the FP32 masks.
-    ``max_miou_drop``: largest allowed fall of mIoU against the ground truth (a fraction:
-    0.01 = one point).
+    ``min_mask_iou``: pooled IoU (sum I / sum U, a fraction in [0, 1]) of the new masks
+    against the FP32 masks over all held-out pairs.
+    ``max_miou_drop``: largest allowed fall of mIoU against the ground truth, stored as a
+    fraction (0.002 = 0.2 points); the command line takes points (:meth:`from_points`).
     """
 
     min_mask_iou: float
     max_miou_drop: float
+
+    @classmethod
+    def from_points(cls, min_mask_iou: float, max_miou_drop_points: float) -> Floor:
+        """A floor from the command line's units: mIoU drop in points (0.2 = 0.2 points)."""
+        return cls(min_mask_iou, max_miou_drop_points / 100.0)
+
+    @property
+    def max_miou_drop_points(self) -> float:
+        return self.max_miou_drop * 100.0
+
+    def to_dict(self) -> dict[str, float]:
+        """Both units spelled out, so a report cannot be misread."""
+        return {
+            "min_mask_iou": self.min_mask_iou,
+            "max_miou_drop": self.max_miou_drop,
+            "max_miou_drop_points": self.max_miou_drop_points,
+        }
 
 
 # measured on the tiny and ViT-B exports (docs/benchmarks.md, "Precision")
@@ -38,6 +56,8 @@ DEFAULT_FLOORS = {
     "fp16": Floor(min_mask_iou=0.98, max_miou_drop=0.01),
     "int8": Floor(min_mask_iou=0.90, max_miou_drop=0.03),
 }
+# the targets of --auto (any precision): masks within 1% of FP32, mIoU within 0.2 points
+AUTO_FLOOR = Floor(min_mask_iou=0.99, max_miou_drop=0.002)
 
 
 @dataclass
