@@ -467,7 +467,15 @@ def search_int8(
         good = _shortest_prefix(attempt, len(order))
         for error, role, name in order[:good]:
             op = next(n.op_type for n in fp32_models[role].graph.node if n.name == name)
-            kept[role].append(KeptNode(name, op, "INT8 sensitivity: among the largest", error))
+            kept[role].append(
+                KeptNode(
+                    name,
+                    op,
+                    f"INT8 sensitivity: among the largest ({rank.replace('_', ' ')})",
+                    error,
+                    flops[role].get(name),
+                )
+            )
     shares = {}
     for role in ctx.roles:
         quantizable = quantized_nodes(qmodels[role])

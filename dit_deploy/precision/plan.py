@@ -23,7 +23,7 @@ from .samples import PairSource
 PLAN_FILE = "precision_plan.json"
 PLAN_VERSION = 1
 
-_KEPT = {"node": str, "op_type": str, "reason": str, "error?": NUMBER}
+_KEPT = {"node": str, "op_type": str, "reason": str, "error?": NUMBER, "flops?": NUMBER}
 _ROLE = {
     "source_graph_sha256": str,
     "kept": [_KEPT],
@@ -56,12 +56,14 @@ class KeptNode:
     INT8: logits mean |error| against FP32 on the search pairs with only this node quantized.
     FP16: the relative error (sum |d| / sum |x|) the node adds over its inputs' in FP16.
     None for nodes kept because a tensor leaves the FP16 range or to close a gap.
+    ``flops``: INT8, its multiply-add FLOPs (x2) for one input (what INT8 gives up).
     """
 
     node: str
     op_type: str
     reason: str
     error: float | None = None
+    flops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
