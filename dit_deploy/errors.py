@@ -38,6 +38,10 @@ class BackendUnavailableError(DITError):
     """A runtime backend (onnxruntime, TensorRT, CUDA) is not installed or has no device here."""
 
 
+class PrecisionUnavailableError(BackendUnavailableError):
+    """A precision (e.g. BF16) needs hardware or a backend this machine does not have."""
+
+
 class ValidationError(DITError):
     """An exported artifact differs from its reference by more than the tolerance."""
 

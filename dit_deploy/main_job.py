@@ -1,7 +1,8 @@
 """``dit-deploy``: the main job in one command.
 
-bundled model -> ONNX (split + fused, validated) -> FP16 and INT8 graphs (verified on the
-CPU) -> TensorRT engines (where a GPU exists) -> dit-bench table -> gallery of predictions.
+bundled model -> ONNX (split + fused, validated) -> FP16 and INT8 graphs, and BF16 where
+OpenVINO and a BF16 CPU are present (verified on the CPU) -> TensorRT engines (where a GPU
+exists) -> dit-bench table -> gallery of predictions.
 Each step also runs on its own (``dit-deploy run --only STEP``), and
 re-running reuses what is built and valid (hash checks), rebuilding what is stale.
 """
@@ -130,7 +131,10 @@ class Job:
         from .precision.samples import PairSource
 
         data = self.data()
-        for precision in ("fp16", "int8"):
+        for precision in ("fp16", "int8", "bf16"):
+            if precision == "bf16" and (skip := _bf16_skip_reason()):
+                self.log(f"quantize bf16: skipped, {skip}")
+                continue
             calib = PairSource(data, "train", self.args.calib_size) if precision == "int8" else None
             reason = stale_reason(self.export_dir, precision, calib)
             if reason is None:
@@ -193,6 +197,7 @@ class Job:
         from .metrics import mask_iou
         from .model.dit_model import DITModel
         from .runtime import Predictor, read_manifest
+        from .runtime.backends import EXECUTIONS
 
         dataset = open_dataset(self.data(), "val")
         pool = [dataset[i] for i in range(min(len(dataset), self.args.eval_size))]
@@ -206,8 +211,10 @@ class Job:
         }
         manifest = read_manifest(self.export_dir)
         for precision in ("fp32", *sorted(manifest.precisions)):
-            predictors[f"onnxruntime {precision}"] = Predictor(
-                self.export_dir, precision=precision, layout="fused"
+            execution = manifest.graph("dit_fused", precision).execution
+            backend = EXECUTIONS[execution][0] if execution else "onnxruntime"
+            predictors[f"{backend} {precision}"] = Predictor(
+                self.export_dir, backend=backend, precision=precision, layout="fused"
             ).predict_batch
         for label, predict in predictors.items():
             results = predict(pairs)
@@ -233,6 +240,17 @@ def _best_median_worst(order: list[int], k: int) -> list[int]:
     mid_start = max(top, len(order) // 2 - middle // 2)
     picked = order[:top] + order[mid_start : mid_start + middle] + order[len(order) - bottom :]
     return list(dict.fromkeys(picked))
+
+
+def _bf16_skip_reason() -> str | None:
+    """Why the BF16 execution precision (OpenVINO) cannot be verified here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'dit-deploy[openvino]')"
+    from .runtime.backends.openvino import bf16_unavailable_reason
+
+    return bf16_unavailable_reason()
 
 
 def run_job(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:

@@ -12,7 +12,10 @@ from typing import TextIO
 
 
 class Progress:
-    """``with Progress("calibrate", total=64) as bar: bar.update(1)``; ``bar.describe(text)``."""
+    """``with Progress("calibrate", total=64) as bar: bar.update(1)``; ``bar.describe(text)``.
+
+    ``total=0``: open-ended work, shown as what is happening and the time spent.
+    """
 
     def __init__(
         self,
@@ -36,9 +39,11 @@ class Progress:
         self.close()
 
     def _line(self) -> str:
-        pct = f" ({100 * self.done // self.total}%)" if self.total else ""
         detail = f" {self.detail}" if self.detail else ""
         elapsed = time.monotonic() - self._start
+        if not self.total:  # open-ended work: what is happening and for how long
+            return f"{self.label}:{detail} {elapsed:.1f} s"
+        pct = f" ({100 * self.done // self.total}%)"
         return f"{self.label}: {self.done}/{self.total}{pct}{detail} {elapsed:.1f} s"
 
     def _emit(self, final: bool = False) -> None:
@@ -58,8 +63,7 @@ class Progress:
     def describe(self, detail: str) -> None:
         """What is being worked on now (shown with the count)."""
         self.detail = detail
-        if self.tty:
-            self._emit()
+        self._emit()
 
     def update(self, n: int = 1) -> None:
         self.done += n

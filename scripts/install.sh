@@ -10,9 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,plots,train,batch,dev]"
-# System packages (Debian 12/13): the C++ runtime's build deps, and jemalloc for dit-bench's
-# tuned PyTorch baseline. Both scripts exit 0 with a message where apt-get is not possible.
+.venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,openvino,plots,train,batch,serve,dev]"
+# System packages (Debian 12/13): the C++ runtime's build deps (exits 0 with a message where
+# apt-get is not possible).
 bash scripts/install_cpp_deps.sh
 # The C++ runtime (dit_infer, dit_tokenize) into build/, where the README and tests use it.
 if command -v cmake >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1; then
@@ -24,10 +24,16 @@ if command -v cmake >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1; then
 else
   echo "install: cmake/c++ not found; the C++ runtime is not built (apt-get install cmake g++)"
 fi
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-    && ! dpkg-query -W -f='${Status}' libjemalloc2 2>/dev/null | grep -q "ok installed"; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null; } \
-    || echo "install: libjemalloc2 not installed; dit-bench's tuned baseline falls back to glibc tunables"
+# dit-deploy serve: tritonserver's python-backend stub links libpython3.X.so.1.0, which Debian
+# ships in libpython3.X (python3 itself does not pull it in).
+if ! .venv/bin/python -c 'import pathlib, sys, sysconfig as s; d, n = s.get_config_var("LIBDIR"), s.get_config_var("INSTSONAME"); sys.exit(not (d and n and (pathlib.Path(d) / n).exists()))'; then
+  PYVER="$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "libpython${PYVER}" >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "libpython${PYVER}" >/dev/null; } \
+      || echo "install: libpython${PYVER} not installed; dit-deploy serve needs it"
+  else
+    echo "install: dit-deploy serve needs libpython${PYVER}.so (Debian: apt-get install libpython${PYVER})"
+  fi
 fi
-.venv/bin/python -c "import torch, onnxruntime, ray, dit_deploy; print('dit-deploy', dit_deploy.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__, '| ray', ray.__version__)"
+.venv/bin/python -c "import torch, onnxruntime, openvino, ray, dit_deploy; print('dit-deploy', dit_deploy.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__, '| openvino', openvino.__version__, '| ray', ray.__version__)"

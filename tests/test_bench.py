@@ -80,6 +80,7 @@ def tiny_export(tmp_path_factory) -> Path:
 
 def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the bundled evaluation set is generated under ./runs
+    monkeypatch.setenv("DIT_DEPLOY_OPENVINO_CACHE", str(tmp_path / "ov_cache"))
     code = main(
         [
             str(tiny_export),
@@ -90,6 +91,8 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
             "1,2",
             "--budget",
             "0.05",
+            "--rounds",
+            "3",
             "--threads",
             "1",
             "--report-dir",
@@ -115,6 +118,19 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
     assert {"mIoU", "oIoU", "prec@0.5", "count"} <= set(ort["accuracy"]) and ort["accuracy"][
         "count"
     ] == 4
+    # interleaved rounds: per-round medians, the speed-up over PyTorch with its spread
+    assert report["rounds"] == 3 and report["baseline"] == "pytorch (as users run it)"
+    one = ort["latency"]["1"]
+    assert one["rounds"] == 3 and len(one["round_medians_ms"]) == 3
+    assert one["speedup"]["rounds"] == 3 and one["speedup"]["median"] > 0
+    assert isinstance(one["noisy"], list)
+    assert "speedup" not in cells["pytorch (as users run it)"]["result"]["latency"]["1"]
+    load = env["load_at_start"]
+    assert len(load["loadavg"]) == 3 and load["cores"] >= 1 and "busy_processes" in load
+    vino = cells["openvino cpu fp32 (fused)"]
+    assert vino["result"]["status"] == "ok", vino["result"]
+    assert vino["parity"]["max_abs"] < 1e-4 and vino["parity"]["mask_agreement"] >= 0.999
+    assert "no int8 graphs" in cells["openvino cpu int8 (fused)"]["result"]["reason"]
     parity = cells["onnxruntime cpu fp32 (fused)"]["parity"]
     assert parity["max_abs"] < 1e-4 and parity["mask_agreement"] >= 0.999
     reference = cells["pytorch (as users run it)"]
@@ -125,6 +141,7 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "r" / name).stat().st_size > 0
     md = markdown(report)
     assert "| onnxruntime cpu fp32 (fused) |" in md and "## Environment" in md
+    assert "interleaved rounds" in md and "Machine at start: load" in md and "rest" in md
 
 
 @pytest.mark.skipif(gpu_unavailable_reason() is None, reason="this machine has a GPU")

@@ -10,6 +10,12 @@ from PIL import Image
 from dit_deploy.cli import main
 
 
+def _bf16_available() -> bool:
+    from dit_deploy.main_job import _bf16_skip_reason
+
+    return _bf16_skip_reason() is None
+
+
 def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
     argv = [
         "--out",
@@ -51,7 +57,14 @@ def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
         with Image.open(report_dir / name) as im:
             assert im.width >= 500 and im.height >= 600
     manifest = json.loads((tmp_path / "job" / "export" / "manifest.json").read_text())
-    assert set(manifest["precisions"]) == {"fp16", "int8"}
+    bf16 = _bf16_available()
+    assert set(manifest["precisions"]) == {"fp16", "int8"} | ({"bf16"} if bf16 else set())
+    if bf16:  # verified, recorded, benchmarked and in the gallery
+        assert manifest["precisions"]["bf16"]["dit_fused"]["execution"] == "openvino-bf16"
+        assert cells["openvino cpu bf16 (fused)"]["status"] == "ok"
+        assert (report_dir / "gallery_openvino_bf16.png").is_file()
+    else:
+        assert "quantize bf16: skipped" in out
 
     assert main(["run", *argv[:8], "--only", "export,quantize"]) == 0
     again = capsys.readouterr().out

@@ -55,6 +55,7 @@ std::map<std::string, GraphSpec> graph_table(const json& table, const std::strin
     spec.outputs = tensor_specs(g.at("outputs"));
     spec.sha256 = g.value("sha256", std::string());
     spec.precision = g.value("precision", std::string("fp32"));
+    spec.execution = g.value("execution", std::string());
     out[item.key()] = std::move(spec);
   }
   return out;
@@ -96,6 +97,14 @@ const GraphSpec& Manifest::graph(const std::string& role, const std::string& pre
         (precision == "fp32" ? "re-export it (dit-deploy export ...)"
                              : "re-run: dit-deploy quantize " + directory +
                                    " --precision " + precision));
+  }
+  if (!g->second.execution.empty()) {
+    // e.g. bf16 = the FP32 graph executed in BF16 by OpenVINO: ONNX Runtime would silently
+    // run it in FP32, so refuse rather than mislabel
+    throw BackendUnavailableError(
+        precision + " is an execution precision (" + g->second.execution + ") that this C++ "
+        "runtime (ONNX Runtime) cannot provide; use the Python runtime: Predictor(\"" +
+        directory + "\", backend=\"openvino\", precision=\"" + precision + "\")");
   }
   return g->second;
 }

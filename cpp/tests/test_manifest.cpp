@@ -125,6 +125,22 @@ TEST(missing_precision_error) {
   CHECK_THROWS(dit::InputError, dit::Predictor(d, o), "choose fp32, fp16 or int8");
 }
 
+TEST(execution_precision_refused) {
+  // bf16 as dit-deploy records it: the FP32 file, run in BF16 by OpenVINO. ONNX Runtime would
+  // run it in FP32, so the C++ runtime refuses the entry instead of mislabelling it.
+  std::string d = with_graphs(make_dir("execution"), {"dit_fused.onnx"});
+  std::string bf16 = graph("dit_fused.onnx", "bf16");
+  bf16.insert(1, R"("execution": "openvino-bf16", )");
+  write(d + "/manifest.json", manifest_json(R"({"bf16": {"dit_fused": )" + bf16 + "}}"));
+  dit::Manifest m = dit::read_manifest(d);
+  CHECK_EQ(m.precisions.at("bf16").at("dit_fused").execution, std::string("openvino-bf16"));
+  CHECK_EQ(m.graph("dit_fused").execution, std::string());
+  CHECK_THROWS(dit::BackendUnavailableError, m.graph("dit_fused", "bf16"),
+               "execution precision (openvino-bf16)");
+  CHECK_THROWS(dit::BackendUnavailableError, m.graph("dit_fused", "bf16"),
+               "backend=\"openvino\", precision=\"bf16\"");
+}
+
 TEST(precision_selects_graph_file) {
   std::string d = with_graphs(make_dir("select"), {"dit_fused.onnx", "dit_fused.fp16.onnx"});
   write(d + "/manifest.json", manifest_json(kFp16));

@@ -25,10 +25,9 @@ from typing import Any
 
 from .. import errors
 from ..errors import ArtifactError, BackendUnavailableError, DITError, InputError
-from ..hashing import sha256_file
 from ..metrics import RISMetrics
 from ..runtime.backends import BACKENDS
-from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS, read_manifest
+from ..runtime.manifest import LAYOUT_ROLES, read_manifest, verify_files
 from . import stages
 from .cluster import RayInfo, connect, require_ray
 from .shards import (
@@ -119,17 +118,10 @@ def _resolve_export(options: BatchOptions) -> tuple[str, dict[str, Any]]:
             f"{options.export} has no {layout!r} graphs (has: {manifest.layouts or 'none'}); "
             f"pick --layout {' or '.join(manifest.layouts) or '...'} or re-export"
         )
-    roles = FUSED_GRAPHS if layout == "fused" else SPLIT_GRAPHS
+    roles = LAYOUT_ROLES[layout]
     graphs = {role: manifest.graph(role, options.precision).sha256 for role in roles}
-    files = {manifest.graph(role, options.precision).file: graphs[role] for role in roles}
-    files[manifest.tokenizer["vocab_file"]] = manifest.tokenizer.get("sha256", "")
-    for name, recorded in files.items():
-        # the job record (and so resume) trusts these hashes: check them once, here
-        if recorded and sha256_file(options.export / name) != recorded:
-            raise ArtifactError(
-                f"{options.export / name} does not match the sha256 recorded in "
-                f"{options.export / 'manifest.json'}: it changed after the export; re-export"
-            )
+    # the job record (and so resume) trusts these hashes: check them once, here
+    verify_files(options.export, manifest, roles, options.precision)
     record = {
         "model": manifest.config_name,
         "precision": options.precision,
@@ -164,7 +156,7 @@ def worker_memory_bytes(export_dir: Path, layout: str, precision: str) -> int:
     """Memory a Predictor worker reserves: its graphs (+ external data) x ``WEIGHT_COPIES``,
     plus ``ACTIVATION_BYTES`` for a batch's activations."""
     manifest = read_manifest(export_dir)
-    roles = FUSED_GRAPHS if layout == "fused" else SPLIT_GRAPHS
+    roles = LAYOUT_ROLES[layout]
     weights = 0
     for role in roles:
         path = export_dir / manifest.graph(role, precision).file

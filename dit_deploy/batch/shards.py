@@ -23,15 +23,15 @@ Layout::
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..artifact_dir import clean_inner_leftovers
+from ..atomic import write_bytes_atomic
 from ..errors import DITError
 from .sources import RowError, SourceRows
 
@@ -40,7 +40,6 @@ JOB_FORMAT = 1
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
 MASK_DIR = "masks"
-_TMP_PREFIX = ".tmp-"
 
 
 class BatchJobError(DITError):
@@ -62,18 +61,9 @@ def mask_file(row_id: str) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory + rename."""
+    """:func:`dit_deploy.atomic.write_bytes_atomic`, creating the directory first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
@@ -129,11 +119,8 @@ def open_output(
     if out.exists() and not out.is_dir():
         raise BatchJobError(f"output {out} is a file; pass a directory")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(_TMP_PREFIX + "*"):  # a killed run's half-written files
-        stale.unlink(missing_ok=True)
-    if (out / MASK_DIR).is_dir():
-        for stale in (out / MASK_DIR).glob(_TMP_PREFIX + "*"):
-            stale.unlink(missing_ok=True)
+    clean_inner_leftovers(out)  # a killed run's half-written files
+    clean_inner_leftovers(out / MASK_DIR)
     path = out / JOB_FILE
     if path.is_file() and not overwrite:
         try:

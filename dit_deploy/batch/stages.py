@@ -22,7 +22,6 @@ from __future__ import annotations
 import pickle
 from dataclasses import fields
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from ..mask_codec import encode_png, rle_json
 from ..metrics import mask_iou
 from ..postprocess import postprocess_batch
 from ..preprocess import Letterbox
-from ..runtime.manifest import Manifest, read_manifest
+from ..runtime.manifest import Manifest, open_tokenizer, read_manifest
 from ..tokenizer import WordPieceTokenizer
 
 Batch = dict[str, np.ndarray]
@@ -59,13 +58,7 @@ RESULT_COLUMNS = (
 def _export(export_dir: str) -> tuple[Manifest, WordPieceTokenizer]:
     """The manifest and tokenizer of an export, read once per worker process."""
     manifest = read_manifest(export_dir)
-    tok = manifest.tokenizer
-    tokenizer = WordPieceTokenizer.from_vocab_file(
-        Path(export_dir) / tok["vocab_file"],
-        lowercase=tok["lowercase"],
-        max_tokens=tok["max_tokens"],
-    )
-    return manifest, tokenizer
+    return manifest, open_tokenizer(export_dir, manifest)
 
 
 def _one_line(exc: BaseException) -> str:

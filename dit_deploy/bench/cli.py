@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -16,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
-from .cells import Cell, plan_cells
+from .cells import plan_cells
 from .report import environment, print_table, write_reports
+from .stats import NOISE_LIMIT
 
 DEFAULT_MODEL = "dit-tiny-synthetic"
 RUNS = Path("runs") / "dit-bench"
@@ -25,6 +24,7 @@ EPILOG = """examples:
   dit-bench                                             # bundled model + bundled evaluation set
   dit-bench exports/refcoco_vit_b --all --data data/refcoco --split val --batch 1,4,8
   dit-bench exports/refcoco_vit_b --engine fp16         # the TensorRT FP16 engine (GPU machine)
+  dit-bench --server http://127.0.0.1:8000 --concurrency 1,4,16 --duration 20   # a DIT server
 """
 
 
@@ -33,7 +33,9 @@ DESCRIPTION = (
     "budget, p50/p90/p99, batch sweep, per-stage split, cold start, peak memory), accuracy "
     "(mIoU/oIoU/Prec@X on a dataset split) and parity against the PyTorch FP32 reference on "
     "the same pairs. Cells that cannot run here are listed with the reason. Each cell runs in "
-    "its own process. 'dit-bench' is the same command."
+    "its own process; all cells are timed in interleaved rounds, speed-ups are per-round "
+    "ratios with their spread, wide spreads are flagged noisy, and the machine's load at the "
+    "start is recorded. 'dit-bench' is the same command."
 )
 
 
@@ -97,6 +99,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=5.0,
         help="seconds of timed runs per batch size (%(default)s)",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="interleaved rounds: every cell runs a slice of its budget in each round, so "
+        "drift hits all cells alike; speed-ups are computed round by round. All cells stay "
+        "loaded meanwhile: memory is the sum of their peaks (%(default)s)",
+    )
+    p.add_argument(
+        "--noise-limit",
+        type=float,
+        default=NOISE_LIMIT,
+        help="flag a cell noisy when its round-to-round spread (IQR/median) of latency or "
+        "speed-up exceeds this (%(default)s)",
+    )
     p.add_argument("--pretrained", help="PyTorch reference: our model directory or bundled name")
     p.add_argument(
         "--checkpoint", type=Path, help="PyTorch reference: an authors'-format checkpoint"
@@ -110,6 +127,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report-dir", type=Path, help=f"where to write reports (default: {RUNS}/<model>)"
     )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    s = p.add_argument_group("server load test (dit_deploy.bench.server_load)")
+    s.add_argument("--server", metavar="URL", help="load-test a DIT Triton server at this URL")
+    s.add_argument(
+        "--concurrency",
+        default="1,4,16",
+        help="requests in flight per level (default: %(default)s)",
+    )
+    s.add_argument(
+        "--duration", type=float, default=20.0, help="seconds per level (default: %(default)s)"
+    )
+    s.add_argument("--metrics-url", help="Triton's metrics (default: http://HOST:8002/metrics)")
+    s.add_argument("--compare", type=Path, metavar="EXPORT_DIR", help="also run in-process")
+
+
+def _server_main(args: argparse.Namespace) -> int:
+    from . import server_load
+
+    try:
+        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--concurrency takes integers like 1,4,16; got {args.concurrency!r}"
+        ) from None
+    opts = server_load.LoadOptions(
+        url=args.server,
+        concurrency=levels,
+        duration_s=args.duration,
+        metrics_url=args.metrics_url,
+        compare_export=args.compare,
+        threads=args.threads,
+    )
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    report = server_load.run_load(opts, log)
+    files = server_load.write_reports(report, args.report_dir or RUNS / "server")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        server_load.print_table(report)
+        print(f"reports: {', '.join(str(f) for f in files)}")
+    return 0
 
 
 def _bundled_data(input_size: int, limit: int, log) -> Path:
@@ -137,22 +194,6 @@ def _torch_source(
     if "pretrained" in manifest_source:
         return {"pretrained": manifest_source["pretrained"]}
     return None
-
-
-def _run_worker(cell: Cell, request: dict[str, Any], workdir: Path, index: int) -> dict[str, Any]:
-    req_file, res_file = workdir / f"cell{index}.json", workdir / f"cell{index}.result.json"
-    req_file.write_text(json.dumps(request | {"cell": cell.to_dict()}))
-    env = os.environ | cell.env
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_deploy.bench.worker", str(req_file), str(res_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if res_file.is_file():
-        return json.loads(res_file.read_text())
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"status": "failed", "reason": f"worker exited {proc.returncode}: {tail}"}
 
 
 def _batches(text: str) -> list[int]:
@@ -206,24 +247,22 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "budget_s": args.budget,
     }
     from ..progress import Progress
+    from .machine import machine_load
+    from .matrix import run_matrix
 
-    results = []
-    with tempfile.TemporaryDirectory() as tmp, Progress("bench", len(cells)) as progress:
-        for i, cell in enumerate(cells):
-            progress.describe(cell.label)
-            entry = cell.to_dict()
-            if cell.reason:
-                entry["result"] = {"status": "unavailable", "reason": cell.reason}
-            else:
-                logits = Path(tmp) / f"logits{i}.npy"
-                entry["result"] = _run_worker(
-                    cell, request | {"logits_file": str(logits)}, Path(tmp), i
-                )
-                if entry["result"].get("status") == "ok":
-                    entry["logits"] = np.load(logits)
-                    entry["size_mb"] = entry["result"].get("size_mb")
-            results.append(entry)
-            progress.update(1)
+    load = machine_load()
+    with tempfile.TemporaryDirectory() as tmp, Progress("bench", 0) as progress:
+        results, baseline = run_matrix(
+            cells,
+            request,
+            Path(tmp),
+            args.rounds,
+            args.noise_limit,
+            progress.describe,
+        )
+        for cell in results:
+            if "logits_file" in cell:
+                cell["logits"] = np.load(cell.pop("logits_file"))
     reference = next(
         (c.get("logits") for c in results if c["backend"] == "pytorch" and "logits" in c), None
     )
@@ -245,13 +284,18 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
             "pairs": min(len(dataset), args.limit),
         },
         "batches": batches,
-        "environment": environment(args.threads),
+        "environment": environment(args.threads) | {"load_at_start": load},
+        "rounds": args.rounds,
+        "noise_limit": args.noise_limit,
+        "baseline": baseline,
         "cells": results,
     }
 
 
 def bench_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark, write the reports, print the table (or JSON); 1 if a cell failed."""
+    if args.server:
+        return _server_main(args)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     report = run_bench(args, log)
     out_dir = args.report_dir or RUNS / report["model"]

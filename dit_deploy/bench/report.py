@@ -25,6 +25,8 @@ COLUMNS = [
     "p90 ms",
     "p99 ms",
     "pairs/s",
+    "speed-up",
+    "spread",
     "peak MB",
     "status",
 ]
@@ -40,7 +42,15 @@ def environment(threads: int | None) -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for pkg in ("dit-deploy", "numpy", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
+    for pkg in (
+        "dit-deploy",
+        "numpy",
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "openvino",
+        "tensorrt",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -68,6 +78,11 @@ def row(cell: dict[str, Any], batch: str, short_status: bool = False) -> list[st
     status = r.get("status", "unavailable")
     if status != "ok" and not short_status:
         status = f"{status}: {r.get('reason', cell.get('reason', ''))}"
+    if status == "ok" and lat.get("noisy"):
+        status = "ok, NOISY" if short_status else "ok, NOISY: " + "; ".join(lat["noisy"])
+    speedup = lat.get("speedup", {})
+    # the spread of what the row is read for: the speed-up, or (baseline) its own latency
+    spread = speedup.get("spread", lat.get("round_spread"))
     pct = lambda v: None if v is None else 100 * v  # noqa: E731
     return [
         cell["label"],
@@ -81,6 +96,8 @@ def row(cell: dict[str, Any], batch: str, short_status: bool = False) -> list[st
         _fmt(lat.get("p90"), ".1f"),
         _fmt(lat.get("p99"), ".1f"),
         _fmt(lat.get("pairs_per_s"), ".2f"),
+        "-" if not speedup else f"{speedup['median']:.2f}x",
+        "-" if spread is None else f"±{100 * spread / 2:.0f}%",
         _fmt(r.get("peak_rss_mb"), ".0f"),
         status,
     ]
@@ -105,13 +122,16 @@ def print_table(report: dict[str, Any], console=None) -> None:
     for cell in report["cells"]:
         values = row(cell, batch, short_status=True)
         result = cell.get("result", {})
-        if result.get("status") != "ok":
-            notes.append(f"[{len(notes) + 1}] {cell['label']}: {result.get('reason', '')}")
+        noisy = result.get("latency", {}).get(batch, {}).get("noisy")
+        if result.get("status") != "ok" or noisy:
+            reason = result.get("reason") or "; ".join(noisy)
+            notes.append(f"[{len(notes) + 1}] {cell['label']}: {reason}")
             values[-1] += f" [{len(notes)}]"
         table.add_row(*values)
     console.print(table)
     for note in notes:
         console.print(note, highlight=False)
+    console.print(how_measured(report), highlight=False)
     env = report["environment"]
     console.print(
         f"[dim]{env['cpu']}, {env['cores']} cores, {env['threads']} threads, "
@@ -119,6 +139,23 @@ def print_table(report: dict[str, Any], console=None) -> None:
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
         + "[/dim]"
     )
+
+
+def how_measured(report: dict[str, Any]) -> str:
+    """How to read the latency columns, and the machine's load when the run started."""
+    from .machine import describe
+
+    env = report["environment"]
+    text = (
+        f"Latency: whole predict_batch calls, {report.get('rounds', '?')} interleaved rounds "
+        "(every cell one slice per round). speed-up: median over rounds of the per-round ratio "
+        f"to {report.get('baseline') or 'no baseline (no PyTorch cell ran)'}; spread: half the "
+        "inter-quartile range over rounds, of the speed-up (of the latency for the baseline); "
+        f"NOISY: a spread (IQR/median) above {report.get('noise_limit', 0.1):.0%}."
+    )
+    if "load_at_start" in env:
+        text += "\nMachine at start: " + describe(env["load_at_start"])
+    return text
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -155,11 +192,25 @@ def markdown(report: dict[str, Any]) -> str:
                 )
                 + " |"
             )
-    lines += ["", "## Per-stage split (batch 1, p50 ms) and cold start", ""]
+    lines += [
+        "",
+        how_measured(report).replace("\n", "\n\n"),
+        "",
+        "## Per-stage split (batch 1, p50 ms) and cold start",
+        "",
+        "Each stage timed alone; 'rest' = the whole call's p50 minus the stages' sum (Python "
+        "glue, allocation, and the different cache state of stages run back to back).",
+        "",
+    ]
     for cell in report["cells"]:
         r = cell.get("result", {})
         if r.get("stages_ms"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["stages_ms"].items())
+            whole = r.get("latency", {}).get("1", {}).get("p50")
+            if whole is not None:
+                parts += (
+                    f"; whole call {whole:.2f}, rest {whole - sum(r['stages_ms'].values()):+.2f}"
+                )
             lines.append(f"- {cell['label']}: {parts}; cold start {r['cold_start_s']:.2f} s")
     env = report["environment"]
     lines += [

@@ -6,6 +6,7 @@ and ``stages(feeds) -> {stage: callable}`` for the per-stage split.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,12 +44,16 @@ def load_torch_model(source: dict[str, Any]):
 
 
 class TorchRunner:
-    """The PyTorch reference; ``sdpa`` picks fused attention (the tuned baseline)."""
+    """The PyTorch reference; ``sdpa`` picks fused attention, ``autocast`` ("bf16") runs it
+    under ``torch.autocast`` (the tuned cell)."""
 
-    def __init__(self, source: dict[str, Any], sdpa: bool, device: str = "cpu") -> None:
+    def __init__(
+        self, source: dict[str, Any], sdpa: bool, device: str = "cpu", autocast: str | None = None
+    ) -> None:
         import torch
 
         self.torch = torch
+        self.autocast = autocast
         self.model = load_torch_model(source).to(device)
         self.model.network.visual_encoder.use_sdpa = sdpa
         cfg = self.model.config
@@ -60,8 +65,15 @@ class TorchRunner:
     def prepare(self, images, texts):
         return self.model.prepare(images, texts)
 
+    def _precision(self):
+        if not self.autocast:
+            return contextlib.nullcontext()
+        dtype = {"bf16": self.torch.bfloat16, "fp16": self.torch.float16}[self.autocast]
+        return self.torch.autocast(self.device.split(":")[0], dtype=dtype)
+
     def low_res_logits(self, feeds):
-        return self.model.low_res_logits(feeds)
+        with self._precision():
+            return self.model.low_res_logits(feeds)
 
     def size_mb(self) -> float:
         net = self.model.network
@@ -74,13 +86,13 @@ class TorchRunner:
     def stages(self, feeds):
         torch, net, dev = self.torch, self.model.network, self.device
         t = {k: torch.from_numpy(v).to(dev) for k, v in feeds.items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             text = net.encode_text(t["input_ids"], t["attention_mask"])
             emb = net.encode_image(t["image"], text)
 
         def wrap(fn):
             def run():
-                with torch.inference_mode():
+                with torch.inference_mode(), self._precision():
                     return fn()
 
             return run

@@ -1,14 +1,17 @@
 """One benchmark cell, run in its own process so that threads, allocator and peak memory
-are the cell's own: ``python -m dit_deploy.bench.worker request.json result.json``."""
+are the cell's own. The process stays up and times slices when the coordinator asks
+(:func:`serve`), so that the cells' timings can be interleaved round by round."""
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -33,7 +36,10 @@ def _open_runner(req: dict[str, Any]):
         from .runners import TorchRunner
 
         return TorchRunner(
-            req["model"], sdpa=cell["options"].get("sdpa", False), device=cell["device"]
+            req["model"],
+            sdpa=cell["options"].get("sdpa", False),
+            device=cell["device"],
+            autocast=cell["options"].get("autocast"),
         )
     from .runners import RuntimeRunner
 
@@ -67,95 +73,142 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def run_cell(req: dict[str, Any]) -> dict[str, Any]:
-    """Cold start, latency over the batch sweep, per-stage split, accuracy, logits."""
-    samples = _samples(req)
-    budget = req.get("budget_s", 5.0)
-    start = time.perf_counter()
-    try:
-        runner = _open_runner(req)
-    except (BackendUnavailableError, ArtifactError) as exc:
-        raise Unavailable(str(exc).replace("EXPORT_DIR", req["export_dir"])) from exc
-    first = [(str(samples[0].image_path), samples[0].sentence)]
-    feeds, boxes = runner.prepare(*zip(*first, strict=True))
-    postprocess_batch(runner.low_res_logits(feeds), boxes, runner.threshold)
-    cold_start = time.perf_counter() - start
+class CellSession:
+    """One cell, loaded once: setup (cold start, per-stage split, accuracy, logits), then
+    timed slices on demand (:meth:`time`), so the coordinator can interleave cells."""
 
-    latency = {}
-    for batch in req["batches"]:
-        pairs = [(str(s.image_path), s.sentence) for s in (samples * batch)[:batch]]
-        images, texts = zip(*pairs, strict=True)
+    def __init__(self, req: dict[str, Any]) -> None:
+        self.req = req
+        self.samples = _samples(req)
+        start = time.perf_counter()
+        try:
+            self.runner = _open_runner(req)
+        except (BackendUnavailableError, ArtifactError) as exc:
+            raise Unavailable(str(exc).replace("EXPORT_DIR", req["export_dir"])) from exc
+        s = self.samples[0]
+        feeds, boxes = self.runner.prepare([str(s.image_path)], [s.sentence])
+        postprocess_batch(self.runner.low_res_logits(feeds), boxes, self.runner.threshold)
+        self.cold_start = time.perf_counter() - start
+        self.calls: dict[int, Callable[[], object]] = {}
+        for batch in req["batches"]:
+            pairs = [(str(p.image_path), p.sentence) for p in (self.samples * batch)[:batch]]
+            images, texts = zip(*pairs, strict=True)
 
-        def predict(images=images, texts=texts):
-            f, b = runner.prepare(images, texts)
-            return postprocess_batch(runner.low_res_logits(f), b, runner.threshold)
+            def predict(images=images, texts=texts):
+                f, b = self.runner.prepare(images, texts)
+                return postprocess_batch(self.runner.low_res_logits(f), b, self.runner.threshold)
 
-        stats = summarize(
-            measure(
-                predict,
-                warmup=req.get("warmup", 2),
-                budget_s=budget,
-                min_runs=req.get("min_runs", 5),
-                synchronize=runner.synchronize,
+            self.calls[batch] = predict
+
+    def setup(self) -> dict[str, Any]:
+        """Per-stage split, accuracy and logits (saved to ``logits_file``), warm-up, and the
+        time of one call per batch size (to size the coordinator's slices)."""
+        runner, req = self.runner, self.req
+        budget = req.get("budget_s", 5.0)
+        one = [str(self.samples[0].image_path)], [self.samples[0].sentence]
+        feeds, boxes = runner.prepare(*one)
+        logits = runner.low_res_logits(feeds)
+        stages = {
+            "decode+preprocess": lambda: preprocess_batch(
+                one[0], runner.input_size, runner.mean, runner.std
+            ),
+            "tokenize": lambda: runner.tokenizer.encode_batch(one[1]),
+            **runner.stages(feeds),
+            "postprocess": lambda: postprocess_batch(logits, boxes, runner.threshold),
+        }
+        stage_ms = {
+            name: summarize(
+                measure(
+                    fn, warmup=1, budget_s=budget / 4, min_runs=3, synchronize=runner.synchronize
+                )
+            ).p50
+            for name, fn in stages.items()
+        }
+        metrics, all_logits = RISMetrics(), []
+        chunk = max(req["batches"])
+        for i in range(0, len(self.samples), chunk):
+            part = self.samples[i : i + chunk]
+            feeds, boxes = runner.prepare(
+                [str(s.image_path) for s in part], [s.sentence for s in part]
             )
+            out = runner.low_res_logits(feeds)
+            all_logits.append(out)
+            for sample, result in zip(
+                part, postprocess_batch(out, boxes, runner.threshold), strict=True
+            ):
+                metrics.update(result.mask, sample.mask())
+        np.save(req["logits_file"], np.concatenate(all_logits))
+        call_s = {}
+        for batch in req["batches"]:
+            measure(self.calls[batch], warmup=req.get("warmup", 2), min_runs=0, max_runs=0)
+            call_s[str(batch)] = min(self.time(batch, 2))
+        return {
+            "status": "ok",
+            "cold_start_s": self.cold_start,
+            "stages_ms": stage_ms,
+            "accuracy": metrics.compute(),
+            "size_mb": runner.size_mb(),
+            "call_s": call_s,
+        }
+
+    def time(self, batch: int, runs: int) -> list[float]:
+        """``runs`` timed whole calls (decode .. masks) at ``batch``, in seconds."""
+        return measure(
+            self.calls[batch],
+            warmup=0,
+            min_runs=runs,
+            max_runs=runs,
+            budget_s=0.0,
+            synchronize=self.runner.synchronize,
         )
-        latency[str(batch)] = stats.to_dict() | {"pairs_per_s": batch / (stats.p50 / 1e3)}
 
-    one = [str(samples[0].image_path)], [samples[0].sentence]
-    feeds, boxes = runner.prepare(*one)
-    logits = runner.low_res_logits(feeds)
-    stages = {
-        "decode+preprocess": lambda: preprocess_batch(
-            one[0], runner.input_size, runner.mean, runner.std
-        ),
-        "tokenize": lambda: runner.tokenizer.encode_batch(one[1]),
-        **runner.stages(feeds),
-        "postprocess": lambda: postprocess_batch(logits, boxes, runner.threshold),
-    }
-    stage_ms = {
-        name: summarize(
-            measure(fn, warmup=1, budget_s=budget / 4, min_runs=3, synchronize=runner.synchronize)
-        ).p50
-        for name, fn in stages.items()
-    }
 
-    metrics, all_logits = RISMetrics(), []
-    chunk = max(req["batches"])
-    for i in range(0, len(samples), chunk):
-        part = samples[i : i + chunk]
-        feeds, boxes = runner.prepare([str(s.image_path) for s in part], [s.sentence for s in part])
-        out = runner.low_res_logits(feeds)
-        all_logits.append(out)
-        for sample, result in zip(
-            part, postprocess_batch(out, boxes, runner.threshold), strict=True
-        ):
-            metrics.update(result.mask, sample.mask())
-    np.save(req["logits_file"], np.concatenate(all_logits))
-    peak_kb = _peak_rss_kb()
-    return {
-        "status": "ok",
-        "cold_start_s": cold_start,
-        "latency": latency,
-        "stages_ms": stage_ms,
-        "accuracy": metrics.compute(),
-        "peak_rss_mb": peak_kb / 1024.0,
-        "size_mb": runner.size_mb(),
-    }
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, Unavailable):
+        return {"status": "unavailable", "reason": str(exc)}
+    if isinstance(exc, DITError):
+        return {"status": "failed", "reason": str(exc)}
+    return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def serve(req: dict[str, Any], commands: TextIO, replies: TextIO) -> int:
+    """The worker's side of the protocol, one JSON object per line.
+
+    reply ``setup`` (or a failure, then exit); then for each command: ``{"cmd": "time",
+    "batch": b, "runs": n}`` -> ``{"seconds": [...]}``; ``{"cmd": "quit"}`` ->
+    ``{"peak_rss_mb": ...}`` and exit.
+    """
+
+    def reply(obj: dict[str, Any]) -> None:
+        replies.write(json.dumps(obj) + "\n")
+        replies.flush()
+
+    try:
+        session = CellSession(req)
+        reply(session.setup())
+    except Exception as exc:  # reported in the table; the matrix goes on
+        reply(_failure(exc))
+        return 0
+    for line in commands:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        try:
+            reply({"seconds": session.time(int(cmd["batch"]), int(cmd["runs"]))})
+        except Exception as exc:
+            reply(_failure(exc))
+            return 0
+    reply({"peak_rss_mb": _peak_rss_kb() / 1024.0})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m dit_deploy.bench.worker REQUEST.json CMD_FD REPLY_FD`` (pipes from the
+    coordinator; stdout/stderr stay free for libraries' own messages)."""
     args = sys.argv[1:] if argv is None else argv
     req = json.loads(Path(args[0]).read_text())
-    try:
-        result = run_cell(req)
-    except Unavailable as exc:
-        result = {"status": "unavailable", "reason": str(exc)}
-    except DITError as exc:
-        result = {"status": "failed", "reason": str(exc)}
-    except Exception as exc:  # reported in the table; the matrix goes on
-        result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    Path(args[1]).write_text(json.dumps(result, indent=2))
-    return 0
+    with os.fdopen(int(args[1]), "r") as commands, os.fdopen(int(args[2]), "w") as replies:
+        return serve(req, commands, replies)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
+from ..hashing import sha256_file
 from ..runtime.devices import GpuInfo, gpu_info, gpu_unavailable_reason
 from ..runtime.engine_sidecar import (
     HARDWARE_COMPAT,
     PRECISIONS,
     EngineSidecar,
     engine_file,
-    sha256_file,
     write_sidecar,
 )
 from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS, GraphSpec, Manifest, TensorSpec

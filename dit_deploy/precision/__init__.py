@@ -6,6 +6,8 @@
   pairs.
 - :mod:`.verify`: each graph against the FP32 graph in ONNX Runtime (CPU): logits error,
   mask agreement, mIoU/oIoU change, latency.
+- BF16: an execution precision (OpenVINO runs the FP32 graphs in BF16 on CPUs with BF16
+  units), verified like the others and recorded in the manifest (``execution``).
 - :mod:`.pipeline`: ``run_quantize`` = convert, verify, and only then write into the export.
 
 TensorRT engines are built from these graphs by :mod:`dit_deploy.engines`; TensorRT 11 takes
@@ -13,6 +15,6 @@ precision only from the graph's types and Q/DQ nodes, so everything that
 decides the accuracy of an engine is decided, and checked, here on the CPU.
 """
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 
 __all__ = ["PRECISIONS"]

@@ -7,13 +7,14 @@ each precision's chain against the FP32 chain.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..inputs import model_inputs
 from ..preprocess import Letterbox
+from ..runtime.backends import Backend
 from ..runtime.graph_chain import GraphChain
 from ..runtime.manifest import LAYOUT_ROLES, Manifest, open_tokenizer
 from .samples import Pair
@@ -32,10 +33,23 @@ class PairInputs:
         return model_inputs(images, texts, self.tokenizer, m.input_size, m.pixel_mean, m.pixel_std)
 
 
-def chains(files: Mapping[str, Path], threads: int | None = None) -> dict[str, GraphChain]:
-    """ONNX Runtime (CPU) chains, one per layout whose roles all have a file in ``files``."""
-    return {
-        layout: GraphChain.from_files(layout, files, threads=threads)
-        for layout, roles in LAYOUT_ROLES.items()
-        if all(role in files for role in roles)
-    }
+def chains(
+    files: Mapping[str, Path],
+    threads: int | None = None,
+    opener: Callable[[str, Path], Backend] | None = None,
+) -> dict[str, GraphChain]:
+    """Chains over ``files`` (role -> graph), one per layout whose roles all have a file.
+
+    ONNX Runtime on the CPU, unless ``opener`` ``(role, file) -> Backend`` says otherwise
+    (e.g. OpenVINO running the FP32 graphs in BF16).
+    """
+    files = dict(files)
+    out = {}
+    for layout, roles in LAYOUT_ROLES.items():
+        if not all(role in files for role in roles):
+            continue
+        if opener is None:
+            out[layout] = GraphChain.from_files(layout, files, threads=threads)
+        else:
+            out[layout] = GraphChain(layout, lambda role, o=opener: o(role, files[role]))
+    return out

@@ -1,5 +1,10 @@
 """``run_quantize``: FP16/INT8 graphs for an export, verified, and only then written into it.
 
+BF16 is an execution precision, not a graph: the FP32 graphs run in BF16 by OpenVINO on a
+CPU with BF16 units. It is verified the same way (against the FP32 graphs in ONNX Runtime,
+same floors) and recorded in the manifest as a ``bf16`` precision whose graphs are the FP32
+files with ``execution: "openvino-bf16"``; no file is written but ``manifest.json``.
+
 Graphs are produced in a temporary directory inside the export; each is checked
 structurally (:mod:`.graph_checks`) and every layout is verified against FP32 on held-out
 pairs (:mod:`.verify`). Below the floor, a :class:`~dit_deploy.errors.ValidationError` is
@@ -24,7 +29,8 @@ from ..artifact_dir import clean_inner_leftovers
 from ..errors import ArtifactError, ConfigError, ValidationError
 from ..exporters.onnx_io import save_onnx
 from ..hashing import sha256_file
-from ..runtime.graph_chain import GraphChain
+from ..runtime.backends import EXECUTIONS, open_backend
+from ..runtime.graph_chain import GraphChain, layout_of
 from ..runtime.manifest import (
     MANIFEST_FILE,
     GraphSpec,
@@ -57,6 +63,9 @@ from .verify import (
 )
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+# precisions that run the FP32 graph files at another precision: precision -> the
+# manifest's ``execution`` value (its backend: ``EXECUTIONS[execution][0]``)
+EXECUTION_PRECISIONS = {mode: name for name, (_backend, mode) in EXECUTIONS.items()}
 
 
 def _no_progress(_desc: str, _total: int) -> Callable[[int], None]:
@@ -147,6 +156,11 @@ def _check_options(manifest: Manifest, opts: QuantizeOptions) -> list[str]:
         raise ConfigError("every graph is kept FP32 (--keep-fp32): nothing to convert")
     if opts.eval is None:
         raise ConfigError("no evaluation pairs: set QuantizeOptions.eval")
+    if (opts.auto or opts.plan is not None) and opts.precision in EXECUTION_PRECISIONS:
+        raise ConfigError(
+            f"--auto/--plan choose nodes of a converted graph; {opts.precision} runs the FP32 "
+            "graphs as they are: drop --auto/--plan"
+        )
     if opts.auto and opts.plan is not None:
         raise ConfigError("--auto searches a plan and --plan reuses one: give one of them")
     if opts.auto and opts.calib is None:
@@ -286,32 +300,14 @@ def run_quantize(
             stay = [r for r in roles if plan.roles[r].all_kept]
             log(f"{', '.join(stay)}: no node stays {opts.precision}; kept FP32 as a whole")
             roles = [r for r in roles if r not in stay]
-        outcomes: list[GraphOutcome] = []
         files = dict(manifest.graph_files(export_dir))
-        for role in roles:
-            spec = manifest.graphs[role]
-            src = export_dir / spec.file
-            out = tmp / f"{role}.{opts.precision}.onnx"
-            start = time.perf_counter()
-            detail = _convert_one(
-                role, src, out, spec, opts, prepare, fp32, progress, extra.get(role, ())
+        if opts.precision in EXECUTION_PRECISIONS:
+            candidate, outcomes = _execution_candidate(export_dir, manifest, roles, opts, log)
+        else:
+            outcomes = _convert_all(
+                export_dir, manifest, roles, opts, prepare, fp32, tmp, files, log, progress, extra
             )
-            outcome = GraphOutcome(
-                role,
-                out.name,
-                opts.precision,
-                time.perf_counter() - start,
-                out.stat().st_size,
-                src.stat().st_size,
-                detail,
-            )
-            outcomes.append(outcome)
-            files[role] = out
-            log(
-                f"{role:<13} -> {out.name:<26} {outcome.seconds:6.1f} s "
-                f"{outcome.size_bytes / 1e6:8.2f} MB (fp32 {outcome.fp32_size_bytes / 1e6:.2f} MB)"
-            )
-        candidate = chains(files, opts.threads)
+            candidate = chains(files, opts.threads)
         reports = []
         for layout in manifest.layouts:
             bar = progress(f"verify {layout}", len(opts.eval))
@@ -449,6 +445,86 @@ def _search(
     return plan
 
 
+def _convert_all(
+    export_dir: Path,
+    manifest: Manifest,
+    roles: Sequence[str],
+    opts: QuantizeOptions,
+    prepare: PairInputs,
+    fp32: dict[str, GraphChain],
+    tmp: Path,
+    files: dict[str, Path],
+    log: Callable[[str], None],
+    progress: ProgressFactory,
+    extra: dict[str, tuple[str, ...]] | None = None,
+) -> list[GraphOutcome]:
+    """Write each role's graph at ``opts.precision`` into ``tmp`` (``files`` points at them);
+    ``extra``: role -> nodes a precision plan keeps at higher precision."""
+    outcomes = []
+    for role in roles:
+        spec = manifest.graphs[role]
+        src = export_dir / spec.file
+        out = tmp / f"{role}.{opts.precision}.onnx"
+        start = time.perf_counter()
+        nodes = (extra or {}).get(role, ())
+        detail = _convert_one(role, src, out, spec, opts, prepare, fp32, progress, nodes)
+        outcomes.append(
+            GraphOutcome(
+                role,
+                out.name,
+                opts.precision,
+                time.perf_counter() - start,
+                out.stat().st_size,
+                src.stat().st_size,
+                detail,
+            )
+        )
+        files[role] = out
+        o = outcomes[-1]
+        log(
+            f"{role:<13} -> {o.file:<26} {o.seconds:6.1f} s "
+            f"{o.size_bytes / 1e6:8.2f} MB (fp32 {o.fp32_size_bytes / 1e6:.2f} MB)"
+        )
+    return outcomes
+
+
+def _execution_candidate(
+    export_dir: Path,
+    manifest: Manifest,
+    roles: Sequence[str],
+    opts: QuantizeOptions,
+    log: Callable[[str], None],
+) -> tuple[dict[str, GraphChain], list[GraphOutcome]]:
+    """The FP32 graphs opened at an execution precision (``roles``; the rest as they are)."""
+    execution = EXECUTION_PRECISIONS[opts.precision]
+    backend = EXECUTIONS[execution][0]
+    files = manifest.graph_files(export_dir)
+
+    def opener(role: str, path: Path):
+        mode = execution if role in roles else ""
+        return open_backend(backend, path, threads=opts.threads, execution=mode, cache_dir=False)
+
+    candidate = chains(files, opts.threads, opener)
+    outcomes = []
+    for role in roles:
+        start = time.perf_counter()
+        candidate[layout_of(role)].backend(role)  # compiles now: a CPU without BF16 is refused here
+        size = files[role].stat().st_size
+        outcomes.append(
+            GraphOutcome(
+                role,
+                manifest.graphs[role].file,
+                opts.precision,
+                time.perf_counter() - start,
+                size,
+                size,
+                {"execution": execution, "backend": backend},
+            )
+        )
+        log(f"{role:<13} -> {files[role].name} run as {execution} (no new file)")
+    return candidate, outcomes
+
+
 class QuantizeFailed(ValidationError):
     """Below the accuracy floor; carries the full result for the table/JSON."""
 
@@ -469,7 +545,12 @@ def _install(
     """Move the new graphs (and the plan) in, then replace the manifest atomically."""
     table: dict[str, GraphSpec] = {}
     for role, spec in manifest.graphs.items():
-        if role in roles:
+        if role in roles and precision in EXECUTION_PRECISIONS:
+            execution = EXECUTION_PRECISIONS[precision]
+            table[role] = GraphSpec(
+                spec.file, spec.inputs, spec.outputs, spec.sha256, precision, execution
+            )
+        elif role in roles:
             name = files[role].name
             for extra in tmp.glob(name + "*"):  # the graph and any external-data file
                 os.replace(extra, export_dir / extra.name)

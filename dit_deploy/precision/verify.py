@@ -55,6 +55,9 @@ class Floor:
 DEFAULT_FLOORS = {
     "fp16": Floor(min_mask_iou=0.98, max_miou_drop=0.01),
     "int8": Floor(min_mask_iou=0.90, max_miou_drop=0.03),
+    # BF16 (8-bit mantissa) moves borderline pixels more than FP16: the bundled model keeps
+    # 0.9925 mask agreement and -0.10 mIoU points (docs/benchmarks.md, "OpenVINO")
+    "bf16": Floor(min_mask_iou=0.99, max_miou_drop=0.005),
 }
 # the targets of --auto (any precision): masks within 1% of FP32, mIoU within 0.2 points
 AUTO_FLOOR = Floor(min_mask_iou=0.99, max_miou_drop=0.002)

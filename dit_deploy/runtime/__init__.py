@@ -1,4 +1,4 @@
-"""The torch-free runtime: numpy + onnxruntime (or TensorRT). Never imports torch."""
+"""The torch-free runtime: numpy + onnxruntime (or OpenVINO, or TensorRT). Never imports torch."""
 
 from .manifest import Manifest, read_manifest
 from .predictor import Predictor

@@ -39,7 +39,14 @@ STAGE_LABELS = {
 }
 
 _TENSOR = {"name": str, "dtype": str, "shape": [(int, str)]}
-_GRAPH = {"file": str, "inputs": [_TENSOR], "outputs": [_TENSOR], "sha256?": str, "precision?": str}
+_GRAPH = {
+    "file": str,
+    "inputs": [_TENSOR],
+    "outputs": [_TENSOR],
+    "sha256?": str,
+    "precision?": str,
+    "execution?": str,
+}
 MANIFEST_SCHEMA = {
     "config_name": str,
     "variant": str,
@@ -74,6 +81,9 @@ class GraphSpec:
     outputs: list[TensorSpec]
     sha256: str = ""
     precision: str = "fp32"
+    # an execution precision of an unchanged graph file ("openvino-bf16": the FP32 graph run
+    # in BF16 by OpenVINO); "" = the graph's own types decide
+    execution: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,10 @@ class Manifest:
             data.pop("precisions")  # FP32-only manifests keep their original bytes
         if not self.precision_plan:
             data.pop("precision_plan")
+        for table in (data["graphs"], *data.get("precisions", {}).values()):
+            for graph in table.values():
+                if not graph["execution"]:
+                    del graph["execution"]  # only execution precisions carry the field
         return data
 
     def metadata_props(self) -> dict[str, str]:
@@ -182,6 +196,7 @@ def _graphs_from_dict(table: dict[str, Any]) -> dict[str, GraphSpec]:
             outputs=[TensorSpec(**t) for t in g["outputs"]],
             sha256=g.get("sha256", ""),
             precision=g.get("precision", "fp32"),
+            execution=g.get("execution", ""),
         )
         for role, g in table.items()
     }

@@ -23,7 +23,7 @@ from ..hints import command
 from ..inputs import model_inputs
 from ..postprocess import MaskResult, postprocess_batch
 from ..preprocess import ImageSource, Letterbox
-from .backends import Backend, open_backend
+from .backends import Backend, check_execution, open_backend
 from .engine_sidecar import engine_file
 from .graph_chain import GraphChain
 from .manifest import Manifest, open_tokenizer, read_manifest, verify_files
@@ -70,6 +70,7 @@ class Predictor:
         precision: str = "fp32",
         cuda_graph: bool = False,
         verify: bool = True,
+        backend_options: dict | None = None,
     ) -> None:
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
@@ -88,6 +89,7 @@ class Predictor:
         self.layout, self.precision = layout, precision
         self.backend_name, self.device = backend, device
         self._threads, self._cuda_graph = threads, cuda_graph
+        self.backend_options = dict(backend_options or {})
         self.chain = GraphChain(layout, self._open)
         # the artifact first: a changed or missing file is reported before backends load
         for role in self.chain.roles:
@@ -107,9 +109,18 @@ class Predictor:
     def _open(self, role: str) -> Backend:
         """``<role>[.<precision>].onnx``, or for ``tensorrt`` its ``.engine`` (+ sidecar)."""
         spec = self.manifest.graph(role, self.precision, self.export_dir)
+        check_execution(self.backend_name, spec.execution)
         if self.backend_name != "tensorrt":
+            options = dict(self.backend_options)
+            if self.backend_name == "onnxruntime":  # the TensorRT provider's flags and profile
+                options = {"precision": self.precision, "max_batch": self.max_batch, **options}
             return open_backend(
-                self.backend_name, self.export_dir / spec.file, self.device, self._threads
+                self.backend_name,
+                self.export_dir / spec.file,
+                self.device,
+                self._threads,
+                execution=spec.execution,
+                **options,
             )
         engine = self.export_dir / engine_file(spec.file)
         if not engine.is_file():

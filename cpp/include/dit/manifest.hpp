@@ -19,6 +19,7 @@ struct GraphSpec {
   std::vector<TensorSpec> outputs;
   std::string sha256;
   std::string precision = "fp32";
+  std::string execution;  ///< e.g. "openvino-bf16": the graph run at another precision
 };
 
 /// The one table of layouts (as runtime/manifest.py's LAYOUT_ROLES): each layout's graph

@@ -1,0 +1,29 @@
+"""Serving DIT on NVIDIA Triton Inference Server.
+
+- :mod:`.server`: ``dit-deploy serve EXPORT_DIR``, a real Triton server through PyTriton;
+- :mod:`.triton_repo`: ``dit-deploy triton-repo``, a model repository (ensemble) for a
+  standalone ``tritonserver`` (NGC container, Kubernetes);
+- :mod:`.client`: :class:`~.client.DITClient` on ``tritonclient`` (HTTP and gRPC);
+- :mod:`.contract`: the model's inputs/outputs and the per-request handling both servers share.
+
+Heavy imports (PyTriton, tritonclient) happen inside these modules, never here.
+"""
+
+from typing import Any
+
+_LAZY = {
+    "DITClient": ".client",
+    "ServerError": ".errors",
+    "RequestError": ".errors",
+    "ServerUnavailableError": ".errors",
+    "ServerTimeoutError": ".errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``from dit_deploy.serving import DITClient`` without importing tritonclient up front."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

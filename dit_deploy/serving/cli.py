@@ -1,0 +1,231 @@
+"""``dit-deploy serve | client | triton-repo``: the serving verbs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..preprocess import DEFAULT_MAX_PIXELS
+
+SERVE_EPILOG = """examples:
+  dit-deploy serve runs/dit-deploy/export                                # fp32, ONNX Runtime, CPU
+  dit-deploy serve runs/dit-deploy/export --precision int8 --max-batch 8
+  dit-deploy serve EXPORT --host 0.0.0.0 --instances 2 --max-queue-delay-us 5000
+then:
+  curl -s http://127.0.0.1:8000/v2/health/ready && curl -s http://127.0.0.1:8002/metrics
+  dit-deploy client http://127.0.0.1:8000 horse.jpg "gray horse with blue halter" --out mask.png
+"""
+
+CLIENT_EPILOG = """examples:
+  dit-deploy client http://127.0.0.1:8000 horse.jpg "gray horse with blue halter" --out mask.png
+  dit-deploy client grpc://127.0.0.1:8001 horse.jpg "the horse" --rle mask.json --json
+"""
+
+REPO_EPILOG = """examples:
+  dit-deploy triton-repo runs/dit-deploy/export models/ --backend onnxruntime --kind cpu
+  dit-deploy triton-repo runs/dit-deploy/export models/ --backend tensorrt --precision fp16
+  dit-deploy triton-repo runs/dit-deploy/export models/ --backend python   # python backend only
+then, on a GPU machine (the python models need dit-deploy inside the container):
+  docker run --gpus all --rm -p 8000-8002:8000-8002 -v $PWD/models:/models -v $PWD:/src \\
+    nvcr.io/nvidia/tritonserver:24.10-py3 \\
+    sh -c "pip install /src 'numpy<2' && tritonserver --model-repository=/models"
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown."""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is <= 65535, got {value}")
+    return value
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory")
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="graph precision"
+    )
+    p.add_argument("--max-batch", type=_positive, default=8, help="largest batch Triton forms")
+    p.add_argument("--instances", type=_positive, default=1, help="model instances")
+
+
+def register(subparsers) -> None:
+    """Add ``serve``, ``client`` and ``triton-repo``."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve an export behind Triton Inference Server (PyTriton)",
+        description=(
+            "Serve model 'dit' (IMAGE + TEXT bytes -> MASK_PNG, MASK_RLE, SCORE, ERROR) on a "
+            "real Triton server: KServe v2 HTTP and gRPC, dynamic batching, Prometheus "
+            "metrics, strict readiness; SIGTERM drains in-flight requests."
+        ),
+        epilog=SERVE_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    _model_options(p)
+    p.add_argument(
+        "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"), help="runtime"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--layout", choices=("fused", "split"), default=None, help="graphs (None: fused if any)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument("--http-port", type=_port, default=8000, help="KServe v2 HTTP")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="KServe v2 gRPC")
+    p.add_argument("--metrics-port", type=_port, default=8002, help="Prometheus /metrics")
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch"
+    )
+    p.add_argument(
+        "--threads", type=_positive, default=None, help="CPU threads per instance (None: cores/N)"
+    )
+    p.add_argument(
+        "--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+    )
+    p.add_argument("--drain-s", type=_positive, default=20, help="SIGTERM: wait for in-flight")
+    p.add_argument(
+        "--log-file", type=Path, default=None, help="tritonserver's log (None: a temp file)"
+    )
+    p.set_defaults(handler=run_serve)
+
+    p = subparsers.add_parser(
+        "client",
+        help="ask a DIT Triton server for one mask",
+        description="Send one image and expression to model 'dit'; write the mask.",
+        epilog=CLIENT_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("url", metavar="URL", help="http://HOST:PORT or grpc://HOST:PORT")
+    p.add_argument("image", type=Path, metavar="IMAGE")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--out", type=Path, default=Path("mask.png"), help="mask PNG to write")
+    p.add_argument("--rle", type=Path, default=None, help="also write COCO RLE JSON here")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a line")
+    p.set_defaults(handler=run_client)
+
+    p = subparsers.add_parser(
+        "triton-repo",
+        help="write a Triton model repository (ensemble) for a standalone tritonserver",
+        description=(
+            "Write an ensemble 'dit' = dit_preprocess (python) -> dit_model (onnxruntime, "
+            "tensorrt or python) -> dit_postprocess (python), same contract as 'serve'."
+        ),
+        epilog=REPO_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    _model_options(p)
+    p.add_argument("out", type=Path, metavar="OUT", help="the repository directory to write")
+    p.add_argument(
+        "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "python")
+    )
+    p.add_argument("--kind", default="gpu", choices=("gpu", "cpu"), help="instance kind")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(handler=run_triton_repo)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .server import ServeOptions, serve
+
+    return serve(
+        ServeOptions(
+            export_dir=args.export_dir,
+            backend=args.backend,
+            precision=args.precision,
+            device=args.device,
+            layout=args.layout,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            max_batch=args.max_batch,
+            max_queue_delay_us=args.max_queue_delay_us,
+            instances=args.instances,
+            threads=args.threads,
+            max_pixels=args.max_pixels,
+            drain_s=args.drain_s,
+            log_file=args.log_file,
+        ),
+        log=lambda line: print(line, flush=True),
+    )
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from ..mask_codec import encode_png, rle_json
+    from .client import DITClient
+
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0; got {args.timeout}")
+    client = DITClient(args.url, timeout_s=args.timeout)
+    start = time.perf_counter()
+    result = client.predict(args.image, args.text)
+    ms = (time.perf_counter() - start) * 1e3
+    _write(args.out, encode_png(result.mask))
+    if args.rle:
+        _write(args.rle, rle_json(result.mask).encode("ascii"))
+    h, w = result.mask.shape
+    record = {
+        "url": client.url,
+        "image": str(args.image),
+        "text": args.text,
+        "height": h,
+        "width": w,
+        "foreground": float(result.mask.mean()),
+        "score": result.score,
+        "mask_png": str(args.out),
+        "mask_rle": str(args.rle) if args.rle else None,
+        "latency_ms": round(ms, 2),
+    }
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(
+            f"mask {h}x{w}, {record['foreground']:.1%} foreground, score {result.score:.3f} "
+            f"-> {args.out} ({ms:.0f} ms, {client.url})"
+        )
+    return 0
+
+
+def _write(path: Path, data: bytes) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def run_triton_repo(args: argparse.Namespace) -> int:
+    from .triton_repo import RepoOptions, write_repository
+
+    opts = RepoOptions(
+        export_dir=args.export_dir,
+        out=args.out,
+        backend=args.backend,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        instances=args.instances,
+        kind=args.kind,
+        max_queue_delay_us=args.max_queue_delay_us,
+        force=args.force,
+    )
+    write_repository(opts, log=print)
+    return 0

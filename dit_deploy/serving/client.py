@@ -1,0 +1,306 @@
+"""``DITClient``: masks from a Triton server, as the in-process Predictor returns them.
+
+    client = DITClient("http://127.0.0.1:8000")         # or "grpc://127.0.0.1:8001"
+    r = client.predict("horse.jpg", "gray horse with blue halter")     # MaskResult
+    rs = client.predict_batch([("a.jpg", "left man"), ("b.png", "the cup")])
+
+Works against ``dit-deploy serve`` and against a ``dit-deploy triton-repo`` repository. Built on
+``tritonclient`` (HTTP and gRPC). ``predict_batch`` sends one request per pair, ``concurrency``
+at a time, so the server's dynamic batcher merges them and a bad pair fails alone. Errors are
+typed (:mod:`.errors`): :class:`RequestError` for a refused pair (Triton's message),
+:class:`ServerUnavailableError` / :class:`ServerTimeoutError` naming the URL, and
+:class:`ServerError` with the HTTP status or gRPC code for anything else.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError, ImageError
+from ..mask_codec import decode_png, decode_rle
+from ..postprocess import MaskResult
+from . import contract as c
+from .errors import RequestError, ServerError, ServerTimeoutError, ServerUnavailableError
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+_REFUSED = ("connection refused", "failed to connect", "connect failed", "unavailable")
+_TIMEOUT = ("deadline exceeded", "timed out", "timeout")
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    """The bytes sent as IMAGE: a file's own bytes (decoded server-side exactly as a local
+    ``load_image(path)``), or a lossless PNG of a PIL image / uint8 array."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageError(f"image file not found: {path}")
+        return path.read_bytes()
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise ImageError(
+        f"cannot send a {type(image).__name__}; pass a path, bytes, a PIL image or an array"
+    )
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``("http" | "grpc", "host:port")``; no scheme means HTTP."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "grpc") or not parts.hostname or not parts.port:
+        raise ConfigError(
+            f"server URL {url!r} must look like http://HOST:PORT or grpc://HOST:PORT "
+            "(e.g. http://127.0.0.1:8000, grpc://127.0.0.1:8001)"
+        )
+    return parts.scheme, f"{parts.hostname}:{parts.port}"
+
+
+def classify(exc: BaseException, url: str) -> ServerError:
+    """Any tritonclient / network exception -> the matching typed :class:`ServerError`."""
+    status = exc.status() if hasattr(exc, "status") and callable(exc.status) else None
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    message = str(message or type(exc).__name__)
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):  # first: its text is the user's
+        return RequestError(
+            f"{url} refused the request ({status}): {message}",
+            url=url,
+            status=status,
+            server_message=message,
+        )
+    low = f"{status} {message}".lower()
+    gevent_timeout = type(exc).__name__ == "Timeout"
+    if (
+        isinstance(exc, (TimeoutError, socket.timeout))
+        or gevent_timeout
+        or any(t in low for t in _TIMEOUT)
+    ):
+        return ServerTimeoutError(
+            f"no answer from {url} in time ({message}); raise the client time-out or check "
+            "the server's load",
+            url=url,
+            status=status,
+            server_message=message,
+        )
+    if isinstance(exc, (ConnectionError, OSError)) or any(t in low for t in _REFUSED):
+        return ServerUnavailableError(
+            f"cannot reach a Triton server at {url} ({message}); is it running? start one with "
+            "'dit-deploy serve EXPORT_DIR'",
+            url=url,
+            status=status,
+            server_message=message,
+        )
+    return ServerError(
+        f"{url} answered {status or 'an error'}: {message}",
+        url=url,
+        status=status,
+        server_message=message,
+    )
+
+
+class DITClient:
+    """A client of model ``dit`` on one Triton server.
+
+    Args:
+        url: ``http://host:port`` (KServe v2 HTTP) or ``grpc://host:port``.
+        timeout_s: connect + answer time-out per request.
+        concurrency: requests in flight at once in :meth:`predict_batch`.
+        output: the mask encoding to fetch, ``"rle"`` (compact) or ``"png"``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 60.0,
+        concurrency: int = 8,
+        output: str = "rle",
+        model: str = c.MODEL_NAME,
+    ) -> None:
+        self.protocol, self.address = parse_url(url)
+        self.url = f"{self.protocol}://{self.address}"
+        if output not in ("rle", "png"):
+            raise ConfigError(f"output must be 'rle' or 'png'; got {output!r}")
+        if concurrency < 1 or timeout_s <= 0:
+            raise ConfigError("concurrency must be >= 1 and timeout_s > 0")
+        self.timeout_s, self.concurrency, self.model = timeout_s, concurrency, model
+        self.mask_output = c.MASK_RLE if output == "rle" else c.MASK_PNG
+        self._local = threading.local()
+        self._outputs: tuple[str, ...] | None = None
+
+    # -- transport ------------------------------------------------------------------
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                import tritonclient.http as tc
+
+                client = tc.InferenceServerClient(
+                    self.address,
+                    connection_timeout=self.timeout_s,
+                    network_timeout=self.timeout_s,
+                )
+            else:
+                import tritonclient.grpc as tc
+
+                client = tc.InferenceServerClient(self.address)
+            self._local.client = client
+        return client
+
+    def _module(self):
+        if self.protocol == "http":
+            import tritonclient.http as tc
+        else:
+            import tritonclient.grpc as tc
+        return tc
+
+    def _timeout(self) -> dict:
+        """gRPC calls take their deadline per call; HTTP's is set on the client."""
+        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # tritonclient, gevent, grpc and socket errors alike
+            self._local.client = None  # a broken connection is not reused
+            raise classify(exc, self.url) from exc
+
+    def is_ready(self) -> bool:
+        """True when the server is up and model ``dit`` is loaded."""
+        try:
+            return bool(self._call(self._client().is_model_ready, self.model, **self._timeout()))
+        except ServerError:
+            return False
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until :meth:`is_ready`; :class:`ServerUnavailableError` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.is_ready():
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(
+                    f"model '{self.model}' at {self.url} not ready after {timeout_s:.0f} s",
+                    url=self.url,
+                )
+            time.sleep(0.2)
+
+    def outputs(self) -> tuple[str, ...]:
+        """The model's output names (read once from its metadata)."""
+        if self._outputs is None:
+            meta = self._call(self._client().get_model_metadata, self.model, **self._timeout())
+            if not isinstance(meta, dict):  # gRPC: a protobuf
+                meta = {"outputs": [{"name": o.name} for o in meta.outputs]}
+            self._outputs = tuple(o["name"] for o in meta["outputs"])
+        return self._outputs
+
+    # -- inference ------------------------------------------------------------------
+    def infer_raw(self, image: ImageInput, text: str, outputs: Sequence[str]) -> dict:
+        """One request (one row): ``{output name: value}`` for the outputs asked for.
+
+        Raises :class:`RequestError` when the server refused the row (Triton's error or the
+        ``ERROR`` output), and the other :class:`ServerError` types as :func:`classify`.
+        """
+        tc = self._module()
+        data = image_bytes(image)
+        inputs = [tc.InferInput(c.IMAGE, [1, 1], "BYTES"), tc.InferInput(c.TEXT, [1, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(np.array([[data]], dtype=object))
+        inputs[1].set_data_from_numpy(np.array([[str(text).encode("utf-8")]], dtype=object))
+        names = list(outputs)
+        if c.ERROR in self.outputs() and c.ERROR not in names:
+            names.append(c.ERROR)
+        if self.protocol == "http":
+            wanted = [tc.InferRequestedOutput(n, binary_data=True) for n in names]
+        else:
+            wanted = [tc.InferRequestedOutput(n) for n in names]
+        result = self._call(
+            self._client().infer, self.model, inputs, outputs=wanted, **self._timeout()
+        )
+        values = {}
+        for n in names:
+            array = result.as_numpy(n)
+            if array is None:
+                raise ServerError(f"{self.url} sent no {n} output", url=self.url)
+            value = array.reshape(-1)[0]
+            values[n] = value.decode("utf-8", "replace") if n == c.ERROR else value
+        if values.get(c.ERROR):
+            raise RequestError(
+                f"{self.url} refused the request: {values[c.ERROR]}",
+                url=self.url,
+                status="ERROR",
+                server_message=values[c.ERROR],
+            )
+        return values
+
+    def predict(self, image: ImageInput, text: str) -> MaskResult:
+        """Mask (bool, original H x W) and score for one image and one expression."""
+        values = self.infer_raw(image, text, (self.mask_output, c.SCORE))
+        raw = bytes(values[self.mask_output])
+        mask = decode_rle(raw) if self.mask_output == c.MASK_RLE else decode_png(raw)
+        return MaskResult(mask, float(values[c.SCORE]))
+
+    def predict_batch(
+        self, pairs: Sequence[tuple[ImageInput, str]], *, return_errors: bool = False
+    ) -> list[MaskResult | ServerError]:
+        """Masks for (image, expression) pairs, ``concurrency`` requests in flight.
+
+        Raises the first pair's error; with ``return_errors=True`` a failed pair's
+        :class:`ServerError` takes its place in the list instead.
+        """
+
+        def one(pair):
+            try:
+                return self.predict(*pair)
+            except ServerError as exc:
+                if return_errors:
+                    return exc
+                raise
+
+        if len(pairs) <= 1:
+            return [one(p) for p in pairs]
+        with ThreadPoolExecutor(min(self.concurrency, len(pairs))) as pool:
+            return list(pool.map(one, pairs))
+
+
+_METRIC = re.compile(r"^(nv_inference_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$")
+
+
+def read_metrics(metrics_url: str, model: str = c.MODEL_NAME, timeout_s: float = 5.0) -> dict:
+    """Triton's per-model counters from its Prometheus endpoint (summed over versions).
+
+    Keys drop the ``nv_inference_`` prefix: ``request_success``, ``request_failure``,
+    ``count`` (inferences = rows), ``exec_count`` (model executions = batches),
+    ``queue_duration_us``, ``compute_infer_duration_us``, ``request_duration_us``, ...
+    """
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:
+            text = response.read().decode("utf-8")
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServerUnavailableError(
+            f"cannot read Triton's metrics at {metrics_url} ({exc}); pass the server's "
+            "metrics URL (http://HOST:METRICS_PORT/metrics)",
+            url=metrics_url,
+        ) from None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _METRIC.match(line.strip())
+        if m and f'model="{model}"' in m.group(2):
+            key = m.group(1).removeprefix("nv_inference_")
+            out[key] = out.get(key, 0.0) + float(m.group(3))
+    return out

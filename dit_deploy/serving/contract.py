@@ -1,0 +1,153 @@
+"""The served model's contract (KServe v2) and the per-request work shared by every server.
+
+Model ``dit``; a batch dimension first on every tensor (dynamic batching):
+
+======== ======= ===== ==========================================================
+tensor   type    dims  meaning
+======== ======= ===== ==========================================================
+IMAGE    BYTES   [1]   the encoded image file (JPEG, PNG, WebP, BMP, TIFF, ...)
+TEXT     BYTES   [1]   the referring expression, UTF-8
+MASK_PNG BYTES   [1]   the mask at the ORIGINAL image size, 8-bit PNG (0 / 255)
+MASK_RLE BYTES   [1]   the same mask as COCO compressed RLE, JSON (pycocotools reads it)
+SCORE    FP32    [1]   :attr:`dit_deploy.postprocess.MaskResult.score`
+ERROR    BYTES   [1]   ``dit-deploy serve`` only: empty, or why this row failed
+======== ======= ===== ==========================================================
+
+Per-request errors. A bad row (undecodable image, empty text, too many pixels) must fail
+alone while the rest of its batch succeeds. PyTriton fails every request of a batch when its
+inference function raises, so ``dit-deploy serve`` validates each row first, runs the good
+rows, and answers a bad row with its message in ``ERROR`` (masks empty, ``SCORE`` NaN). The
+repository of ``dit-deploy triton-repo`` runs on the python backend directly, which has
+per-response errors: a bad row gets Triton's own error response (HTTP 400 /
+``INVALID_ARGUMENT``) instead. :class:`~dit_deploy.serving.client.DITClient` reads both and
+raises :class:`~dit_deploy.serving.errors.RequestError` for that row only. A wrong tensor type
+or shape is refused by Triton itself before the model sees it, for that request only.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ImageError, InputError, TextError
+from ..mask_codec import encode_png, rle_json
+from ..postprocess import MaskResult
+from ..preprocess import DEFAULT_MAX_PIXELS, load_image
+
+MODEL_NAME = "dit"
+IMAGE, TEXT = "IMAGE", "TEXT"
+MASK_PNG, MASK_RLE, SCORE, ERROR = "MASK_PNG", "MASK_RLE", "SCORE", "ERROR"
+INPUTS = (IMAGE, TEXT)
+OUTPUTS = (MASK_PNG, MASK_RLE, SCORE)
+MAX_TEXT_BYTES = 4096
+
+
+def _as_bytes(value: object, name: str, error: type[InputError]) -> bytes:
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise error(f"{name} must be BYTES; got a {type(value).__name__}")
+
+
+def decode_image(data: object, max_pixels: int, input_size: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3) from an encoded image file, exactly as ``load_image(path)`` reads it.
+
+    Raises:
+        ImageError: empty, not an image Pillow can read, truncated, or more than
+            ``max_pixels`` pixels (checked from the header, before decoding).
+    """
+    raw = _as_bytes(data, IMAGE, ImageError)
+    if not raw:
+        raise ImageError("IMAGE is empty; send the bytes of an image file (JPEG, PNG, ...)")
+    try:
+        im = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"IMAGE exceeds Pillow's decompression-bomb limit: {exc}") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
+        reason = str(exc).split(" <_io.")[0]  # Pillow names the BytesIO object: noise here
+        raise ImageError(
+            f"IMAGE ({len(raw)} bytes) is not an image file Pillow can read ({reason}); "
+            "send JPEG, PNG, WebP, BMP or TIFF bytes"
+        ) from None
+    with im:
+        return load_image(im, max_pixels=max_pixels, input_size=input_size)
+
+
+def decode_text(data: object) -> str:
+    """The expression as ``str``.
+
+    Raises:
+        TextError: not UTF-8, empty or blank, or longer than :data:`MAX_TEXT_BYTES`.
+    """
+    raw = _as_bytes(data, TEXT, TextError)
+    if len(raw) > MAX_TEXT_BYTES:
+        raise TextError(f"TEXT has {len(raw)} bytes, more than {MAX_TEXT_BYTES}; shorten it")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextError(f"TEXT is not UTF-8 ({exc}); encode the expression as UTF-8") from None
+    if not text.strip():
+        raise TextError("TEXT is empty; send a referring expression such as 'the left dog'")
+    return text
+
+
+@dataclass
+class Row:
+    """One (image, expression) pair after validation: inputs, or the reason it failed."""
+
+    image: np.ndarray | None = None
+    text: str | None = None
+    error: str = ""
+
+
+def validate_rows(
+    images: Iterable[object],
+    texts: Iterable[object],
+    input_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    check_text=None,
+) -> list[Row]:
+    """Decode every row on its own, so that one bad row cannot fail the others.
+
+    Args:
+        images, texts: the flattened IMAGE and TEXT values, one per row.
+        check_text: optional ``f(text)`` raising :class:`InputError` (e.g. the tokenizer).
+    """
+    rows = []
+    for image, text in zip(images, texts, strict=True):
+        try:
+            t = decode_text(text)
+            if check_text is not None:
+                check_text(t)
+            rows.append(Row(decode_image(image, max_pixels, input_size), t))
+        except InputError as exc:
+            rows.append(Row(error=str(exc)))
+    return rows
+
+
+def encode_outputs(result: MaskResult | None, want: Iterable[str], error: str = "") -> dict:
+    """One row's outputs: only the encodings in ``want`` are computed; the others stay empty."""
+    want = set(want)
+    ok = result is not None
+    return {
+        MASK_PNG: encode_png(result.mask) if ok and MASK_PNG in want else b"",
+        MASK_RLE: rle_json(result.mask).encode("ascii") if ok and MASK_RLE in want else b"",
+        SCORE: np.float32(result.score if ok else np.nan),
+        ERROR: error.encode("utf-8"),
+    }
+
+
+def stack_outputs(rows: Sequence[dict], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Rows of :func:`encode_outputs` -> ``{name: (n, 1) array}`` (object for BYTES)."""
+    out = {}
+    for name in names:
+        if name == SCORE:
+            out[name] = np.array([[r[name]] for r in rows], dtype=np.float32).reshape(-1, 1)
+        else:
+            out[name] = np.array([[r[name]] for r in rows], dtype=object).reshape(-1, 1)
+    return out

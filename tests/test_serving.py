@@ -1,0 +1,663 @@
+"""Serving on Triton: real servers on 127.0.0.1 (ephemeral ports, bounded time, stopped by PID).
+
+``dit-deploy serve`` (PyTriton) and the ``dit-deploy triton-repo --backend python`` repository
+under the ``tritonserver`` binary bundled in PyTriton; masks bit-equal to the in-process
+Predictor over HTTP and gRPC at fp32/fp16/int8; dynamic batching seen in Triton's counters;
+a bad request among good ones; a killed server gives typed errors and no hang; SIGTERM drains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("pytriton")
+pytest.importorskip("tritonclient.grpc")
+pytestmark = pytest.mark.skipif(
+    int(np.__version__.split(".")[0]) >= 2,
+    reason=f"PyTriton 0.7's python-backend stub needs numpy<2 (found {np.__version__}); "
+    "scripts/install.sh resolves numpy<2 with the serve extra",
+)
+
+from dit_deploy.mask_codec import decode_png, decode_rle, encode_png  # noqa: E402
+from dit_deploy.runtime import Predictor  # noqa: E402
+from dit_deploy.serving.client import DITClient, read_metrics  # noqa: E402
+from dit_deploy.serving.contract import MASK_PNG, MASK_RLE, SCORE  # noqa: E402
+from dit_deploy.serving.errors import (  # noqa: E402
+    RequestError,
+    ServerError,
+    ServerUnavailableError,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLES = Path(__file__).parents[1] / "dit_deploy" / "assets" / "samples"
+PAIRS = [
+    (SAMPLES / "chelsea.jpg", "the cat"),
+    (SAMPLES / "coffee.jpg", "the coffee cup"),
+    (SAMPLES / "chelsea.jpg", "orange cat on the left"),
+]
+MAX_PIXELS = 300_000  # the samples have 135k and 240k pixels
+START_TIMEOUT_S = 120
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Server:
+    """A server process (its own session: killpg reaches tritonserver too) and its URLs."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        log: Path,
+        ports: list[int],
+        model_ready_url: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.ports, self.log = ports, log
+        self.http, self.grpc = f"http://127.0.0.1:{ports[0]}", f"grpc://127.0.0.1:{ports[1]}"
+        self.metrics = f"http://127.0.0.1:{ports[2]}/metrics"
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=(env or dict(os.environ)) | {"PYTHONUNBUFFERED": "1"},
+        )
+        client = DITClient(model_ready_url, timeout_s=5)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not client.is_ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(40)
+        # whatever is left of the session (tritonserver, python-backend stubs)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def serve(export: Path, log_dir: Path, *extra: str) -> Server:
+    ports = _free_ports(3)
+    argv = [sys.executable, "-m", "dit_deploy.cli", "serve", str(export),
+            "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+            "--metrics-port", str(ports[2]), "--threads", "1", "--drain-s", "10",
+            "--max-pixels", str(MAX_PIXELS), "--log-file", str(log_dir / f"triton-{ports[0]}.log"),
+            *extra]  # fmt: skip
+    return Server(argv, log_dir / f"serve-{ports[0]}.log", ports, f"http://127.0.0.1:{ports[0]}")
+
+
+@pytest.fixture(scope="session")
+def export(tmp_path_factory) -> Path:
+    """The tiny fused export with its fp16 and int8 graphs (as tests/test_precision.py)."""
+    pytest.importorskip("torch")
+    from dit_deploy.exporters.onnx_export import run_export
+    from dit_deploy.model.dit_model import DITModel
+    from dit_deploy.precision.pipeline import QuantizeOptions, run_quantize
+    from dit_deploy.precision.samples import PairSource
+
+    model = DITModel.from_checkpoint(
+        FIXTURES / "authors" / "layer_wise.pth",
+        config="layer_wise_tiny",
+        vocab=FIXTURES / "tiny_vocab.txt",
+    )
+    root = tmp_path_factory.mktemp("serving")
+    out = root / "tiny"
+    run_export(model, out, layout="fused", log=lambda *_: None)
+    for precision in ("fp16", "int8"):
+        options = QuantizeOptions(
+            precision=precision,
+            calib=PairSource(None, "train", 8) if precision == "int8" else None,
+            eval=PairSource(None, "val", 4, seed=1),
+            cache_dir=root / "cache",
+            latency_runs=1,
+        )
+        run_quantize(out, options, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def servers(export, tmp_path_factory):
+    """One ``dit-deploy serve`` per precision, started together; a long queue delay on fp32
+    so that concurrent requests meet in one batch."""
+    logs = tmp_path_factory.mktemp("logs")
+    started: dict[str, Server] = {}
+    errors: list[BaseException] = []
+
+    def start(precision: str, *extra: str) -> None:
+        try:
+            started[precision] = serve(export, logs, "--precision", precision, *extra)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=start, args=("fp32", "--max-batch", "16",
+                                              "--max-queue-delay-us", "100000")),
+        threading.Thread(target=start, args=("fp16",)),
+        threading.Thread(target=start, args=("int8",)),
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        if errors:
+            raise errors[0]
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(export):
+    """The in-process Predictor's results per precision."""
+    return {
+        p: [Predictor(export, precision=p).predict(img, text) for img, text in PAIRS]
+        for p in ("fp32", "fp16", "int8")
+    }
+
+
+def _release_together(n: int, fn) -> list:
+    """``fn(i)`` in n threads released at once; results (or exceptions) in order."""
+    barrier, out = threading.Barrier(n), [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "client threads hung"
+    return out
+
+
+# -- serve: contract and parity ----------------------------------------------------------
+def test_startup_line_names_the_urls(servers):
+    server = servers["fp32"]
+    lines = [ln for ln in server.log.read_text().splitlines() if "ready:" in ln]
+    assert len(lines) == 1
+    for url in (server.http, server.grpc, server.metrics):
+        assert url in lines[0]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_masks_bit_equal_to_in_process_predictor(servers, reference, precision, protocol):
+    server = servers[precision]
+    client = DITClient(server.http if protocol == "http" else server.grpc)
+    got = client.predict_batch(PAIRS)
+    for r, ref in zip(got, reference[precision], strict=True):
+        assert r.mask.shape == ref.mask.shape and r.mask.dtype == bool
+        assert np.array_equal(r.mask, ref.mask)
+        assert r.score == pytest.approx(ref.score, abs=1e-4)  # batch-size rounding
+    # the PNG output is the same mask, at the original size
+    png = DITClient(server.http, output="png").predict(*PAIRS[1])
+    assert np.array_equal(png.mask, reference[precision][1].mask)
+
+
+def test_outputs_decode_with_pycocotools_and_only_requested_are_sent(servers, reference):
+    client = DITClient(servers["fp32"].grpc)
+    values = client.infer_raw(*PAIRS[0], (MASK_RLE,))
+    assert set(values) == {MASK_RLE, "ERROR"}
+    rle = json.loads(bytes(values[MASK_RLE]))
+    ref = reference["fp32"][0].mask
+    assert rle["size"] == list(ref.shape)
+    assert np.array_equal(decode_rle(rle), ref)
+    mask_util = pytest.importorskip("pycocotools.mask")
+    assert np.array_equal(mask_util.decode(rle).astype(bool), ref)
+    png = client.infer_raw(*PAIRS[0], (MASK_PNG, SCORE))
+    assert bytes(png[MASK_PNG]) == encode_png(ref)
+    assert np.array_equal(decode_png(bytes(png[MASK_PNG])), ref)
+
+
+def test_health_and_metrics_endpoints(servers):
+    import urllib.request
+
+    server = servers["int8"]
+    with urllib.request.urlopen(server.http + "/v2/health/ready", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(server.http + "/v2/health/live", timeout=5) as r:
+        assert r.status == 200
+    DITClient(server.http).predict(*PAIRS[0])
+    metrics = read_metrics(server.metrics)
+    assert metrics["request_success"] >= 1 and metrics["exec_count"] >= 1
+
+
+# -- batching and errors -----------------------------------------------------------------
+def test_sixteen_concurrent_requests_are_batched(servers, reference):
+    server = servers["fp32"]
+    before = read_metrics(server.metrics)
+    clients = [DITClient(server.http if i % 2 else server.grpc) for i in range(16)]
+    for c in clients:
+        c.outputs()  # connections and metadata ready before the burst
+    got = _release_together(16, lambda i: clients[i].predict(*PAIRS[i % 3]))
+    for i, r in enumerate(got):
+        assert not isinstance(r, Exception), r
+        assert np.array_equal(r.mask, reference["fp32"][i % 3].mask)
+    after = read_metrics(server.metrics)
+    requests = after["request_success"] - before["request_success"]
+    executions = after["exec_count"] - before["exec_count"]
+    assert requests == 16
+    assert executions < requests, f"{executions} executions for {requests} requests"
+
+
+def test_bad_requests_fail_alone_and_the_server_keeps_serving(servers, reference):
+    import tritonclient.http as httpclient
+
+    server = servers["fp32"]
+    bad = {
+        8: (b"definitely not an image", "the cat", "not an image file"),
+        9: (SAMPLES / "chelsea.jpg", "   ", "TEXT is empty"),
+        10: (_png(800, 800), "the cat", "max_pixels"),
+        11: (b"", "the cat", "IMAGE is empty"),
+    }
+    clients = [DITClient(server.grpc if i % 2 else server.http) for i in range(12)]
+    for c in clients:
+        c.outputs()
+
+    def call(i: int):
+        image, text = bad[i][:2] if i in bad else PAIRS[i % 3]
+        return clients[i].predict(image, text)
+
+    before = read_metrics(server.metrics)
+    got = _release_together(12, call)
+    after = read_metrics(server.metrics)
+    for i, r in enumerate(got):
+        if i in bad:
+            assert isinstance(r, RequestError), (i, r)
+            assert bad[i][2] in str(r) and r.url in str(r)
+        else:
+            assert not isinstance(r, Exception), (i, r)
+            assert np.array_equal(r.mask, reference["fp32"][i % 3].mask)
+    assert after["exec_count"] - before["exec_count"] < 12  # bad and good shared batches
+
+    # a wrong tensor type is refused by Triton itself, for that request only
+    raw = httpclient.InferenceServerClient(server.http.removeprefix("http://"))
+    image = httpclient.InferInput("IMAGE", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[(SAMPLES / "chelsea.jpg").read_bytes()]], dtype=object))
+    text = httpclient.InferInput("TEXT", [1, 1], "INT32")
+    text.set_data_from_numpy(np.array([[7]], dtype=np.int32))
+    with pytest.raises(Exception, match="TEXT") as info:
+        raw.infer("dit", [image, text])
+    from dit_deploy.serving.client import classify
+
+    assert isinstance(classify(info.value, server.http), RequestError)
+    assert np.array_equal(DITClient(server.http).predict(*PAIRS[0]).mask, reference["fp32"][0].mask)
+
+
+def test_unreachable_server_is_a_typed_error_naming_the_url():
+    port = _free_ports(1)[0]
+    for url in (f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{port}"):
+        client = DITClient(url, timeout_s=3)
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match=f"127.0.0.1:{port}"):
+            client.predict(*PAIRS[0])
+        assert time.monotonic() - start < 10
+        assert not client.is_ready()
+
+
+# -- lifecycle: kill and drain -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def disposable(export, tmp_path_factory):
+    """Two fp32 servers that the lifecycle tests end (one killed, one drained)."""
+    logs = tmp_path_factory.mktemp("lifecycle")
+    out: dict[str, Server] = {}
+
+    def start(name: str, *extra: str) -> None:
+        out[name] = serve(export, logs, *extra)
+
+    threads = [
+        threading.Thread(target=start, args=("kill",)),
+        threading.Thread(target=start, args=("drain", "--max-batch", "16",
+                                              "--max-queue-delay-us", "400000")),
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    yield out
+    for server in out.values():
+        server.stop()
+
+
+@pytest.mark.slow
+def test_server_killed_mid_load_gives_typed_errors_without_hanging(disposable):
+    server = disposable["kill"]
+    stop_at = time.monotonic() + 30
+    outcomes: list[object] = []
+    lock = threading.Lock()
+
+    def load(k: int) -> None:
+        client = DITClient(server.http if k % 2 else server.grpc, timeout_s=8)
+        while time.monotonic() < stop_at:
+            try:
+                client.predict(*PAIRS[k % 3])
+                result: object = "ok"
+            except Exception as exc:
+                result = exc
+            with lock:
+                outcomes.append(result)
+            if not isinstance(result, str):
+                return
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    for t in threads:
+        t.join(25)
+    assert not any(t.is_alive() for t in threads), "a client hung on the dead server"
+    assert time.monotonic() - killed_at < 25
+    failures = [o for o in outcomes if not isinstance(o, str)]
+    assert "ok" in outcomes and len(failures) == 4
+    for exc in failures:
+        assert isinstance(exc, ServerError), repr(exc)
+        assert "127.0.0.1" in str(exc)
+    with pytest.raises(ServerUnavailableError, match=server.http):
+        DITClient(server.http, timeout_s=3).predict(*PAIRS[0])
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_requests(disposable, reference):
+    server = disposable["drain"]
+    clients = [DITClient(server.http if i % 2 else server.grpc) for i in range(6)]
+    for c in clients:
+        c.outputs()
+    results: list = [None] * 6
+
+    def run(i: int) -> None:
+        try:
+            results[i] = clients[i].predict(*PAIRS[i % 3])
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.15)  # the requests wait in the 400 ms batching queue
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    assert server.proc.wait(60) == 0
+    for i, r in enumerate(results):
+        assert not isinstance(r, Exception), (i, r)
+        assert np.array_equal(r.mask, reference["fp32"][i % 3].mask)
+    text = server.log.read_text()
+    assert "SIGTERM: draining" in text and "dit-deploy serve: stopped" in text
+    with pytest.raises(ServerUnavailableError):
+        DITClient(server.http, timeout_s=3).predict(*PAIRS[0])
+
+
+# -- command lines -----------------------------------------------------------------------
+def test_client_verb_writes_the_mask(servers, reference, tmp_path, capsys):
+    from dit_deploy.cli import main
+
+    out, rle = tmp_path / "m" / "mask.png", tmp_path / "mask.json"
+    argv = ["client", servers["int8"].grpc, str(PAIRS[1][0]), PAIRS[1][1], "--out", str(out),
+            "--rle", str(rle), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    ref = reference["int8"][1]
+    assert (record["height"], record["width"]) == ref.mask.shape
+    assert np.array_equal(decode_png(out.read_bytes()), ref.mask)
+    assert np.array_equal(decode_rle(rle.read_text()), ref.mask)
+
+
+def test_client_verb_unreachable_is_one_line_exit_2(tmp_path, capsys):
+    from dit_deploy.cli import main
+
+    port = _free_ports(1)[0]
+    argv = ["client", f"http://127.0.0.1:{port}", str(PAIRS[0][0]), "x", "--timeout", "3",
+            "--out", str(tmp_path / "m.png")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"127.0.0.1:{port}" in err[0]
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_serve_refuses_bad_options_before_starting(export, capsys):
+    from dit_deploy.cli import main
+
+    assert main(["serve", str(export), "--precision", "fp16", "--http-port", "9000",
+                 "--grpc-port", "9000"]) == 2  # fmt: skip
+    assert "ports must differ" in capsys.readouterr().err
+    assert main(["serve", str(export.parent / "nope")]) == 2
+    assert "export directory not found" in capsys.readouterr().err
+
+
+def test_load_test_reports_latency_batching_and_errors(servers, tmp_path):
+    from dit_deploy.bench import server_load
+    from dit_deploy.bench.cli import main as bench_main
+
+    server = servers["fp16"]
+    opts = server_load.LoadOptions(
+        url=server.grpc, concurrency=[1, 4], duration_s=1.5, metrics_url=server.metrics
+    )
+    report = server_load.run_load(opts, log=lambda *_: None)
+    assert [lv["concurrency"] for lv in report["levels"]] == [1, 4]
+    for lv in report["levels"]:
+        assert lv["requests"] > 0 and lv["errors"] == 0
+        assert 0 < lv["latency_ms"]["p50"] <= lv["latency_ms"]["p99"]
+        srv = lv["server"]
+        assert srv["inferences"] >= lv["requests"]  # the server saw every request
+        assert srv["queue_ms"] >= 0 and srv["compute_ms"] > 0 and srv["avg_batch"] >= 1
+    files = server_load.write_reports(report, tmp_path)
+    assert all(f.is_file() for f in files)
+    argv = ["--server", server.http, "--metrics-url", server.metrics, "--concurrency", "2",
+            "--duration", "1", "--report-dir", str(tmp_path / "cli"), "--json"]  # fmt: skip
+    assert bench_main(argv) == 0
+    saved = json.loads((tmp_path / "cli" / "server_load.json").read_text())
+    assert saved["levels"][0]["concurrency"] == 2 and saved["levels"][0]["requests"] > 0
+
+
+# -- triton-repo -------------------------------------------------------------------------
+def _repo(export: Path, out: Path, *extra: str) -> Path:
+    from dit_deploy.cli import main
+
+    assert main(["triton-repo", str(export), str(out), *extra]) == 0
+    return out
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "python"])
+def test_every_config_parses_against_tritons_model_config(export, tmp_path, backend):
+    import shutil
+
+    from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
+
+    from dit_deploy.serving.triton_repo import parse_config
+
+    src = export
+    if backend == "tensorrt":  # the plan is copied, not run: its sidecar is what is read
+        src = tmp_path / "export"
+        shutil.copytree(export, src)
+        _fake_engine(src, "int8", max_batch=8)
+    repo = _repo(src, tmp_path / "repo", "--backend", backend, "--precision", "int8",
+                 "--max-batch", "4", "--instances", "2")  # fmt: skip
+    configs = {p.parent.name: parse_config(p.read_text()) for p in repo.glob("*/config.pbtxt")}
+    assert set(configs) == {"dit", "dit_preprocess", "dit_model", "dit_postprocess"}
+    ens = configs["dit"]
+    assert ens.platform == "ensemble" and ens.max_batch_size == 4
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == [
+        "dit_preprocess", "dit_model", "dit_postprocess"
+    ]  # fmt: skip
+    assert [i.name for i in ens.input] == ["IMAGE", "TEXT"]
+    assert [o.name for o in ens.output] == ["MASK_PNG", "MASK_RLE", "SCORE"]
+    model = configs["dit_model"]
+    assert model.instance_group[0].count == 2 and model.dynamic_batching is not None
+    expected = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+    assert (repo / "dit_model" / "1" / expected[backend]).is_file()
+    if backend == "onnxruntime":
+        assert model.platform == "onnxruntime_onnx"
+        assert (repo / "dit_model/1/model.onnx").read_bytes() == (
+            export / "dit_fused.int8.onnx"
+        ).read_bytes()
+        assert [i.name for i in model.input] == ["input_ids", "attention_mask", "image"]
+    for name in ("dit_preprocess", "dit_postprocess"):
+        assert configs[name].backend == "python"
+        assert configs[name].instance_group[0].kind == ModelInstanceGroup.KIND_CPU
+
+
+def _fake_engine(export: Path, precision: str, max_batch: int, sha256: str | None = None) -> None:
+    """A plan file (bytes, never run here) and the sidecar export/to_trt.py writes beside it."""
+    from dit_deploy.runtime import read_manifest
+    from dit_deploy.runtime.engine_sidecar import EngineSidecar, engine_file, write_sidecar
+
+    spec = read_manifest(export).graph("dit_fused", precision)
+    engine = export / engine_file(spec.file)
+    engine.write_bytes(b"a TensorRT plan")
+    write_sidecar(
+        engine,
+        EngineSidecar(
+            engine_file=engine.name,
+            source_onnx=spec.file,
+            source_sha256=sha256 or spec.sha256,
+            role="dit_fused",
+            precision=precision,
+            tensorrt_version="10.13.3.9",
+            gpu_name="NVIDIA L4",
+            compute_capability="8.9",
+            profile={"min_batch": 1, "opt_batch": 4, "max_batch": max_batch, "shapes": {}},
+            inputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.inputs],
+            outputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.outputs],
+        ),
+    )
+
+
+def test_triton_repo_refuses_what_it_cannot_write(export, tmp_path, capsys):
+    import shutil
+
+    from dit_deploy.cli import main
+
+    assert main(["triton-repo", str(export), str(tmp_path / "r"), "--backend", "tensorrt"]) == 2
+    assert "no TensorRT engine" in capsys.readouterr().err
+    src = tmp_path / "export"
+    shutil.copytree(export, src)
+    _fake_engine(src, "fp32", max_batch=4)
+    argv = ["triton-repo", str(src), str(tmp_path / "r"), "--backend", "tensorrt"]
+    assert main([*argv, "--max-batch", "8"]) == 2
+    assert "admits batches up to 4" in capsys.readouterr().err
+    _fake_engine(src, "fp32", max_batch=8, sha256="cd" * 32)
+    assert main(argv) == 2
+    assert "was built from another dit_fused.onnx" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+    (tmp_path / "r").mkdir()
+    assert main(["triton-repo", str(export), str(tmp_path / "r")]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_repository_runs_in_the_bundled_tritonserver(export, reference, tmp_path):
+    from dit_deploy.serving.triton_repo import bundled_tritonserver
+
+    repo = _repo(export, tmp_path / "repo", "--backend", "python", "--kind", "cpu",
+                 "--precision", "int8", "--max-queue-delay-us", "100000")  # fmt: skip
+    argv, env = bundled_tritonserver(tmp_path / "bin")
+    ports = _free_ports(3)
+    names = ("http", "grpc", "metrics")
+    argv += [f"--model-repository={repo}", "--exit-timeout-secs=5",
+             *(f"--{k}-address=127.0.0.1" for k in names),
+             *(f"--{k}-port={v}" for k, v in zip(names, ports, strict=True))]  # fmt: skip
+    server = Server(
+        argv, tmp_path / "tritonserver.log", ports, f"http://127.0.0.1:{ports[0]}", env=env
+    )
+    try:
+        for url in (server.http, server.grpc):
+            got = DITClient(url).predict_batch(PAIRS)
+            for r, ref in zip(got, reference["int8"], strict=True):
+                assert np.array_equal(r.mask, ref.mask)
+                assert r.score == pytest.approx(ref.score, abs=1e-4)  # batch-size rounding
+        clients = [DITClient(server.grpc if i % 2 else server.http) for i in range(8)]
+        for c in clients:
+            c.outputs()
+        before = read_metrics(server.metrics)
+        got = _release_together(
+            8, lambda i: clients[i].predict(b"junk" if i == 5 else PAIRS[i % 3][0], "the cat")
+        )
+        after = read_metrics(server.metrics)
+        assert isinstance(got[5], RequestError) and "not an image file" in str(got[5])
+        assert got[5].status in ("400", "StatusCode.INVALID_ARGUMENT")
+        assert all(not isinstance(r, Exception) for i, r in enumerate(got) if i != 5)
+        assert after["request_success"] - before["request_success"] == 7
+        assert after["exec_count"] - before["exec_count"] < 8  # the ensemble batched them
+    finally:
+        server.stop()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, backend):
+    """Needs a full tritonserver (the NGC container's /opt/tritonserver, or $TRITONSERVER) with
+    the onnxruntime and tensorrt backends, on a GPU machine; the plan is built here first."""
+    import shutil
+
+    binary = Path(os.environ.get("TRITONSERVER", "/opt/tritonserver/bin/tritonserver"))
+    if not (binary.parent.parent / "backends" / backend).is_dir():
+        pytest.skip(f"no full tritonserver with the {backend} backend at {binary}")
+    src = export
+    if backend == "tensorrt":
+        from dit_deploy.precision.trt_cli import main as trt_main
+
+        src = tmp_path / "export"
+        shutil.copytree(export, src)
+        assert trt_main([str(src), "--precision", "fp16", "--layout", "fused"]) == 0
+    precision = "fp16" if backend == "tensorrt" else "fp32"
+    repo = _repo(src, tmp_path / "repo", "--backend", backend, "--precision", precision)
+    ports = _free_ports(3)
+    server = Server(
+        [str(binary), f"--model-repository={repo}", f"--http-port={ports[0]}",
+         f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}", "--exit-timeout-secs=5"],
+        tmp_path / "tritonserver.log", ports, f"http://127.0.0.1:{ports[0]}",
+    )  # fmt: skip
+    try:
+        for url in (server.http, server.grpc):
+            got = DITClient(url).predict_batch(PAIRS)
+            for r, ref in zip(got, reference[precision], strict=True):
+                agree = (r.mask == ref.mask).mean()  # another runtime build, on the GPU
+                assert agree > 0.99, agree
+        with pytest.raises(RequestError, match="not an image file"):
+            DITClient(server.http).predict(b"junk", "the cat")
+    finally:
+        server.stop()
