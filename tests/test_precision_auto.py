@@ -252,13 +252,18 @@ def test_plan_is_written_beside_the_graphs_and_referenced_by_the_manifest(int8_a
     entry = data["precisions"]["int8"]
     assert entry["calibration"]["sha256"] and entry["search"]["sha256"]
     assert entry["calibration"]["sha256"] != entry["search"]["sha256"]
-    assert entry["gates"] == {"min_mask_iou": 0.985, "max_miou_drop_points": 1.0}
+    assert entry["gates"] == {
+        "min_mask_iou": 0.985,
+        "max_miou_drop_points": 1.0,
+        "search_min_mask_iou": pytest.approx(1 - 0.015 * 0.75),  # the search's margin
+        "search_max_miou_drop_points": pytest.approx(0.75),
+    }
     assert entry["roles"]["mask_decoder"]["source_graph_sha256"] == (
         manifest.graphs["mask_decoder"].sha256
     )
-    assert entry["rounds"] and entry["rounds"][-1]["kept"] >= len(
-        result.plan.roles["mask_decoder"].kept
-    )
+    kept = len(result.plan.roles["mask_decoder"].kept)
+    assert any(r["ok"] and r["kept"] == kept for r in entry["rounds"])  # the plan's round
+    assert {r["step"] for r in entry["rounds"]} >= {"prefix"}
     assert not list(out.glob(".*tmp*")) and not list(out.glob(".quantize*"))
 
 

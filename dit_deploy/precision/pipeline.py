@@ -92,6 +92,7 @@ class QuantizeOptions:
     plan: Path | None = None  # reuse a precision_plan.json instead of searching
     search: PairSource | None = None  # the pairs the search gates on (default: see below)
     rank: str = "error_per_flop"  # INT8 --auto: the order nodes leave INT8 (auto.rank_nodes)
+    search_margin: float = 0.25  # --auto gates on this much less loss than allowed
 
     def resolved_floor(self) -> Floor:
         if self.floor is not None:
@@ -400,6 +401,7 @@ def _search(
         scratch(tmp),
         opts.threads,
         opts.eval_batch,
+        margin=opts.search_margin,
     )
     hashes = _source_hashes(export_dir, manifest, roles)
     shares: dict[str, tuple[float, float, int]] = {}
@@ -434,6 +436,8 @@ def _search(
         gates={
             "min_mask_iou": floor.min_mask_iou,
             "max_miou_drop_points": floor.max_miou_drop_points,
+            "search_min_mask_iou": ctx.search_floor.min_mask_iou,
+            "search_max_miou_drop_points": ctx.search_floor.max_miou_drop_points,
         },
         roles={
             role: RolePlan(hashes[role], kept[role], *shares.get(role, (None, None, None)))

@@ -36,7 +36,12 @@ _ENTRY = {
     "method": str,
     "calibration": {"pairs": str, "sha256": str},
     "search": {"pairs": str, "sha256": str},
-    "gates": {"min_mask_iou": NUMBER, "max_miou_drop_points": NUMBER},
+    "gates": {
+        "min_mask_iou": NUMBER,
+        "max_miou_drop_points": NUMBER,
+        "search_min_mask_iou?": NUMBER,
+        "search_max_miou_drop_points?": NUMBER,
+    },
     "roles": MapOf(_ROLE),
     "rounds": [dict],
     "int8_flop_share?": NUMBER,
