@@ -126,6 +126,48 @@ def test_fp16_overflow_breaks_plain_conversion_and_auto_repairs_it(overflowing, 
     assert "overflow/scale_up [Mul]: FP16 range" in text
 
 
+def test_fp16_error_rounds_keep_the_nodes_adding_the_most_error(tiny_export, tmp_path):
+    """Gates no FP16 graph can meet: the search keeps adding the nodes that add the most
+    relative error, a few per round, each with its measured error, then reports the miss."""
+    out = copy_export(tiny_export, tmp_path / "e")
+    impossible = Floor(min_mask_iou=1.0, max_miou_drop=0.0)
+    keep = ("text_encoder", "dit_encoder", "dit_fused")
+    opts = _options("fp16", tmp_path / "c", auto=True, keep_fp32=keep, floor=impossible)
+    opts.search_rounds = 3
+    with pytest.raises(QuantizeFailed) as info:
+        run_quantize(out, opts, log=_quiet)
+    plan = info.value.result.plan
+    kept = plan.roles["mask_decoder"].kept
+    by_error = [k for k in kept if k.reason.startswith("FP16 error")]
+    assert len(by_error) >= 3 * 4 and all(k.error > 0 for k in by_error)  # 4 a round
+    assert len(plan.rounds) == 4 and [r["kept"] for r in plan.rounds] == sorted(
+        r["kept"] for r in plan.rounds
+    )
+    assert not (tmp_path / "e" / PLAN_FILE).exists()  # nothing written below the gates
+
+
+def test_relative_errors_and_fp16_drift_on_a_two_node_graph():
+    from dit_deploy.precision.auto import fp16_drift
+    from dit_deploy.precision.tensor_stats import relative_errors
+
+    def graph(scale: float):
+        nodes = [
+            helper.make_node("Relu", ["x"], ["a"], "first"),
+            helper.make_node("Mul", ["a", "s"], ["y"], "second"),
+        ]
+        s = numpy_helper.from_array(np.array(scale, np.float32), "s")
+        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+        model = helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], [s]))
+        model.opset_import[0].version = 17
+        return model
+
+    feeds = [{"x": np.array([1.0, -1.0, 2.0, 3.0], np.float32)}]
+    errors = relative_errors(graph(2.0), graph(2.2), feeds, ["a", "y"])
+    assert errors["a"] == 0.0 and errors["y"] == pytest.approx(0.1, rel=1e-5)
+    drift = fp16_drift(errors, graph(2.0))
+    assert drift["first"] == 0.0 and drift["second"] == pytest.approx(0.1, rel=1e-5)
+
+
 def test_fill_gaps_joins_islands_one_node_apart():
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], "n0"),

@@ -40,7 +40,7 @@ from .chain import PairInputs, chains
 from .fp16 import convert_fp16
 from .plan import KeptNode
 from .samples import PairSource
-from .tensor_stats import FP16_MAX, observe
+from .tensor_stats import FP16_MAX, observe, relative_errors
 from .verify import Floor, LayoutReport, compare_layout
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -151,29 +151,14 @@ def overflow_nodes(model, stats) -> dict[str, str]:
     return reasons
 
 
-def fp16_drift(fp32_values, fp16_values, model) -> dict[str, float]:
-    """Node name -> the relative error it adds in FP16: its output's relative error (vs the
-    FP32 graph, pooled over the inputs) minus the largest of its float inputs'."""
-
-    def rel(name: str) -> float:
-        num = den = 0.0
-        for ref, new in zip(fp32_values, fp16_values, strict=True):
-            if name not in ref or name not in new:
-                return 0.0
-            a, b = ref[name].astype(np.float64), new[name].astype(np.float64)
-            if a.shape != b.shape:
-                return 0.0
-            if not np.isfinite(b).all():
-                return float("inf")
-            num += float(np.abs(a - b).sum())
-            den += float(np.abs(a).sum())
-        return num / den if den else 0.0
-
-    errors: dict[str, float] = {}
+def fp16_drift(errors: Mapping[str, float], model) -> dict[str, float]:
+    """Node name -> the relative error it adds in FP16: its output's relative error against
+    the FP32 graph (``errors``, from :func:`.tensor_stats.relative_errors`) minus the
+    largest of its inputs'."""
     gains: dict[str, float] = {}
     for node in model.graph.node:
-        out = max((errors.setdefault(o, rel(o)) for o in node.output if o), default=0.0)
-        ins = max((errors.setdefault(i, rel(i)) for i in node.input if i), default=0.0)
+        out = max((errors.get(o, 0.0) for o in node.output if o), default=0.0)
+        ins = max((errors.get(i, 0.0) for i in node.input if i), default=0.0)
         gains[node.name] = out - ins if np.isfinite(out) else float("inf")
     return gains
 
@@ -212,7 +197,7 @@ def search_fp16(
     kept: dict[str, dict[str, KeptNode]] = {}
     for role, model in models.items():
         feeds = ctx.role_feeds(role, ctx.calib, len(ctx.calib))
-        stats, _ = observe(model, feeds, threads=ctx.threads)
+        stats = observe(model, feeds, threads=ctx.threads)
         reasons = overflow_nodes(model, stats)
         types = {n.name: n.op_type for n in model.graph.node}
         kept[role] = {
@@ -222,7 +207,7 @@ def search_fp16(
             log(f"{role}: {len(reasons)} node(s) outside the FP16 range: {sorted(reasons)}")
     rounds: list[dict[str, object]] = []
     layouts = ctx.layouts()
-    drift_feeds = {role: ctx.role_feeds(role, ctx.search, drift_pairs) for role in ctx.roles}
+    drift_feeds: dict[str, list[dict]] = {}
     for index in range(ctx.max_rounds + 1):
         files = dict(ctx.sources)
         converted = {}
@@ -243,12 +228,13 @@ def search_fp16(
             break
         candidates = []
         for role, model in models.items():
+            if role not in drift_feeds:
+                drift_feeds[role] = ctx.role_feeds(role, ctx.search, drift_pairs)
             names = [o for n in model.graph.node for o in n.output]
-            _, ref = observe(model, drift_feeds[role], names, keep=True, threads=ctx.threads)
-            _, new = observe(
-                converted[role], drift_feeds[role], names, keep=True, threads=ctx.threads
+            errors = relative_errors(
+                model, converted[role], drift_feeds[role], names, threads=ctx.threads
             )
-            for name, gain in fp16_drift(ref, new, model).items():
+            for name, gain in fp16_drift(errors, model).items():
                 if name not in kept[role] and gain > 0:
                     candidates.append((gain, role, name))
         if not candidates:
@@ -315,7 +301,7 @@ def compute_flops(model, feeds: Mapping[str, np.ndarray], threads: int | None = 
     """Node name -> multiply-add FLOPs (x2) of every MatMul/Gemm/Conv for one input."""
     nodes = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
     names = sorted({x for n in nodes for x in [*n.input[:2], n.output[0]]})
-    stats, _ = observe(model, [feeds], names, threads=threads)
+    stats = observe(model, [feeds], names, threads=threads)
     shapes = {k: s.shape for k, s in stats.items()}
     shapes.update({t.name: tuple(t.dims) for t in model.graph.initializer})
     shapes.update({k: tuple(v.shape) for k, v in feeds.items()})

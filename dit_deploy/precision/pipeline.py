@@ -93,6 +93,7 @@ class QuantizeOptions:
     search: PairSource | None = None  # the pairs the search gates on (default: see below)
     rank: str = "error_per_flop"  # INT8 --auto: the order nodes leave INT8 (auto.rank_nodes)
     search_margin: float = 0.25  # --auto gates on this much less loss than allowed
+    search_rounds: int = 12  # FP16 --auto: rounds of adding the nodes adding the most error
 
     def resolved_floor(self) -> Floor:
         if self.floor is not None:
@@ -401,6 +402,7 @@ def _search(
         scratch(tmp),
         opts.threads,
         opts.eval_batch,
+        max_rounds=opts.search_rounds,
         margin=opts.search_margin,
     )
     hashes = _source_hashes(export_dir, manifest, roles)

@@ -2,9 +2,9 @@
 
 The graph is run in ONNX Runtime (CPU) with its intermediate tensors made graph outputs, a
 group at a time so that only one group of activations is alive at once (ViT-B activations
-are tens of MB each). Used by the FP16 repair (which tensors leave the FP16 range, and how
-far the FP16 graph drifts from FP32 at each tensor) and by the INT8 search (the activation
-shapes that give each MatMul/Conv its FLOPs).
+are tens of MB each). Used by the FP16 repair (which tensors leave the FP16 range; how far
+the FP16 graph drifts from FP32 at each tensor, :func:`relative_errors`) and by the INT8
+search (the activation shapes that give each MatMul/Conv its FLOPs).
 """
 
 from __future__ import annotations
@@ -66,23 +66,17 @@ def observe(
     names: Sequence[str] | None = None,
     group: int = 256,
     threads: int | None = None,
-    keep: bool = False,
-) -> tuple[dict[str, TensorStat], list[dict[str, np.ndarray]]]:
-    """Observe ``names`` (default: every float tensor) of ``model`` over ``feeds``.
-
-    Returns the per-tensor stats and, with ``keep``, the values themselves per feed (only
-    for small graphs: the FP16 drift comparison keeps them).
-    """
+) -> dict[str, TensorStat]:
+    """Observe ``names`` (default: every float tensor) of ``model`` over ``feeds``."""
     feeds = list(feeds)
     types = float_tensors(model)
     names = [n for n in (names if names is not None else types) if n in types]
     stats: dict[str, TensorStat] = {}
-    kept: list[dict[str, np.ndarray]] = [{} for _ in feeds]
     inputs = {i.name for i in model.graph.input}
     for start in range(0, len(names), group):
         chunk = names[start : start + group]
         session = _session(model, chunk, types, threads)
-        for index, feed in enumerate(feeds):
+        for feed in feeds:
             values = session.run(chunk, {k: v for k, v in feed.items() if k in inputs})
             for name, value in zip(chunk, values, strict=True):
                 value = np.asarray(value)
@@ -95,7 +89,49 @@ def observe(
                     stats[name] = TensorStat(peak, tuple(value.shape))
                 else:
                     stat.max_abs = max(stat.max_abs, peak)
-                if keep:
-                    kept[index][name] = value.astype(np.float32)
         del session
-    return stats, kept
+    return stats
+
+
+def relative_errors(
+    reference,
+    candidate,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    names: Sequence[str],
+    group: int = 128,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Name -> sum |candidate - reference| / sum |reference| over ``feeds`` for each tensor
+    of ``names`` both graphs compute (inf where the candidate is not finite).
+
+    Both graphs run a group of tensors at a time and only the sums are kept, so memory is
+    one group's activations per graph, whatever the number of feeds.
+    """
+    feeds = list(feeds)
+    ref_types, new_types = float_tensors(reference), float_tensors(candidate)
+    names = [n for n in names if n in ref_types and n in new_types]
+    inputs_ref = {i.name for i in reference.graph.input}
+    inputs_new = {i.name for i in candidate.graph.input}
+    errors: dict[str, float] = {}
+    for start in range(0, len(names), group):
+        chunk = names[start : start + group]
+        ref_session = _session(reference, chunk, ref_types, threads)
+        new_session = _session(candidate, chunk, new_types, threads)
+        num = dict.fromkeys(chunk, 0.0)
+        den = dict.fromkeys(chunk, 0.0)
+        for feed in feeds:
+            ref = ref_session.run(chunk, {k: v for k, v in feed.items() if k in inputs_ref})
+            new = new_session.run(chunk, {k: v for k, v in feed.items() if k in inputs_new})
+            for name, a, b in zip(chunk, ref, new, strict=True):
+                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+                if a.shape != b.shape:
+                    num[name] = float("nan")
+                    continue
+                num[name] += float(np.abs(a - b).sum()) if np.isfinite(b).all() else np.inf
+                den[name] += float(np.abs(a).sum())
+        for name in chunk:
+            if np.isnan(num[name]):
+                continue
+            errors[name] = num[name] / den[name] if den[name] else 0.0
+        del ref_session, new_session
+    return errors
