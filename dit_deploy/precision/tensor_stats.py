@@ -64,7 +64,7 @@ def observe(
     model,
     feeds: Iterable[Mapping[str, np.ndarray]],
     names: Sequence[str] | None = None,
-    group: int = 256,
+    group: int = 64,
     threads: int | None = None,
 ) -> dict[str, TensorStat]:
     """Observe ``names`` (default: every float tensor) of ``model`` over ``feeds``."""
