@@ -390,3 +390,15 @@ def test_gates_are_in_stated_units(tmp_path):
     assert "pooled mask IoU vs the FP32 masks, fraction in [0, 1]" in text
     assert "mask IoU >= 0.99, mIoU drop <= 0.2 points" in text
     assert Floor(0.99, 0.002).to_dict()["max_miou_drop_points"] == pytest.approx(0.2)
+
+
+def test_logit_error_gate_is_relative_and_optional(tmp_path):
+    from dit_deploy.precision.verify import LayoutReport
+
+    report = LayoutReport("split", 4, 0.013, 0.002, 0.26, 1.0, 1.0, 0.02, 0.02, 0.02, 0.02)
+    assert report.check(Floor(0.99, 0.002)).ok  # masks unchanged: the mask gates pass
+    failed = report.check(Floor(0.99, 0.002, max_logit_error=0.01))
+    assert not failed.ok and "max logit error 5.00% of the FP32 range > 1.00%" in failed.failures[0]
+    assert report.check(Floor(0.99, 0.002, max_logit_error=0.06)).ok
+    args = _parse([str(tmp_path), "--precision", "int8", "--auto", "--max-logit-error", "0.01"])
+    assert quantize_cli._options(args).floor == Floor(0.99, 0.002, 0.01)

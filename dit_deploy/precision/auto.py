@@ -72,7 +72,12 @@ class SearchContext:
     @property
     def search_floor(self) -> Floor:
         keep = 1.0 - self.margin
-        return Floor(1.0 - (1.0 - self.floor.min_mask_iou) * keep, self.floor.max_miou_drop * keep)
+        limit = self.floor.max_logit_error
+        return Floor(
+            1.0 - (1.0 - self.floor.min_mask_iou) * keep,
+            self.floor.max_miou_drop * keep,
+            None if limit is None else limit * keep,
+        )
 
     def gates(self, files: Mapping[str, Path], layouts: Sequence[str]) -> list[LayoutReport]:
         """The gates on the search pairs for ``files`` (role -> graph), per layout."""

@@ -166,6 +166,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: --auto 0.2; else fp16 1.0, int8 3.0, bf16 0.5)",
     )
     ver.add_argument(
+        "--max-logit-error",
+        type=fraction,
+        metavar="FRACTION",
+        help="gate (optional): max |logit error| as a fraction of the FP32 logits' largest "
+        "magnitude, 0.01 = 1%%; for random-weight models whose masks show nothing",
+    )
+    ver.add_argument(
         "--latency-runs",
         type=int,
         default=10,
@@ -216,7 +223,12 @@ def format_table(result) -> str:
     )
     rows = [
         f"{result.precision} vs fp32 (gates: mask IoU vs fp32 >= {result.floor.min_mask_iou}, "
-        f"mIoU drop <= {result.floor.max_miou_drop_points:.2f} points)",
+        f"mIoU drop <= {result.floor.max_miou_drop_points:.2f} points"
+        + (
+            f", max logit error <= {result.floor.max_logit_error:.2%} of the FP32 range)"
+            if result.floor.max_logit_error is not None
+            else ")"
+        ),
         head,
     ]
     for r in result.layouts:
@@ -263,6 +275,7 @@ def _options(args: argparse.Namespace):
     floor = Floor.from_points(
         args.min_mask_iou if args.min_mask_iou is not None else default.min_mask_iou,
         args.max_miou_drop if args.max_miou_drop is not None else default.max_miou_drop_points,
+        args.max_logit_error,
     )
     evaluation = PairSource(eval_data, args.eval_split, args.eval_size, seed=1)
     return QuantizeOptions(

@@ -440,6 +440,11 @@ def _search(
             "max_miou_drop_points": floor.max_miou_drop_points,
             "search_min_mask_iou": ctx.search_floor.min_mask_iou,
             "search_max_miou_drop_points": ctx.search_floor.max_miou_drop_points,
+            **(
+                {"max_logit_error": floor.max_logit_error}
+                if floor.max_logit_error is not None
+                else {}
+            ),
         },
         roles={
             role: RolePlan(hashes[role], kept[role], *shares.get(role, (None, None, None)))

@@ -41,6 +41,7 @@ _ENTRY = {
         "max_miou_drop_points": NUMBER,
         "search_min_mask_iou?": NUMBER,
         "search_max_miou_drop_points?": NUMBER,
+        "max_logit_error?": NUMBER,
     },
     "roles": MapOf(_ROLE),
     "rounds": [dict],
