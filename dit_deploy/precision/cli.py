@@ -23,16 +23,18 @@ EPILOG = """examples:
       --exclude /mask_decoder/output_upscaling/MatMul --json report.json
   dit-deploy quantize exports/tiny --precision fp16 --auto
   dit-deploy quantize exports/tiny --precision int8 --auto --max-miou-drop 0.5
-  dit-deploy quantize exports/other --precision int8 --plan exports/tiny/precision_plan.json
+  dit-deploy quantize exports/tiny --precision int8 --plan reviewed_plan.json  # no search
 
 Gates (units): --min-mask-iou is the pooled IoU (sum I / sum U over the held-out pairs) of the
 new masks against the FP32 masks, a fraction in [0, 1]; --max-miou-drop is the allowed fall
-of mIoU against the ground truth in POINTS (0.2 = 0.2 mIoU points, i.e. 60.0 -> 59.8).
+of mIoU against the ground truth in POINTS (0.2 = 0.2 mIoU points, i.e. 60.0 -> 59.8);
+--max-logit-error (optional) is max |logit error| / max |FP32 logit|, a fraction.
 --auto searches which nodes to keep at higher precision (FP16: FP32 islands where a tensor
 leaves the FP16 range or adds the most error; INT8: the nodes whose Q/DQ costs the most
 accuracy) until the gates pass on search pairs (held out, not the verification pairs), and
 writes the result as precision_plan.json beside the graphs (listed in manifest.json);
---plan reuses such a file without searching.
+--plan reuses such a file without searching (on the same FP32 graphs: their sha256 is
+checked).
 
 Nothing is written unless every layout keeps the accuracy floor; then the graphs land in
 EXPORT_DIR as <role>.<precision>.onnx and manifest.json lists them under "precisions".
