@@ -402,3 +402,12 @@ def test_logit_error_gate_is_relative_and_optional(tmp_path):
     assert report.check(Floor(0.99, 0.002, max_logit_error=0.06)).ok
     args = _parse([str(tmp_path), "--precision", "int8", "--auto", "--max-logit-error", "0.01"])
     assert quantize_cli._options(args).floor == Floor(0.99, 0.002, 0.01)
+
+
+def test_a_role_with_every_node_kept_stays_fp32():
+    from dit_deploy.precision.plan import KeptNode, RolePlan
+
+    kept = [KeptNode(f"n{i}", "MatMul", "INT8 sensitivity", 0.1) for i in range(3)]
+    assert RolePlan("sha", kept, 0.0, 10.0, quantizable=3).all_kept
+    assert not RolePlan("sha", kept[:2], 4.0, 10.0, quantizable=3).all_kept
+    assert not RolePlan("sha", kept).all_kept  # FP16 plans: no quantizable count
