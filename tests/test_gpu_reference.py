@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_training import tiny_bert, tiny_config, tiny_data  # noqa: E402,F401  (fixtures)
+from test_training import tiny_bert_fixture, tiny_config, tiny_data_fixture  # noqa: E402,F401
 
 SAMPLES = Path(__file__).resolve().parents[1] / "dit_deploy" / "assets" / "samples"
 

@@ -452,7 +452,7 @@ def test_client_verb_unreachable_is_one_line_exit_2(tmp_path, capsys):
     port = _free_ports(1)[0]
     argv = ["client", f"http://127.0.0.1:{port}", str(PAIRS[0][0]), "x", "--timeout", "3",
             "--out", str(tmp_path / "m.png")]  # fmt: skip
-    assert main(argv) == 2
+    assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"127.0.0.1:{port}" in err[0]
     assert not (tmp_path / "m.png").exists()
@@ -462,9 +462,9 @@ def test_serve_refuses_bad_options_before_starting(export, capsys):
     from dit_deploy.cli import main
 
     assert main(["serve", str(export), "--precision", "fp16", "--http-port", "9000",
-                 "--grpc-port", "9000"]) == 2  # fmt: skip
+                 "--grpc-port", "9000"]) == 1  # fmt: skip
     assert "ports must differ" in capsys.readouterr().err
-    assert main(["serve", str(export.parent / "nope")]) == 2
+    assert main(["serve", str(export.parent / "nope")]) == 1
     assert "export directory not found" in capsys.readouterr().err
 
 
@@ -571,20 +571,20 @@ def test_triton_repo_refuses_what_it_cannot_write(export, tmp_path, capsys):
 
     from dit_deploy.cli import main
 
-    assert main(["triton-repo", str(export), str(tmp_path / "r"), "--backend", "tensorrt"]) == 2
+    assert main(["triton-repo", str(export), str(tmp_path / "r"), "--backend", "tensorrt"]) == 1
     assert "no TensorRT engine" in capsys.readouterr().err
     src = tmp_path / "export"
     shutil.copytree(export, src)
     _fake_engine(src, "fp32", max_batch=4)
     argv = ["triton-repo", str(src), str(tmp_path / "r"), "--backend", "tensorrt"]
-    assert main([*argv, "--max-batch", "8"]) == 2
+    assert main([*argv, "--max-batch", "8"]) == 1
     assert "admits batches up to 4" in capsys.readouterr().err
     _fake_engine(src, "fp32", max_batch=8, sha256="cd" * 32)
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert "was built from another dit_fused.onnx" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing half-written
     (tmp_path / "r").mkdir()
-    assert main(["triton-repo", str(export), str(tmp_path / "r")]) == 2
+    assert main(["triton-repo", str(export), str(tmp_path / "r")]) == 1
     assert "--force" in capsys.readouterr().err
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +70,13 @@ def read_torch_file(path: str | Path) -> Mapping[str, object]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's weights-only unpickler refused an object
+    except pickle.UnpicklingError:
+        if not _pickled_code(path):  # nothing that would run: a broken or foreign file
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it is not a PyTorch checkpoint, or it is "
+                "truncated; re-download or re-save it."
+            ) from None
+        # torch's weights-only unpickler met a Python object that loading would execute
         raise CheckpointError(
             f"{path} holds executable code (pickled Python objects beyond tensors) and will "
             "not be loaded. A safe checkpoint holds only tensors and plain containers: in a "
@@ -80,6 +88,33 @@ def read_torch_file(path: str | Path) -> Mapping[str, object]:
             f"cannot read checkpoint {path}: {_first_line(exc)}. It is not a PyTorch "
             "checkpoint, or it is truncated; re-download or re-save it."
         ) from None
+
+
+# what a tensor checkpoint legitimately names in its pickle
+_SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "numpy.")
+
+
+def _pickled_code(path: Path) -> list[str]:
+    """The callables a checkpoint's pickle would import and call on load (read with
+    ``pickletools``, which executes nothing); [] when there are none or it is not a pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(str(arg))
+            elif op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile, OSError):
+        return []
+    return [g for g in found if not g.startswith(_SAFE_GLOBALS)]
 
 
 def _first_line(exc: BaseException) -> str:
