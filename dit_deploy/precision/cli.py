@@ -21,6 +21,20 @@ EPILOG = """examples:
   dit-deploy quantize exports/refcoco_vit_b --precision bf16   # OpenVINO, BF16 CPUs
   dit-deploy quantize exports/tiny --precision int8 --calib-data data/synthetic \\
       --exclude /mask_decoder/output_upscaling/MatMul --json report.json
+  dit-deploy quantize exports/tiny --precision fp16 --auto
+  dit-deploy quantize exports/tiny --precision int8 --auto --max-miou-drop 0.5
+  dit-deploy quantize exports/tiny --precision int8 --plan reviewed_plan.json  # no search
+
+Gates (units): --min-mask-iou is the pooled IoU (sum I / sum U over the held-out pairs) of the
+new masks against the FP32 masks, a fraction in [0, 1]; --max-miou-drop is the allowed fall
+of mIoU against the ground truth in POINTS (0.2 = 0.2 mIoU points, i.e. 60.0 -> 59.8);
+--max-logit-error (optional) is max |logit error| / max |FP32 logit|, a fraction.
+--auto searches which nodes to keep at higher precision (FP16: FP32 islands where a tensor
+leaves the FP16 range or adds the most error; INT8: the nodes whose Q/DQ costs the most
+accuracy) until the gates pass on search pairs (held out, not the verification pairs), and
+writes the result as precision_plan.json beside the graphs (listed in manifest.json);
+--plan reuses such a file without searching (on the same FP32 graphs: their sha256 is
+checked).
 
 Nothing is written unless every layout keeps the accuracy floor; then the graphs land in
 EXPORT_DIR as <role>.<precision>.onnx and manifest.json lists them under "precisions".
@@ -61,6 +75,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="bf16: the FP32 graphs run in BF16 by OpenVINO (CPUs with AVX512-BF16/AMX); "
         "verified the same way, recorded in the manifest, no new graph file",
     )
+    auto = p.add_mutually_exclusive_group()
+    auto.add_argument(
+        "--auto",
+        action="store_true",
+        help="search the nodes to keep at higher precision until the gates pass "
+        "(gate defaults: mask IoU >= 0.99, mIoU drop <= 0.2 points); writes precision_plan.json",
+    )
+    auto.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="reuse the nodes of a precision_plan.json written by --auto (no search)",
+    )
+    p.add_argument(
+        "--search-size",
+        type=positive_int,
+        default=32,
+        help="--auto: held-out pairs the search gates on (val split, another seed than "
+        "--eval-data's pairs) (default: %(default)s)",
+    )
     p.add_argument(
         "--keep-fp32",
         nargs="*",
@@ -68,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ROLE",
         help="graphs left FP32, e.g. text_encoder (default: convert every graph)",
     )
-    cal = p.add_argument_group("INT8 calibration")
+    cal = p.add_argument_group("calibration (INT8 ranges; FP16 --auto tensor ranges)")
     cal.add_argument("--calib-data", type=Path, help="dataset root (refer/preprocessed layout)")
     cal.add_argument("--calib-split", default="train", help="(default: %(default)s)")
     cal.add_argument(
@@ -123,12 +157,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ver.add_argument(
         "--min-mask-iou",
         type=fraction,
-        help="floor: mask IoU vs FP32 (default: fp16 0.98, int8 0.90, bf16 0.99)",
+        help="gate: pooled mask IoU vs the FP32 masks, fraction in [0, 1] "
+        "(default: --auto 0.99; else fp16 0.98, int8 0.90, bf16 0.99)",
     )
     ver.add_argument(
         "--max-miou-drop",
+        type=points,
+        metavar="POINTS",
+        help="gate: largest mIoU fall vs FP32 in mIoU POINTS, 0.2 = 0.2 points "
+        "(default: --auto 0.2; else fp16 1.0, int8 3.0, bf16 0.5)",
+    )
+    ver.add_argument(
+        "--max-logit-error",
         type=fraction,
-        help="floor: mIoU fall, fraction (default: fp16 0.01, int8 0.03, bf16 0.005)",
+        metavar="FRACTION",
+        help="gate (optional): max |logit error| as a fraction of the FP32 logits' largest "
+        "magnitude, 0.01 = 1%%; for random-weight models whose masks show nothing",
     )
     ver.add_argument(
         "--latency-runs",
@@ -145,6 +189,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON here ('-': stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def points(text: str) -> float:
+    """An mIoU change in points, in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points") from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 100] points, got {value}")
+    return value
 
 
 def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]]:
@@ -169,8 +224,13 @@ def format_table(result) -> str:
         f"{'ms fp32':>8} {'ms':>8} {'speed':>6}  verdict"
     )
     rows = [
-        f"{result.precision} vs fp32 (floor: mask IoU >= {result.floor.min_mask_iou}, "
-        f"mIoU drop <= {result.floor.max_miou_drop * 100:.1f} points)",
+        f"{result.precision} vs fp32 (gates: mask IoU vs fp32 >= {result.floor.min_mask_iou}, "
+        f"mIoU drop <= {result.floor.max_miou_drop_points:.2f} points"
+        + (
+            f", max logit error <= {result.floor.max_logit_error:.2%} of the FP32 range)"
+            if result.floor.max_logit_error is not None
+            else ")"
+        ),
         head,
     ]
     for r in result.layouts:
@@ -182,26 +242,51 @@ def format_table(result) -> str:
             f"{r.latency_fp32_ms:>8.1f} {r.latency_ms:>8.1f} {speed:>5.2f}x  "
             + ("ok" if r.ok else "FAILED: " + "; ".join(r.failures))
         )
+    if result.plan is not None:
+        rows.extend(format_plan(result.plan))
     return "\n".join(rows)
+
+
+def format_plan(plan) -> list[str]:
+    """The plan's kept nodes, one line each, with the error they were kept for."""
+    high = "FP32" if plan.precision == "fp16" else "unquantized"
+    rows = []
+    for role, entry in plan.roles.items():
+        rows.append(f"{role}: {len(entry.kept)} node(s) kept {high}")
+        for k in entry.kept:
+            measured = ""
+            if k.error is not None and plan.precision == "fp16":
+                measured = f" (adds {k.error:.3g} relative error in FP16)"
+            elif k.error is not None:
+                measured = f" (logits mean |error| {k.error:.3g} quantized alone)"
+            rows.append(f"  {k.node} [{k.op_type}]: {k.reason}{measured}")
+    if plan.int8_flop_share is not None:
+        rows.append(f"INT8 share of MatMul/Gemm/Conv FLOPs: {plan.int8_flop_share:.1%}")
+    return rows
 
 
 def _options(args: argparse.Namespace):
     from .int8 import Int8Options
     from .pipeline import QuantizeOptions
     from .samples import PairSource
-    from .verify import DEFAULT_FLOORS, Floor
+    from .verify import AUTO_FLOOR, DEFAULT_FLOORS, Floor
 
     calib = PairSource(args.calib_data, args.calib_split, args.calib_size)
     eval_data = args.eval_data or args.calib_data
-    default = DEFAULT_FLOORS[args.precision]
-    floor = Floor(
+    default = AUTO_FLOOR if args.auto else DEFAULT_FLOORS[args.precision]
+    floor = Floor.from_points(
         args.min_mask_iou if args.min_mask_iou is not None else default.min_mask_iou,
-        args.max_miou_drop if args.max_miou_drop is not None else default.max_miou_drop,
+        args.max_miou_drop if args.max_miou_drop is not None else default.max_miou_drop_points,
+        args.max_logit_error,
     )
+    evaluation = PairSource(eval_data, args.eval_split, args.eval_size, seed=1)
     return QuantizeOptions(
         precision=args.precision,
-        calib=calib if args.precision == "int8" else None,
-        eval=PairSource(eval_data, args.eval_split, args.eval_size, seed=1),
+        calib=calib if args.precision == "int8" or args.auto else None,
+        eval=evaluation,
+        auto=args.auto,
+        plan=args.plan,
+        search=PairSource(eval_data, args.eval_split, args.search_size, seed=2),
         keep_fp32=tuple(args.keep_fp32),
         int8=Int8Options(
             method=args.method,

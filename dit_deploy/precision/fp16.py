@@ -50,6 +50,7 @@ def convert_fp16(
     del model.graph.value_info[:]
     blocked = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(fp32_ops))
     nodes = set(fp32_nodes) | set(_casts_to_float(model))
+    _unshare_constants(model, {n.name for n in model.graph.node if n.op_type in blocked} | nodes)
     float_outputs = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == _FLOAT}
     with warnings.catch_warnings():  # "-10000.0 will be truncated": clamping is intended
         warnings.simplefilter("ignore", UserWarning)
@@ -61,6 +62,31 @@ def convert_fp16(
         )
     _keep_outputs_float(converted, float_outputs)
     return converted
+
+
+def _unshare_constants(model, fp32_nodes: set[str]) -> int:
+    """Give FP32 nodes their own copy of constants they share with FP16 nodes.
+
+    The converter types an initializer once: shared by a node kept FP32 and a converted
+    one, it ends FP16 for both and ONNX Runtime refuses the FP32 node ("bound to different
+    types"). Returns the number of copies made.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    users: dict[str, set[bool]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                users.setdefault(name, set()).add(node.name in fp32_nodes)
+    shared = {name for name, kinds in users.items() if kinds == {True, False}}
+    for name in sorted(shared):
+        copy = type(inits[name])()
+        copy.CopyFrom(inits[name])
+        copy.name = name + "_fp32"
+        model.graph.initializer.append(copy)
+    for node in model.graph.node:
+        if node.name in fp32_nodes:
+            node.input[:] = [i + "_fp32" if i in shared else i for i in node.input]
+    return len(shared)
 
 
 def _keep_outputs_float(model, names: set[str]) -> None:

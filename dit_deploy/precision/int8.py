@@ -227,20 +227,22 @@ def quantize_int8(
     import onnx
 
     model = onnx.load(str(out))
-    restore_float_inputs(model, options.op_types)
+    restore_float_inputs(model, options.op_types, options.exclude)
     onnx.save(model, str(out))
     quantized = sum(node.op_type == "DequantizeLinear" for node in model.graph.node)
     return Int8Result(role, cache, hit, quantized, list(options.exclude))
 
 
-def restore_float_inputs(model, op_types: Sequence[str]) -> int:
+def restore_float_inputs(model, op_types: Sequence[str], exclude: Sequence[str] = ()) -> int:
     """Give every op that is not quantized its FP32 input back.
 
     When a tensor has one quantized consumer, ``quantize_static`` routes *all* its consumers
-    through the Dequantize (a residual Add would then add a quantized copy). Here those
-    other consumers read the original tensor again, so only ``op_types`` see Q/DQ: the
-    placement TensorRT fuses. Returns the number of inputs restored.
+    through the Dequantize (a residual Add would then add a quantized copy, an excluded
+    MatMul would read INT8 anyway). Here those other consumers read the original tensor
+    again, so only quantized ``op_types`` nodes see Q/DQ: the placement TensorRT fuses.
+    Returns the number of inputs restored.
     """
+    excluded = set(exclude)
     nodes = model.graph.node
     producer = {out: n for n in nodes for out in n.output}
     source = {}  # DQ output -> the float tensor its Q quantized
@@ -252,7 +254,9 @@ def restore_float_inputs(model, op_types: Sequence[str]) -> int:
     outputs = {o.name for o in model.graph.output}
     restored = 0
     for node in nodes:
-        if node.op_type in op_types or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if node.op_type in op_types and node.name not in excluded:
             continue
         for i, name in enumerate(node.input):
             if name in source and name not in outputs:

@@ -31,7 +31,14 @@ from ..exporters.onnx_io import save_onnx
 from ..hashing import sha256_file
 from ..runtime.backends import EXECUTIONS, open_backend
 from ..runtime.graph_chain import GraphChain, layout_of
-from ..runtime.manifest import MANIFEST_FILE, GraphSpec, Manifest, read_manifest, verify_files
+from ..runtime.manifest import (
+    MANIFEST_FILE,
+    GraphSpec,
+    Manifest,
+    read_manifest,
+    verify_file,
+    verify_files,
+)
 from .chain import PairInputs, chains
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
 from .graph_checks import fp16_problems, int8_problems
@@ -44,8 +51,16 @@ from .int8 import (
     quantize_int8,
     unknown_nodes,
 )
+from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
 from .samples import PairSource
-from .verify import DEFAULT_FLOORS, Floor, LayoutReport, chain_latency_ms, compare_layout
+from .verify import (
+    AUTO_FLOOR,
+    DEFAULT_FLOORS,
+    Floor,
+    LayoutReport,
+    chain_latency_ms,
+    compare_layout,
+)
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 # precisions that run the FP32 graph files at another precision: precision -> the
@@ -73,9 +88,26 @@ class QuantizeOptions:
     threads: int | None = None
     latency_runs: int = 10
     eval_batch: int = 4
+    auto: bool = False  # search the nodes to keep at higher precision (precision/auto.py)
+    plan: Path | None = None  # reuse a precision_plan.json instead of searching
+    search: PairSource | None = None  # the pairs the search gates on (default: see below)
+    rank: str = "error_per_flop"  # INT8 --auto: the order nodes leave INT8 (auto.rank_nodes)
+    search_margin: float = 0.25  # --auto gates on this much less loss than allowed
+    search_rounds: int = 12  # FP16 --auto: rounds of adding the nodes adding the most error
 
     def resolved_floor(self) -> Floor:
-        return self.floor or DEFAULT_FLOORS[self.precision]
+        if self.floor is not None:
+            return self.floor
+        return AUTO_FLOOR if self.auto else DEFAULT_FLOORS[self.precision]
+
+    def resolved_search(self) -> PairSource:
+        """The search's pairs: held out like ``eval``, but not the verification pairs."""
+        if self.search is not None:
+            return self.search
+        assert self.eval is not None
+        return PairSource(
+            self.eval.data, self.eval.split, min(self.eval.size, 32), self.eval.seed + 1
+        )
 
 
 @dataclass
@@ -97,16 +129,20 @@ class QuantizeResult:
     layouts: list[LayoutReport]
     floor: Floor
     written: bool = False
+    plan: PrecisionPlan | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "export_dir": str(self.export_dir),
             "precision": self.precision,
             "written": self.written,
-            "floor": vars(self.floor),
+            "floor": self.floor.to_dict(),
             "graphs": [vars(g) for g in self.graphs],
             "layouts": [r.to_dict() for r in self.layouts],
         }
+        if self.plan is not None:
+            data["plan"] = self.plan.to_dict()
+        return data
 
 
 def _check_options(manifest: Manifest, opts: QuantizeOptions) -> list[str]:
@@ -122,6 +158,15 @@ def _check_options(manifest: Manifest, opts: QuantizeOptions) -> list[str]:
         raise ConfigError("every graph is kept FP32 (--keep-fp32): nothing to convert")
     if opts.eval is None:
         raise ConfigError("no evaluation pairs: set QuantizeOptions.eval")
+    if (opts.auto or opts.plan is not None) and opts.precision in EXECUTION_PRECISIONS:
+        raise ConfigError(
+            f"--auto/--plan choose nodes of a converted graph; {opts.precision} runs the FP32 "
+            "graphs as they are: drop --auto/--plan"
+        )
+    if opts.auto and opts.plan is not None:
+        raise ConfigError("--auto searches a plan and --plan reuses one: give one of them")
+    if opts.auto and opts.calib is None:
+        raise ConfigError("--auto needs calibration pairs: set QuantizeOptions.calib")
     return roles
 
 
@@ -155,6 +200,7 @@ def _convert_one(
     prepare: PairInputs,
     fp32: dict[str, GraphChain],
     progress: ProgressFactory,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """Write ``out`` (``role`` at ``opts.precision``); returns what was done, for the report."""
     import onnx
@@ -166,11 +212,9 @@ def _convert_one(
         "dit.precision_tools": json.dumps(_tool_versions(), sort_keys=True),
     }
     if opts.precision == "fp16":
-        model = convert_fp16(onnx.load(str(src)), opts.fp32_ops, opts.fp32_nodes)
-        detail: dict[str, object] = {
-            "fp32_ops": list(opts.fp32_ops),
-            "fp32_nodes": list(opts.fp32_nodes),
-        }
+        nodes = (*opts.fp32_nodes, *extra)
+        model = convert_fp16(onnx.load(str(src)), opts.fp32_ops, nodes)
+        detail: dict[str, object] = {"fp32_ops": list(opts.fp32_ops), "fp32_nodes": list(nodes)}
         problems = fp16_problems(model, opts.fp32_ops)
     else:
         assert opts.calib is not None
@@ -182,7 +226,7 @@ def _convert_one(
             opts.int8,
         )
         names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
-        excluded = [n for n in opts.int8.exclude if n in set(names)]
+        excluded = [n for n in (*opts.int8.exclude, *extra) if n in set(names)]
         int8 = Int8Options(**{**vars(opts.int8), "exclude": tuple(excluded)})
         bar = progress(f"calibrate {role}", len(opts.calib))
         reader = StreamingCalibrationReader(opts.calib, role, prepare, fp32, bar)
@@ -246,12 +290,24 @@ def run_quantize(
         tempfile.mkdtemp(prefix=f".quantize.{opts.precision}-{os.getpid()}-", dir=export_dir)
     )
     try:
+        plan = None
+        if opts.plan is not None:
+            plan = read_plan(opts.plan, opts.precision)
+            plan.check_sources(_source_hashes(export_dir, manifest, roles), str(opts.plan))
+            log(f"reusing {opts.plan}: {_kept_summary(plan)}")
+        elif opts.auto:
+            plan = _search(export_dir, manifest, roles, opts, prepare, fp32, tmp, log, progress)
+        extra = {r: plan.roles[r].nodes for r in roles} if plan is not None else {}
+        if plan is not None and any(plan.roles[r].all_kept for r in roles):
+            stay = [r for r in roles if plan.roles[r].all_kept]
+            log(f"{', '.join(stay)}: no node stays {opts.precision}; kept FP32 as a whole")
+            roles = [r for r in roles if r not in stay]
         files = dict(manifest.graph_files(export_dir))
         if opts.precision in EXECUTION_PRECISIONS:
             candidate, outcomes = _execution_candidate(export_dir, manifest, roles, opts, log)
         else:
             outcomes = _convert_all(
-                export_dir, manifest, roles, opts, prepare, fp32, tmp, files, log, progress
+                export_dir, manifest, roles, opts, prepare, fp32, tmp, files, log, progress, extra
             )
             candidate = chains(files, opts.threads)
         reports = []
@@ -272,7 +328,7 @@ def run_quantize(
                 report.latency_fp32_ms = chain_latency_ms(fp32[layout], feeds, opts.latency_runs)
                 report.latency_ms = chain_latency_ms(candidate[layout], feeds, opts.latency_runs)
             reports.append(report.check(floor))
-        result = QuantizeResult(export_dir, opts.precision, outcomes, reports, floor)
+        result = QuantizeResult(export_dir, opts.precision, outcomes, reports, floor, plan=plan)
         failed = [r for r in reports if not r.ok]
         if failed:
             raise QuantizeFailed(
@@ -281,11 +337,123 @@ def run_quantize(
                 f"{export_dir}:\n  "
                 + "\n  ".join(f"{r.layout}: {'; '.join(r.failures)}" for r in failed),
             )
-        _install(export_dir, manifest, tmp, files, roles, opts.precision)
+        _install(export_dir, manifest, tmp, files, roles, opts.precision, plan)
         result.written = True
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _source_hashes(export_dir: Path, manifest: Manifest, roles: Sequence[str]) -> dict[str, str]:
+    return {
+        r: manifest.graphs[r].sha256 or sha256_file(export_dir / manifest.graphs[r].file)
+        for r in roles
+    }
+
+
+def _kept_summary(plan: PrecisionPlan) -> str:
+    parts = [f"{role} {len(r.kept)}" for role, r in plan.roles.items()]
+    share = plan.int8_flop_share
+    text = "nodes kept at higher precision: " + ", ".join(parts)
+    return text + (
+        f"; INT8 share of MatMul/Gemm/Conv FLOPs {share:.1%}" if share is not None else ""
+    )
+
+
+def _existing_plans(export_dir: Path, manifest: Manifest) -> dict[str, PrecisionPlan]:
+    """The plans the export records (hash checked), to keep the other precisions' entries."""
+    ref = manifest.precision_plan
+    if not ref:
+        return {}
+    path = export_dir / ref["file"]
+    if not path.is_file():
+        raise ArtifactError(f"{export_dir} is missing its {ref['file']}; re-run the --auto search")
+    verify_file(path, ref["sha256"], "precision plan")
+    return read_plans(path)
+
+
+def _search(
+    export_dir: Path,
+    manifest: Manifest,
+    roles: Sequence[str],
+    opts: QuantizeOptions,
+    prepare: PairInputs,
+    fp32: dict[str, GraphChain],
+    tmp: Path,
+    log: Callable[[str], None],
+    progress: ProgressFactory,
+) -> PrecisionPlan:
+    """Search the nodes to keep at higher precision (see :mod:`.auto`)."""
+    from .auto import SearchContext, scratch, search_fp16, search_int8
+
+    assert opts.calib is not None
+    search = opts.resolved_search()
+    floor = opts.resolved_floor()
+    sources = manifest.graph_files(export_dir)
+    ctx = SearchContext(
+        sources,
+        roles,
+        prepare,
+        fp32,
+        opts.calib,
+        search,
+        floor,
+        manifest.mask_threshold,
+        scratch(tmp),
+        opts.threads,
+        opts.eval_batch,
+        max_rounds=opts.search_rounds,
+        margin=opts.search_margin,
+    )
+    hashes = _source_hashes(export_dir, manifest, roles)
+    shares: dict[str, tuple[float, float, int]] = {}
+    start = time.perf_counter()
+    if opts.precision == "fp16":
+        kept, rounds = search_fp16(ctx, opts.fp32_ops, opts.fp32_nodes, log)
+        method = (
+            "fp16: FP32 ranges of every tensor on the calibration pairs; nodes reading or "
+            "writing a tensor beyond 65504 kept FP32, then the nodes adding the most relative "
+            "error, until the gates pass on the search pairs"
+        )
+    else:
+        full = {}
+        for role in roles:
+            out = ctx.work / f"{role}.int8.full.onnx"
+            spec = manifest.graphs[role]
+            _convert_one(role, export_dir / spec.file, out, spec, opts, prepare, fp32, progress)
+            full[role] = out
+        kept, shares, rounds = search_int8(
+            ctx, full, opts.cache_dir or default_cache_dir(), log, opts.rank
+        )
+        method = (
+            f"int8 ({opts.int8.method} calibration): each node quantized alone (the rest "
+            "FP32), logits mean |error| vs FP32 on the search pairs; nodes left unquantized "
+            f"in order of {opts.rank.replace('_', ' ')}, the shortest prefix passing the gates"
+        )
+    plan = PrecisionPlan(
+        precision=opts.precision,
+        method=method,
+        calibration={"pairs": opts.calib.describe(), "sha256": pairs_hash(opts.calib)},
+        search={"pairs": search.describe(), "sha256": pairs_hash(search)},
+        gates={
+            "min_mask_iou": floor.min_mask_iou,
+            "max_miou_drop_points": floor.max_miou_drop_points,
+            "search_min_mask_iou": ctx.search_floor.min_mask_iou,
+            "search_max_miou_drop_points": ctx.search_floor.max_miou_drop_points,
+            **(
+                {"max_logit_error": floor.max_logit_error}
+                if floor.max_logit_error is not None
+                else {}
+            ),
+        },
+        roles={
+            role: RolePlan(hashes[role], kept[role], *shares.get(role, (None, None, None)))
+            for role in roles
+        },
+        rounds=rounds,
+    )
+    log(f"search took {time.perf_counter() - start:.1f} s; {_kept_summary(plan)}")
+    return plan
 
 
 def _convert_all(
@@ -299,15 +467,18 @@ def _convert_all(
     files: dict[str, Path],
     log: Callable[[str], None],
     progress: ProgressFactory,
+    extra: dict[str, tuple[str, ...]] | None = None,
 ) -> list[GraphOutcome]:
-    """Write each role's graph at ``opts.precision`` into ``tmp`` (``files`` points at them)."""
+    """Write each role's graph at ``opts.precision`` into ``tmp`` (``files`` points at them);
+    ``extra``: role -> nodes a precision plan keeps at higher precision."""
     outcomes = []
     for role in roles:
         spec = manifest.graphs[role]
         src = export_dir / spec.file
         out = tmp / f"{role}.{opts.precision}.onnx"
         start = time.perf_counter()
-        detail = _convert_one(role, src, out, spec, opts, prepare, fp32, progress)
+        nodes = (extra or {}).get(role, ())
+        detail = _convert_one(role, src, out, spec, opts, prepare, fp32, progress, nodes)
         outcomes.append(
             GraphOutcome(
                 role,
@@ -380,8 +551,9 @@ def _install(
     files: dict[str, Path],
     roles: Sequence[str],
     precision: str,
+    plan: PrecisionPlan | None = None,
 ) -> None:
-    """Move the new graphs in and replace the manifest atomically (graphs first)."""
+    """Move the new graphs (and the plan) in, then replace the manifest atomically."""
     table: dict[str, GraphSpec] = {}
     for role, spec in manifest.graphs.items():
         if role in roles and precision in EXECUTION_PRECISIONS:
@@ -398,8 +570,22 @@ def _install(
             )
         else:
             table[role] = spec  # kept FP32: the same file
+    plans = _existing_plans(export_dir, manifest)
+    plans.pop(precision, None)  # a plan describes the graphs it made, not their successors
+    if plan is not None:
+        plans[precision] = plan
+    reference: dict[str, str] = {}
+    if plans:
+        path = write_plans(export_dir / PLAN_FILE, plans)
+        reference = {"file": PLAN_FILE, "sha256": sha256_file(path)}
+    elif (export_dir / PLAN_FILE).is_file() and manifest.precision_plan:
+        (export_dir / PLAN_FILE).unlink()
     updated = Manifest(
-        **{**manifest.__dict__, "precisions": {**manifest.precisions, precision: table}}
+        **{
+            **manifest.__dict__,
+            "precisions": {**manifest.precisions, precision: table},
+            "precision_plan": reference,
+        }
     )
     updated.write(export_dir)
     if read_manifest(export_dir).precisions.get(precision) is None:

@@ -24,13 +24,41 @@ from .samples import Pair, PairSource
 class Floor:
     """The accuracy a precision must keep, or nothing is written.
 
-    ``min_mask_iou``: pooled IoU (sum I / sum U) of the new masks against the FP32 masks.
-    ``max_miou_drop``: largest allowed fall of mIoU against the ground truth (a fraction:
-    0.01 = one point).
+    ``min_mask_iou``: pooled IoU (sum I / sum U, a fraction in [0, 1]) of the new masks
+    against the FP32 masks over all held-out pairs.
+    ``max_miou_drop``: largest allowed fall of mIoU against the ground truth, stored as a
+    fraction (0.002 = 0.2 points); the command line takes points (:meth:`from_points`).
+    ``max_logit_error``: optional; largest max |logit error| relative to the FP32 logits'
+    largest magnitude (0.01 = 1%). For models whose masks cannot show a change (random
+    weights: every mask is the whole image).
     """
 
     min_mask_iou: float
     max_miou_drop: float
+    max_logit_error: float | None = None
+
+    @classmethod
+    def from_points(
+        cls,
+        min_mask_iou: float,
+        max_miou_drop_points: float,
+        max_logit_error: float | None = None,
+    ) -> Floor:
+        """A floor from the command line's units: mIoU drop in points (0.2 = 0.2 points)."""
+        return cls(min_mask_iou, max_miou_drop_points / 100.0, max_logit_error)
+
+    @property
+    def max_miou_drop_points(self) -> float:
+        return self.max_miou_drop * 100.0
+
+    def to_dict(self) -> dict[str, float]:
+        """Both units spelled out, so a report cannot be misread."""
+        return {
+            "min_mask_iou": self.min_mask_iou,
+            "max_miou_drop": self.max_miou_drop,
+            "max_miou_drop_points": self.max_miou_drop_points,
+            "max_logit_error": self.max_logit_error,
+        }
 
 
 # measured on the tiny and ViT-B exports (docs/benchmarks.md, "Precision")
@@ -41,6 +69,8 @@ DEFAULT_FLOORS = {
     # 0.9925 mask agreement and -0.10 mIoU points (docs/benchmarks.md, "OpenVINO")
     "bf16": Floor(min_mask_iou=0.99, max_miou_drop=0.005),
 }
+# the targets of --auto (any precision): masks within 1% of FP32, mIoU within 0.2 points
+AUTO_FLOOR = Floor(min_mask_iou=0.99, max_miou_drop=0.002)
 
 
 @dataclass
@@ -83,12 +113,23 @@ class LayoutReport:
                 f"mIoU falls {-self.miou_change * 100:.2f} points > "
                 f"{floor.max_miou_drop * 100:.2f} allowed (--max-miou-drop)"
             )
+        if floor.max_logit_error is not None and self.logits_rel_error > floor.max_logit_error:
+            self.failures.append(
+                f"max logit error {self.logits_rel_error:.2%} of the FP32 range > "
+                f"{floor.max_logit_error:.2%} allowed (--max-logit-error)"
+            )
         return self
+
+    @property
+    def logits_rel_error(self) -> float:
+        """Max |logit error| / max |FP32 logit| (a fraction)."""
+        return self.logits_max_abs / self.logits_ref_max if self.logits_ref_max else 0.0
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["ok"] = self.ok
         data["miou_change"] = self.miou_change
+        data["logits_rel_error"] = self.logits_rel_error
         return data
 
 

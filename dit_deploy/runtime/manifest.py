@@ -63,6 +63,7 @@ MANIFEST_SCHEMA = {
     "opset?": int,
     "manifest_version": int,
     "precisions?": MapOf(MapOf(_GRAPH)),
+    "precision_plan?": {"file": str, "sha256": str},
 }
 
 
@@ -106,6 +107,8 @@ class Manifest:
     # extra graphs by precision ("fp16", "int8"): precision -> role -> graph. ``graphs`` is
     # fp32. Optional: a manifest without it (an FP32-only export) reads the same.
     precisions: dict[str, dict[str, GraphSpec]] = field(default_factory=dict)
+    # the automatic precision search's plan (precision/plan.py): {"file", "sha256"}; optional
+    precision_plan: dict[str, str] = field(default_factory=dict)
 
     @property
     def layouts(self) -> list[str]:
@@ -145,6 +148,8 @@ class Manifest:
         data = asdict(self)
         if not self.precisions:
             data.pop("precisions")  # FP32-only manifests keep their original bytes
+        if not self.precision_plan:
+            data.pop("precision_plan")
         for table in (data["graphs"], *data.get("precisions", {}).values()):
             for graph in table.values():
                 if not graph["execution"]:

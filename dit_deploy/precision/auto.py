@@ -1,0 +1,549 @@
+"""Automatic mixed precision: find which nodes to keep at higher precision, gated on accuracy.
+
+FP16 (:func:`search_fp16`): the FP32 graphs run on calibration pairs with every tensor
+observed (:mod:`.tensor_stats`); a node whose output (or input) leaves the FP16 range is
+kept FP32 with its neighbours on that tensor, so an island spans the overflowing value.
+While the gates fail on the search pairs, the FP16 and FP32 graphs are compared tensor by
+tensor and the nodes that add the most relative error (their output's error minus their
+inputs') are kept FP32 too, a few per round. Gaps of one node between kept nodes are
+filled, so there are few islands (few Casts).
+
+INT8 (:func:`search_int8`): from the fully quantized graphs, each quantized node is kept
+quantized alone (every other Q/DQ pair removed) and the logits error against FP32 measured
+on the search pairs (cached); nodes are then kept unquantized in order of that error per FLOP, the
+shortest prefix that passes the gates is found (doubling, then bisection), so the rest stays INT8;
+the largest nodes of that prefix are then tried back in INT8 one at a time. The INT8
+share of the MatMul/Gemm/Conv FLOPs is measured on the FP32 graph's real shapes.
+
+The gates are those of the final verification (:class:`.verify.Floor`) with a margin
+(``SearchContext.margin``), evaluated here on search pairs that are not the verification
+pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import write_text_atomic
+from ..runtime.backends import open_backend
+from ..runtime.graph_chain import LOGITS, GraphChain, layout_of
+from ..runtime.manifest import LAYOUT_ROLES
+from .chain import PairInputs, chains
+from .fp16 import convert_fp16
+from .plan import KeptNode
+from .samples import PairSource
+from .tensor_stats import FP16_MAX, observe, relative_errors
+from .verify import Floor, LayoutReport, compare_layout
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
+Log = Callable[[str], None]
+
+
+@dataclass
+class SearchContext:
+    """What both searches need: the FP32 graphs, the pairs and the gates."""
+
+    sources: dict[str, Path]  # role -> FP32 graph
+    roles: Sequence[str]  # the roles being converted
+    prepare: PairInputs
+    fp32: dict[str, GraphChain]
+    calib: PairSource
+    search: PairSource
+    floor: Floor
+    threshold: float
+    work: Path  # a scratch directory
+    threads: int | None = None
+    eval_batch: int = 4
+    max_rounds: int = 12
+    # the search gates on a quarter less loss than allowed: the verdict comes from other
+    # pairs, and on the bundled model a plan found at exactly the floor missed it there by
+    # 0.0004 mask IoU (docs/benchmarks.md, "Automatic mixed precision")
+    margin: float = 0.25
+
+    @property
+    def search_floor(self) -> Floor:
+        keep = 1.0 - self.margin
+        limit = self.floor.max_logit_error
+        return Floor(
+            1.0 - (1.0 - self.floor.min_mask_iou) * keep,
+            self.floor.max_miou_drop * keep,
+            None if limit is None else limit * keep,
+        )
+
+    def gates(self, files: Mapping[str, Path], layouts: Sequence[str]) -> list[LayoutReport]:
+        """The gates on the search pairs for ``files`` (role -> graph), per layout."""
+        candidate = chains(files, self.threads)
+        try:
+            return [
+                compare_layout(
+                    layout,
+                    self.fp32[layout],
+                    candidate[layout],
+                    self.prepare,
+                    self.search,
+                    self.threshold,
+                    self.eval_batch,
+                ).check(self.search_floor)
+                for layout in layouts
+            ]
+        finally:
+            for chain in candidate.values():
+                chain.close()
+
+    def role_feeds(self, role: str, source: PairSource, limit: int) -> list[dict]:
+        """The FP32 inputs of ``role`` for the first ``limit`` pairs of ``source``, one each."""
+        chain = self.fp32[layout_of(role)]
+        feeds = []
+        for index, pair in enumerate(source):
+            if index == limit:
+                break
+            prepared, _ = self.prepare([pair])
+            feeds.append(chain.role_inputs(role, prepared))
+        return feeds
+
+    def layouts(self) -> list[str]:
+        return [
+            layout
+            for layout, roles in LAYOUT_ROLES.items()
+            if layout in self.fp32 and any(r in self.roles for r in roles)
+        ]
+
+
+def _round(reports: Sequence[LayoutReport], kept: int, **extra: object) -> dict[str, object]:
+    return {
+        "kept": kept,
+        "ok": all(r.ok for r in reports),
+        "layouts": {
+            r.layout: {
+                "mask_iou": round(r.mask_iou, 6),
+                "miou_change_points": round(r.miou_change * 100, 4),
+                "logits_mean_abs": float(r.logits_mean_abs),
+            }
+            for r in reports
+        },
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------- FP16
+def overflow_nodes(model, stats) -> dict[str, str]:
+    """Node name -> why it must stay FP32: it reads or writes a tensor (or a constant) whose
+    magnitude exceeds the FP16 range, or that is not finite already in FP32."""
+    from onnx import numpy_helper
+
+    hot = {name for name, s in stats.items() if not s.max_abs <= FP16_MAX}
+    for init in model.graph.initializer:
+        if init.data_type == 1 and np.abs(numpy_helper.to_array(init)).max(initial=0) > FP16_MAX:
+            hot.add(init.name)
+    reasons: dict[str, str] = {}
+    for node in model.graph.node:
+        for name in [*node.output, *node.input]:
+            if name in hot:
+                peak = stats[name].max_abs if name in stats else float("nan")
+                where = "writes" if name in node.output else "reads"
+                reasons.setdefault(
+                    node.name, f"{where} {name} (|x| up to {peak:.4g} > FP16 max {FP16_MAX:g})"
+                )
+    return reasons
+
+
+def fp16_drift(errors: Mapping[str, float], model) -> dict[str, float]:
+    """Node name -> the relative error it adds in FP16: its output's relative error against
+    the FP32 graph (``errors``, from :func:`.tensor_stats.relative_errors`) minus the
+    largest of its inputs'."""
+    gains: dict[str, float] = {}
+    for node in model.graph.node:
+        out = max((errors.get(o, 0.0) for o in node.output if o), default=0.0)
+        ins = max((errors.get(i, 0.0) for i in node.input if i), default=0.0)
+        gains[node.name] = out - ins if np.isfinite(out) else float("inf")
+    return gains
+
+
+def fill_gaps(model, kept: set[str], protected: set[str] | None = None) -> set[str]:
+    """``kept`` plus every node whose producers and consumers are all kept (one-node gaps
+    between islands would each cost two Casts for nothing)."""
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    filled = set(kept)
+    for node in model.graph.node:
+        if node.name in filled or (protected and node.name in protected):
+            continue
+        ups = [producer[i] for i in node.input if i in producer]
+        downs = [c for o in node.output for c in consumers.get(o, [])]
+        if ups and downs and all(u in kept for u in ups) and all(d in kept for d in downs):
+            filled.add(node.name)
+    return filled
+
+
+def search_fp16(
+    ctx: SearchContext,
+    fp32_ops: Sequence[str],
+    fp32_nodes: Sequence[str],
+    log: Log,
+    step: int = 4,
+    drift_pairs: int = 4,
+) -> tuple[dict[str, list[KeptNode]], list[dict[str, object]]]:
+    """Role -> the nodes to keep FP32 beyond ``fp32_ops``/``fp32_nodes``, and the rounds."""
+    import onnx
+
+    models = {role: onnx.load(str(ctx.sources[role])) for role in ctx.roles}
+    kept: dict[str, dict[str, KeptNode]] = {}
+    for role, model in models.items():
+        feeds = ctx.role_feeds(role, ctx.calib, len(ctx.calib))
+        stats = observe(model, feeds, threads=ctx.threads)
+        reasons = overflow_nodes(model, stats)
+        types = {n.name: n.op_type for n in model.graph.node}
+        kept[role] = {
+            name: KeptNode(name, types[name], f"FP16 range: {why}") for name, why in reasons.items()
+        }
+        if reasons:
+            log(f"{role}: {len(reasons)} node(s) outside the FP16 range: {sorted(reasons)}")
+    rounds: list[dict[str, object]] = []
+    layouts = ctx.layouts()
+    drift_feeds: dict[str, list[dict]] = {}
+    for index in range(ctx.max_rounds + 1):
+        files = dict(ctx.sources)
+        converted = {}
+        for role, model in models.items():
+            nodes = [*fp32_nodes, *kept[role]]
+            converted[role] = convert_fp16(model, fp32_ops, nodes)
+            files[role] = ctx.work / f"{role}.fp16.search.onnx"
+            onnx.save(converted[role], str(files[role]))
+        reports = ctx.gates(files, layouts)
+        total = sum(len(k) for k in kept.values())
+        rounds.append(_round(reports, total))
+        log(
+            f"fp16 round {index}: {total} node(s) kept FP32, "
+            + ", ".join(f"{r.layout} mask IoU {r.mask_iou:.4f}" for r in reports)
+            + (" ok" if all(r.ok for r in reports) else "")
+        )
+        if all(r.ok for r in reports) or index == ctx.max_rounds:
+            break
+        candidates = []
+        for role, model in models.items():
+            if role not in drift_feeds:
+                drift_feeds[role] = ctx.role_feeds(role, ctx.search, drift_pairs)
+            names = [o for n in model.graph.node for o in n.output]
+            errors = relative_errors(
+                model, converted[role], drift_feeds[role], names, threads=ctx.threads
+            )
+            for name, gain in fp16_drift(errors, model).items():
+                if name not in kept[role] and gain > 0:
+                    candidates.append((gain, role, name))
+        if not candidates:
+            break
+        candidates.sort(key=lambda c: -c[0])
+        for gain, role, name in candidates[:step]:
+            op = next(n.op_type for n in models[role].graph.node if n.name == name)
+            kept[role][name] = KeptNode(name, op, "FP16 error: adds the most relative error", gain)
+        for role, model in models.items():
+            filled = fill_gaps(model, set(kept[role]))
+            for name in sorted(filled - set(kept[role])):
+                op = next(n.op_type for n in model.graph.node if n.name == name)
+                kept[role][name] = KeptNode(name, op, "between two FP32 islands (fewer Casts)")
+    return {role: list(k.values()) for role, k in kept.items()}, rounds
+
+
+# ---------------------------------------------------------------------------- INT8
+def quantized_nodes(model, op_types: Sequence[str] = COMPUTE_OPS) -> list[str]:
+    """Names of the ``op_types`` nodes that read a DequantizeLinear output."""
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in model.graph.node if n.op_type in op_types and set(n.input) & dq]
+
+
+def without_qdq(qmodel, fp32_model, nodes: set[str]):
+    """A copy of ``qmodel`` where ``nodes`` read the FP32 tensors and weights again (their
+    Q/DQ pairs, and the INT8 weights no one reads any more, removed)."""
+    model = copy.deepcopy(qmodel)
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    originals = {n.name: n for n in fp32_model.graph.node}
+    weights = {t.name: t for t in fp32_model.graph.initializer}
+    present = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.name not in nodes:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            original = originals[node.name].input[i]
+            node.input[i] = original
+            if original in weights and original not in present:
+                graph.initializer.append(weights[original])
+                present.add(original)
+    _prune(graph)
+    return model
+
+
+def _prune(graph) -> None:
+    outputs = {o.name for o in graph.output}
+    changed = True
+    while changed:
+        used = {name for n in graph.node for name in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in QDQ and n.output[0] not in used]
+        for node in dead:
+            graph.node.remove(node)
+        changed = bool(dead)
+    used = {name for n in graph.node for name in n.input}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+
+
+def compute_flops(model, feeds: Mapping[str, np.ndarray], threads: int | None = None):
+    """Node name -> multiply-add FLOPs (x2) of every MatMul/Gemm/Conv for one input."""
+    nodes = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    names = sorted({x for n in nodes for x in [*n.input[:2], n.output[0]]})
+    stats = observe(model, [feeds], names, threads=threads)
+    shapes = {k: s.shape for k, s in stats.items()}
+    shapes.update({t.name: tuple(t.dims) for t in model.graph.initializer})
+    shapes.update({k: tuple(v.shape) for k, v in feeds.items()})
+    flops: dict[str, float] = {}
+    for node in nodes:
+        out = shapes.get(node.output[0])
+        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if out is None or a is None or b is None:
+            continue
+        if node.op_type == "Conv":
+            k = float(np.prod(b[1:]))
+        elif node.op_type == "Gemm":
+            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
+            k = float(a[0] if trans_a else a[-1])
+        else:
+            k = float(a[-1])
+        flops[node.name] = 2.0 * float(np.prod(out)) * k
+    return flops
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _Errors:
+    """Logits mean |error| vs FP32 on the search pairs for variants of one role's graph,
+    with every other graph of its layout fixed (upstream outputs computed once)."""
+
+    def __init__(self, ctx: SearchContext, role: str, base: Mapping[str, Path]) -> None:
+        self.ctx, self.role = ctx, role
+        self.layout = layout_of(role)
+        self.chain = GraphChain.from_files(self.layout, base, threads=ctx.threads)
+        self.upstream, self.reference = [], []
+        for chunk in _chunks(list(ctx.search), ctx.eval_batch):
+            feeds, _ = ctx.prepare(chunk)
+            self.reference.append(ctx.fp32[self.layout].logits(feeds).astype(np.float64))
+            self.upstream.append(self.chain.forward(feeds, upto=role))
+
+    def __call__(self, graph: Path) -> float:
+        backend = open_backend("onnxruntime", graph, "cpu", self.ctx.threads)
+        roles = self.chain.roles
+        later = roles[roles.index(self.role) + 1 :]
+        total, count = 0.0, 0
+        try:
+            for values, ref in zip(self.upstream, self.reference, strict=True):
+                values = dict(values)
+                names = [s.name for s in backend.inputs]
+                values.update(backend.run({n: values[n] for n in names}))
+                for role in later:
+                    values.update(self.chain.run_role(role, values))
+                diff = np.abs(values[LOGITS].astype(np.float64) - ref)
+                total += float(diff.sum()) if np.isfinite(diff).all() else float("inf")
+                count += diff.size
+        finally:
+            backend.close()
+        return total / max(count, 1)
+
+    def close(self) -> None:
+        self.chain.close()
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def sensitivity(
+    ctx: SearchContext,
+    role: str,
+    qmodel,
+    fp32_model,
+    base: Mapping[str, Path],
+    cache: Path | None,
+    log: Log,
+) -> tuple[float, dict[str, float]]:
+    """The all-INT8 error of ``role``'s layout and, per quantized node, the error with only
+    that node quantized (every other Q/DQ pair of the graph removed; the rest of the layout
+    FP32), cached in ``cache`` by graph and search pairs.
+
+    Alone, not "all but one": removing one Q/DQ pair from the fully quantized graph was
+    measured first and misranks, because quantization errors cancel between nodes (on the
+    tiny model a node whose removal made the all-INT8 error worse carried most of the
+    error left at the end of the search)."""
+    if cache is not None and cache.is_file():
+        data = json.loads(cache.read_text())
+        return float(data["baseline"]), {k: float(v) for k, v in data["errors"].items()}
+    import onnx
+
+    measure = _Errors(ctx, role, {**ctx.sources, role: base[role]})
+    try:
+        baseline = measure(base[role])
+        errors: dict[str, float] = {}
+        nodes = quantized_nodes(qmodel)
+        for index, name in enumerate(nodes):
+            variant = ctx.work / f"{role}.variant.onnx"
+            others = set(nodes) - {name}
+            onnx.save(without_qdq(qmodel, fp32_model, others), str(variant))
+            errors[name] = measure(variant)
+            if (index + 1) % 20 == 0 or index + 1 == len(nodes):
+                log(f"{role}: sensitivity {index + 1}/{len(nodes)} nodes")
+    finally:
+        measure.close()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, json.dumps({"baseline": baseline, "errors": errors}) + "\n")
+    return baseline, errors
+
+
+def search_int8(
+    ctx: SearchContext,
+    quantized: Mapping[str, Path],
+    cache_dir: Path | None,
+    log: Log,
+    rank: str = "error_per_flop",
+    refine: int = 12,
+) -> tuple[dict[str, list[KeptNode]], dict[str, tuple[float, float, int]], list[dict[str, object]]]:
+    """Role -> nodes to leave unquantized, role -> (INT8 FLOPs, total FLOPs, quantizable
+    nodes), the rounds.
+
+    ``quantized``: role -> its fully quantized graph (made with the calibration ranges).
+    """
+    import onnx
+
+    from ..hashing import sha256_file
+
+    qmodels = {role: onnx.load(str(quantized[role])) for role in ctx.roles}
+    fp32_models = {role: onnx.load(str(ctx.sources[role])) for role in ctx.roles}
+    base = {**ctx.sources, **{r: Path(quantized[r]) for r in ctx.roles}}
+    flops, ranked = {}, {}
+    for role in ctx.roles:
+        feeds = ctx.role_feeds(role, ctx.search, 1)[0]
+        flops[role] = compute_flops(fp32_models[role], feeds, ctx.threads)
+        cache = None
+        if cache_dir is not None:
+            key = _digest("alone", sha256_file(quantized[role]), ctx.search.key(), ctx.eval_batch)
+            cache = Path(cache_dir) / f"{role}.sensitivity.{key[:16]}.json"
+        baseline, errors = sensitivity(
+            ctx, role, qmodels[role], fp32_models[role], base, cache, log
+        )
+        ranked[role] = (baseline, errors)
+    kept: dict[str, list[KeptNode]] = {role: [] for role in ctx.roles}
+    rounds: list[dict[str, object]] = []
+    for layout in ctx.layouts():
+        roles = [r for r in LAYOUT_ROLES[layout] if r in ctx.roles]
+        order = rank_nodes({r: ranked[r][1] for r in roles}, flops, rank)
+
+        def attempt(drop: Sequence[tuple[float, str, str]], step: str, layout=layout) -> bool:
+            files = dict(base)
+            for role in LAYOUT_ROLES[layout]:
+                names = {n for _, r, n in drop if r == role}
+                if names:
+                    files[role] = ctx.work / f"{role}.int8.search.onnx"
+                    onnx.save(without_qdq(qmodels[role], fp32_models[role], names), files[role])
+            (report,) = ctx.gates(files, [layout])
+            rounds.append(_round([report], len(drop), step=step))
+            log(
+                f"int8 {layout} ({step}): {len(drop)} node(s) unquantized, mask IoU "
+                f"{report.mask_iou:.4f}, mIoU {report.miou_change * 100:+.2f} points"
+                + (" ok" if report.ok else "")
+            )
+            return report.ok
+
+        good = _shortest_prefix(lambda k, o=order: attempt(o[:k], "prefix"), len(order))
+        chosen = order[:good]
+        # the prefix ends where one node tipped the gates; the largest nodes in it may each
+        # pass quantized on their own: try them back, largest FLOPs first
+        biggest = sorted(chosen, key=lambda item: -flops[item[1]].get(item[2], 0.0))
+        for item in biggest[:refine] if good < len(order) else []:
+            trial = [c for c in chosen if c != item]
+            if attempt(trial, f"requantize {item[2]}"):
+                chosen = trial
+        for error, role, name in chosen:
+            op = next(n.op_type for n in fp32_models[role].graph.node if n.name == name)
+            kept[role].append(
+                KeptNode(
+                    name,
+                    op,
+                    f"INT8 sensitivity: among the largest ({rank.replace('_', ' ')})",
+                    error,
+                    flops[role].get(name),
+                )
+            )
+    shares = {}
+    for role in ctx.roles:
+        quantizable = quantized_nodes(qmodels[role])
+        int8 = set(quantizable) - {k.node for k in kept[role]}
+        total = sum(flops[role].values())
+        shares[role] = (
+            sum(f for n, f in flops[role].items() if n in int8),
+            total,
+            len(quantizable),
+        )
+    return kept, shares, rounds
+
+
+RANKINGS = ("error_per_flop", "error")
+
+
+def rank_nodes(
+    errors: Mapping[str, Mapping[str, float]],
+    flops: Mapping[str, Mapping[str, float]],
+    rank: str = "error_per_flop",
+) -> list[tuple[float, str, str]]:
+    """(error, role, node), in the order nodes are taken out of INT8.
+
+    ``error``: the largest error quantized alone first. ``error_per_flop``: the most error
+    per FLOP that stays INT8 first (a greedy knapsack: the gates are met giving up the
+    fewest INT8 FLOPs; measured to keep more INT8 compute, docs/benchmarks.md).
+    """
+    if rank not in RANKINGS:
+        raise ValueError(f"rank {rank!r}: one of {RANKINGS}")
+    items = [(e, r, n) for r, table in errors.items() for n, e in table.items()]
+
+    def key(item: tuple[float, str, str]) -> tuple[float, str, str]:
+        error, role, node = item
+        cost = max(flops.get(role, {}).get(node, 0.0), 1.0) if rank == "error_per_flop" else 1.0
+        return (-error / cost, role, node)
+
+    return sorted(items, key=key)
+
+
+def _shortest_prefix(passes: Callable[[int], bool], n: int) -> int:
+    """The smallest k in [0, n] with ``passes(k)``, assuming more is never worse (doubling,
+    then bisection); n if none passes."""
+    if n == 0 or passes(0):
+        return 0
+    low, high = 0, 1
+    while high < n and not passes(high):
+        low, high = high, min(2 * high, n)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if passes(mid):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def scratch(directory: Path) -> Path:
+    """A scratch directory for search graphs inside ``directory``."""
+    return Path(tempfile.mkdtemp(prefix="search-", dir=directory))
