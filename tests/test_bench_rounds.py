@@ -136,3 +136,46 @@ def test_busy_processes_and_load_description():
     assert "NOT a quiet machine" in text
     calm = {"loadavg": [0.1, 0.1, 0.1], "cores": 2, "busy_processes": [], "quiet": True}
     assert "NOT" not in describe(calm)
+
+
+def test_table_prints_reasons_with_brackets_verbatim():
+    """Reasons name extras like dit-deploy[gpu]; the terminal table must not eat them as markup."""
+    import io
+
+    from rich.console import Console
+
+    from dit_deploy.bench.report import print_table
+
+    reason = "the tensorrt package is not installed (pip install 'dit-deploy[gpu]')"
+    report = {
+        "model": "m",
+        "data": {"name": "d/val", "pairs": 1},
+        "batches": [1],
+        "rounds": 1,
+        "noise_limit": 0.1,
+        "environment": {
+            "cpu": "cpu",
+            "cores": 2,
+            "threads": 2,
+            "gpus": 0,
+            "versions": {},
+            "load_at_start": {
+                "loadavg": [0.0, 0.0, 0.0],
+                "cores": 2,
+                "busy_processes": [],
+                "quiet": True,
+            },
+        },
+        "cells": [
+            {
+                "label": "tensorrt fp16 (engine) [x]",
+                "backend": "tensorrt",
+                "precision": "fp16",
+                "result": {"status": "unavailable", "reason": reason},
+            }
+        ],
+    }
+    out = io.StringIO()
+    print_table(report, Console(file=out, width=300))
+    text = out.getvalue()
+    assert reason in text and "tensorrt fp16 (engine) [x]" in text

@@ -105,6 +105,7 @@ def row(cell: dict[str, Any], batch: str, short_status: bool = False) -> list[st
 
 def print_table(report: dict[str, Any], console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=None if sys.stdout.isatty() else 160)
@@ -127,11 +128,11 @@ def print_table(report: dict[str, Any], console=None) -> None:
             reason = result.get("reason") or "; ".join(noisy)
             notes.append(f"[{len(notes) + 1}] {cell['label']}: {reason}")
             values[-1] += f" [{len(notes)}]"
-        table.add_row(*values)
+        table.add_row(*(escape(v) for v in values))
     console.print(table)
-    for note in notes:
-        console.print(note, highlight=False)
-    console.print(how_measured(report), highlight=False)
+    for note in notes:  # reasons hold "pip install 'dit-deploy[gpu]'": not rich markup
+        console.print(note, highlight=False, markup=False)
+    console.print(how_measured(report), highlight=False, markup=False)
     env = report["environment"]
     console.print(
         f"[dim]{env['cpu']}, {env['cores']} cores, {env['threads']} threads, "
