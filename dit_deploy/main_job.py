@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .cli_types import positive_int
+from .cli_types import HelpFormatter, positive_int
 from .errors import DITError
 from .hints import command
 
@@ -69,14 +69,10 @@ def register(subparsers) -> None:
         help="the main job: export, quantize, engines, bench, gallery (the default verb)",
         description=__doc__,
         epilog=EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(handler=run_from_args)
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written, and every option's default shown."""
 
 
 class Job:

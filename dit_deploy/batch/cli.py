@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_types import HelpFormatter, non_negative_float, positive_int
 from ..runtime.backends import BACKENDS
 
 EPILOG = """examples:
@@ -28,30 +29,6 @@ EPILOG = """examples:
 pairs.jsonl: one {"id": "a1", "image": "imgs/a.jpg", "text": "the red cup"} a line
 (image paths relative to the file); pairs.csv: columns id,image,text.
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written, and every option's default shown."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,21 +51,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="graph layout (auto: fused when exported, else split)",
     )
-    p.add_argument("--num-workers", type=_positive_int, default=1, help="Predictor actors")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="rows per model call")
+    p.add_argument("--num-workers", type=positive_int, default=1, help="Predictor actors")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per model call")
     p.add_argument(
         "--gpus-per-worker",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         help="GPUs each worker reserves (0: CPU; fractions share a GPU)",
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="CPU threads (and Ray CPUs) of each worker",
     )
-    p.add_argument("--shard-size", type=_positive_int, default=1000, help="rows per output shard")
+    p.add_argument("--shard-size", type=positive_int, default=1000, help="rows per output shard")
     p.add_argument("--png", action="store_true", help="also write masks/<id>.png")
     p.add_argument(
         "--ray-address",
@@ -114,7 +91,7 @@ def register(subparsers) -> None:
         help="segment a whole dataset on Ray Data (local or a cluster), resumable",
         description=__doc__,
         epilog=EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(handler=run_from_args)

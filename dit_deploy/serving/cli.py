@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from ..cli_types import HelpFormatter, port, positive_int
 from ..errors import ConfigError
 from ..preprocess import DEFAULT_MAX_PIXELS
 
@@ -35,34 +36,13 @@ then, on a GPU machine (the python models need dit-deploy inside the container):
 """
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written, and every option's default shown."""
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is <= 65535, got {value}")
-    return value
-
-
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory")
     p.add_argument(
         "--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="graph precision"
     )
-    p.add_argument("--max-batch", type=_positive, default=8, help="largest batch Triton forms")
-    p.add_argument("--instances", type=_positive, default=1, help="model instances")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch Triton forms")
+    p.add_argument("--instances", type=positive_int, default=1, help="model instances")
 
 
 def register(subparsers) -> None:
@@ -76,7 +56,7 @@ def register(subparsers) -> None:
             "metrics, strict readiness; SIGTERM drains in-flight requests."
         ),
         epilog=SERVE_EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _model_options(p)
     p.add_argument(
@@ -87,19 +67,22 @@ def register(subparsers) -> None:
         "--layout", choices=("fused", "split"), default=None, help="graphs (None: fused if any)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
-    p.add_argument("--http-port", type=_port, default=8000, help="KServe v2 HTTP")
-    p.add_argument("--grpc-port", type=_port, default=8001, help="KServe v2 gRPC")
-    p.add_argument("--metrics-port", type=_port, default=8002, help="Prometheus /metrics")
+    p.add_argument("--http-port", type=port, default=8000, help="KServe v2 HTTP")
+    p.add_argument("--grpc-port", type=port, default=8001, help="KServe v2 gRPC")
+    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus /metrics")
     p.add_argument(
         "--max-queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch"
     )
     p.add_argument(
-        "--threads", type=_positive, default=None, help="CPU threads per instance (None: cores/N)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads per instance (None: cores/N)",
     )
     p.add_argument(
-        "--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
     )
-    p.add_argument("--drain-s", type=_positive, default=20, help="SIGTERM: wait for in-flight")
+    p.add_argument("--drain-s", type=positive_int, default=20, help="SIGTERM: wait for in-flight")
     p.add_argument(
         "--log-file", type=Path, default=None, help="tritonserver's log (None: a temp file)"
     )
@@ -110,7 +93,7 @@ def register(subparsers) -> None:
         help="ask a DIT Triton server for one mask",
         description="Send one image and expression to model 'dit'; write the mask.",
         epilog=CLIENT_EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("url", metavar="URL", help="http://HOST:PORT or grpc://HOST:PORT")
     p.add_argument("image", type=Path, metavar="IMAGE")
@@ -129,7 +112,7 @@ def register(subparsers) -> None:
             "tensorrt or python) -> dit_postprocess (python), same contract as 'serve'."
         ),
         epilog=REPO_EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _model_options(p)
     p.add_argument("out", type=Path, metavar="OUT", help="the repository directory to write")

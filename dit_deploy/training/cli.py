@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cli_types import HelpFormatter
+
 TRAIN_EXAMPLES = """examples:
   # the authors' recipe: 4 GPUs x 16 = batch 64, fp32, 40 epochs
   torchrun --nproc-per-node 4 training/train.py \\
@@ -40,10 +42,6 @@ EVAL_EXAMPLES = """examples:
   python training/evaluate.py --model exports/x --backend tensorrt --precision fp16 \\
       --data data/refcoco --dataset refcoco --split testB
 """
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written, defaults shown."""
 
 
 # ---------------------------------------------------------------------------------- train
