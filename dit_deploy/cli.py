@@ -112,6 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dit-deploy {args.verb}: error: {fix}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # the filesystem refused a read or write (a path the user gave)
+        if args.debug:
+            traceback.print_exc()
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"dit-deploy {args.verb}: error: cannot use{where}: {exc.strerror or exc}; "
+            "check the path (a directory that exists, is writable, and is not a file)",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"dit-deploy {args.verb}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,6 +4,7 @@ any work starts, with the option's name (argparse adds it) and what was expected
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def positive_int(text: str) -> int:
@@ -17,15 +18,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def fraction(text: str) -> float:
-    """A number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
+def _float_in(low: float, high: float, unit: str = "") -> Callable[[str], float]:
+    """A parser of numbers in [low, high] (``unit`` names them in messages)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number{unit}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}]{unit}, got {value}")
+        return value
+
+    return parse
+
+
+fraction = _float_in(0.0, 1.0)
+fraction.__doc__ = "A number in [0, 1]."
+points = _float_in(0.0, 100.0, " points")
+points.__doc__ = "An mIoU change in points, in [0, 100]."
 
 
 def non_negative_float(text: str) -> float:

@@ -105,3 +105,22 @@ def test_bench_engine_without_gpu_fails_fast_and_writes_nothing(tmp_path, monkey
     err = capsys.readouterr().err
     assert "needs an NVIDIA GPU" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "--pretrained", "dit-tiny-synthetic", "--out", "{bad}"],
+        ["bench", "{export}", "--report-dir", "{bad}"],
+        ["triton-repo", "{export}", "{bad}"],
+        ["run", "--only", "export", "--out", "{bad}"],
+    ],
+)
+def test_an_unusable_output_path_is_one_line(tiny_export, tmp_path, capsys, argv):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    bad = str(blocker / "out")  # under a regular file: no user, root included, can create it
+    argv = [a.format(bad=bad, export=tiny_export) for a in argv]
+    assert cli(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "a-file" in err

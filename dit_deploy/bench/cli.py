@@ -294,6 +294,8 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 def bench_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark, write the reports, print the table (or JSON); 1 if a cell failed."""
+    if args.report_dir is not None:
+        args.report_dir.mkdir(parents=True, exist_ok=True)  # an unusable path fails before work
     if args.server:
         return _server_main(args)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..atomic import write_text_atomic
-from ..cli_types import fraction, positive_int
+from ..cli_types import fraction, points, positive_int
 from ..errors import ConfigError
 from ..progress import Progress
 
@@ -189,17 +189,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON here ('-': stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def points(text: str) -> float:
-    """An mIoU change in points, in [0, 100]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points") from None
-    if not 0.0 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 100] points, got {value}")
-    return value
 
 
 def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]]:
