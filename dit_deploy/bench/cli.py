@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -292,10 +293,21 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
     }
 
 
+def _check_writable_dir(path: Path) -> None:
+    """Refuse a directory path that could not be created or written, without creating it."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(
+            f"--report-dir {path}: {existing} is not a writable directory; choose another path"
+        )
+
+
 def bench_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark, write the reports, print the table (or JSON); 1 if a cell failed."""
     if args.report_dir is not None:
-        args.report_dir.mkdir(parents=True, exist_ok=True)  # an unusable path fails before work
+        _check_writable_dir(args.report_dir)  # an unusable path fails before the work
     if args.server:
         return _server_main(args)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
