@@ -215,7 +215,12 @@ def _release_together(n: int, fn) -> list:
 # -- serve: contract and parity ----------------------------------------------------------
 def test_startup_line_names_the_urls(servers):
     server = servers["fp32"]
-    lines = [ln for ln in server.log.read_text().splitlines() if "ready:" in ln]
+    deadline = time.monotonic() + 15  # Triton answers "ready" a moment before serve logs it
+    while True:
+        lines = [ln for ln in server.log.read_text().splitlines() if "ready:" in ln]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(lines) == 1
     for url in (server.http, server.grpc, server.metrics):
         assert url in lines[0]
