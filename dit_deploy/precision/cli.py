@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--auto",
         action="store_true",
         help="search the nodes to keep at higher precision until the gates pass "
-        "(gate defaults: mask IoU >= 0.99, mIoU drop <= 0.2 points); writes precision_plan.json",
+        "(gate defaults: mask IoU >= 0.999 for fp16, 0.99 for int8; mIoU drop <= 0.2 points); "
+        "writes precision_plan.json",
     )
     auto.add_argument(
         "--plan",
@@ -158,7 +159,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--min-mask-iou",
         type=fraction,
         help="gate: pooled mask IoU vs the FP32 masks, fraction in [0, 1] "
-        "(default: --auto 0.99; else fp16 0.98, int8 0.90, bf16 0.99)",
+        "(default: --auto fp16 0.999, int8 0.99; else fp16 0.98, int8 0.90, bf16 0.99)",
     )
     ver.add_argument(
         "--max-miou-drop",
@@ -258,11 +259,11 @@ def _options(args: argparse.Namespace):
     from .int8 import Int8Options
     from .pipeline import QuantizeOptions
     from .samples import PairSource
-    from .verify import AUTO_FLOOR, DEFAULT_FLOORS, Floor
+    from .verify import Floor, default_floor
 
     calib = PairSource(args.calib_data, args.calib_split, args.calib_size)
     eval_data = args.eval_data or args.calib_data
-    default = AUTO_FLOOR if args.auto else DEFAULT_FLOORS[args.precision]
+    default = default_floor(args.precision, args.auto)
     floor = Floor.from_points(
         args.min_mask_iou if args.min_mask_iou is not None else default.min_mask_iou,
         args.max_miou_drop if args.max_miou_drop is not None else default.max_miou_drop_points,

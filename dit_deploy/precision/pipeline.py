@@ -54,12 +54,12 @@ from .int8 import (
 from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
 from .samples import PairSource
 from .verify import (
-    AUTO_FLOOR,
     DEFAULT_FLOORS,
     Floor,
     LayoutReport,
     chain_latency_ms,
     compare_layout,
+    default_floor,
 )
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -98,7 +98,7 @@ class QuantizeOptions:
     def resolved_floor(self) -> Floor:
         if self.floor is not None:
             return self.floor
-        return AUTO_FLOOR if self.auto else DEFAULT_FLOORS[self.precision]
+        return default_floor(self.precision, self.auto)
 
     def resolved_search(self) -> PairSource:
         """The search's pairs: held out like ``eval``, but not the verification pairs."""
