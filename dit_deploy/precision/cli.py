@@ -66,6 +66,7 @@ def register(subparsers) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .fp16 import DEFAULT_FP32_OPS
     from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES
+    from .smooth import DEFAULT_ALPHA
 
     p.add_argument("export_dir", type=Path, help="an export directory (dit-deploy export)")
     p.add_argument(
@@ -129,6 +130,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     cal.add_argument(
         "--exclude", nargs="*", default=[], metavar="NODE", help="node names left unquantized"
+    )
+    cal.add_argument(
+        "--smooth",
+        type=fraction,
+        default=DEFAULT_ALPHA,
+        metavar="ALPHA",
+        help="INT8: move activation outlier channels into the weights first (SmoothQuant "
+        "migration strength in [0, 1]; adds one Mul per smoothed activation) "
+        "(default: %(default)s)",
+    )
+    cal.add_argument(
+        "--no-smooth",
+        dest="smooth",
+        action="store_const",
+        const=None,
+        help="INT8: quantize the activations as they are",
     )
     cal.add_argument(
         "--cache-dir",
@@ -283,6 +300,7 @@ def _options(args: argparse.Namespace):
             op_types=tuple(args.op_types),
             exclude=tuple(args.exclude),
             percentile=args.percentile,
+            smooth=args.smooth,
         ),
         fp32_ops=tuple(args.fp32_ops),
         fp32_nodes=tuple(args.fp32_nodes),

@@ -11,6 +11,9 @@ preprocessing and tokenizer; each graph sees what the FP32 graphs upstream of it
 ``CalibStridedMinMax`` = 1 makes ONNX Runtime fold every sample into the running ranges (or
 histograms) at once, so memory stays flat however many samples are used; the ranges are
 cached in a JSON file (``calibration_cache_path``) keyed by graph, data and method.
+
+The graph given here is usually already smoothed (:mod:`.smooth`, ``Int8Options.smooth``):
+activation outlier channels moved into the per-channel weights before the ranges are taken.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..errors import BackendUnavailableError, ConfigError
 from ..runtime.graph_chain import GraphChain, layout_of
 from .chain import PairInputs
 from .samples import PairSource
+from .smooth import DEFAULT_ALPHA
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
@@ -45,12 +49,16 @@ class Int8Options:
     exclude: tuple[str, ...] = ()
     per_channel: bool = True
     percentile: float = 99.999
+    # SmoothQuant migration strength (.smooth), None: the activations are quantized as they are
+    smooth: float | None = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
             raise ConfigError(
                 f"unknown calibration method {self.method!r}; choose one of {CALIBRATION_METHODS}"
             )
+        if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
+            raise ConfigError(f"smoothing strength {self.smooth}: a number in [0, 1]")
 
     def extra_options(self) -> dict[str, object]:
         """``quantize_static`` extra options (see the module docstring for why each)."""
@@ -86,6 +94,7 @@ def cache_file(
             "percentile": options.percentile if options.method == "percentile" else None,
             "op_types": sorted(options.op_types),
             "per_channel": options.per_channel,
+            "smooth": options.smooth,
         },
         sort_keys=True,
     )

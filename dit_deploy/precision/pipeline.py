@@ -53,6 +53,7 @@ from .int8 import (
 )
 from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
 from .samples import PairSource
+from .smooth import DEFAULT_ALPHA
 from .verify import (
     DEFAULT_FLOORS,
     Floor,
@@ -240,6 +241,7 @@ def _convert_one(
             "op_types": list(int8.op_types),
             "excluded": excluded,
             "dequantize_nodes": result.quantized_nodes,
+            "smooth_alpha": int8.smooth,
         }
         problems = int8_problems(model)
     if problems:
@@ -294,9 +296,15 @@ def run_quantize(
         if opts.plan is not None:
             plan = read_plan(opts.plan, opts.precision)
             plan.check_sources(_source_hashes(export_dir, manifest, roles), str(opts.plan))
+            plan.check_smoothing(opts.int8.smooth if opts.precision == "int8" else None)
             log(f"reusing {opts.plan}: {_kept_summary(plan)}")
-        elif opts.auto:
-            plan = _search(export_dir, manifest, roles, opts, prepare, fp32, tmp, log, progress)
+        sources = _int8_sources(
+            export_dir, manifest, roles, opts, prepare, fp32, tmp, log, progress
+        )
+        if opts.auto:
+            plan = _search(
+                export_dir, manifest, roles, opts, prepare, fp32, tmp, sources, log, progress
+            )
         extra = {r: plan.roles[r].nodes for r in roles} if plan is not None else {}
         if plan is not None and any(plan.roles[r].all_kept for r in roles):
             stay = [r for r in roles if plan.roles[r].all_kept]
@@ -307,7 +315,18 @@ def run_quantize(
             candidate, outcomes = _execution_candidate(export_dir, manifest, roles, opts, log)
         else:
             outcomes = _convert_all(
-                export_dir, manifest, roles, opts, prepare, fp32, tmp, files, log, progress, extra
+                export_dir,
+                manifest,
+                roles,
+                opts,
+                prepare,
+                fp32,
+                tmp,
+                files,
+                sources,
+                log,
+                progress,
+                extra,
             )
             candidate = chains(files, opts.threads)
         reports = []
@@ -372,7 +391,7 @@ def _existing_plans(export_dir: Path, manifest: Manifest) -> dict[str, Precision
     return read_plans(path)
 
 
-def _search(
+def _int8_sources(
     export_dir: Path,
     manifest: Manifest,
     roles: Sequence[str],
@@ -382,16 +401,70 @@ def _search(
     tmp: Path,
     log: Callable[[str], None],
     progress: ProgressFactory,
+) -> dict[str, Path]:
+    """Role -> the FP32 graph to convert: the export's, or for INT8 with smoothing a
+    smoothed copy in ``tmp`` (:mod:`.smooth`; channel maxima from the calibration pairs,
+    cached like the ranges)."""
+    import onnx
+
+    from .smooth import cached_channel_maxima, smooth
+
+    files = manifest.graph_files(export_dir)
+    alpha = opts.int8.smooth
+    if opts.precision != "int8" or alpha is None or opts.calib is None:
+        return {role: files[role] for role in roles}
+    sources = {}
+    for role in roles:
+        model = onnx.load(str(files[role]))
+        chain = fp32[layout_of(role)]
+        bar = progress(f"smooth {role}", len(opts.calib))
+
+        def feeds(role=role, chain=chain, bar=bar):
+            for pair in opts.calib:
+                inputs, _ = prepare([pair])
+                bar(1)
+                yield chain.role_inputs(role, inputs)
+
+        maxima, hit = cached_channel_maxima(
+            model,
+            feeds(),
+            opts.cache_dir or default_cache_dir(),
+            role,
+            manifest.graphs[role].sha256 or sha256_file(files[role]),
+            opts.calib,
+            opts.threads,
+        )
+        smoothed, changed = smooth(model, maxima, alpha)
+        sources[role] = tmp / f"{role}.smoothed.onnx"
+        save_onnx(smoothed, sources[role])
+        log(
+            f"{role}: {len(changed)} MatMul/Gemm input(s) smoothed, alpha {alpha}"
+            + (" (channel maxima from the cache)" if hit else "")
+        )
+    return sources
+
+
+def _search(
+    export_dir: Path,
+    manifest: Manifest,
+    roles: Sequence[str],
+    opts: QuantizeOptions,
+    prepare: PairInputs,
+    fp32: dict[str, GraphChain],
+    tmp: Path,
+    sources: dict[str, Path],
+    log: Callable[[str], None],
+    progress: ProgressFactory,
 ) -> PrecisionPlan:
-    """Search the nodes to keep at higher precision (see :mod:`.auto`)."""
+    """Search the nodes to keep at higher precision (see :mod:`.auto`); ``sources``: role ->
+    the FP32 graph converted (smoothed for INT8)."""
     from .auto import SearchContext, scratch, search_fp16, search_int8
 
     assert opts.calib is not None
     search = opts.resolved_search()
     floor = opts.resolved_floor()
-    sources = manifest.graph_files(export_dir)
     ctx = SearchContext(
-        sources,
+        {**manifest.graph_files(export_dir), **sources},
         roles,
         prepare,
         fp32,
@@ -420,20 +493,34 @@ def _search(
         for role in roles:
             out = ctx.work / f"{role}.int8.full.onnx"
             spec = manifest.graphs[role]
-            _convert_one(role, export_dir / spec.file, out, spec, opts, prepare, fp32, progress)
+            _convert_one(role, sources[role], out, spec, opts, prepare, fp32, progress)
             full[role] = out
         kept, shares, rounds = search_int8(
             ctx, full, opts.cache_dir or default_cache_dir(), log, opts.rank
         )
+        smoothing = (
+            f", activations smoothed with alpha {opts.int8.smooth}"
+            if opts.int8.smooth is not None
+            else ""
+        )
         method = (
-            f"int8 ({opts.int8.method} calibration): each node quantized alone (the rest "
-            "FP32), logits mean |error| vs FP32 on the search pairs; nodes left unquantized "
-            f"in order of {opts.rank.replace('_', ' ')}, the shortest prefix passing the gates"
+            f"int8 ({opts.int8.method} calibration{smoothing}): each node quantized alone "
+            "(the rest FP32), logits mean |error| vs FP32 on the search pairs; nodes left "
+            f"unquantized in order of {opts.rank.replace('_', ' ')}, the shortest prefix "
+            "passing the gates"
         )
     plan = PrecisionPlan(
         precision=opts.precision,
         method=method,
-        calibration={"pairs": opts.calib.describe(), "sha256": pairs_hash(opts.calib)},
+        calibration={
+            "pairs": opts.calib.describe(),
+            "sha256": pairs_hash(opts.calib),
+            **(
+                {"smooth_alpha": opts.int8.smooth}
+                if opts.precision == "int8" and opts.int8.smooth is not None
+                else {}
+            ),
+        },
         search={"pairs": search.describe(), "sha256": pairs_hash(search)},
         gates={
             "min_mask_iou": floor.min_mask_iou,
@@ -465,12 +552,14 @@ def _convert_all(
     fp32: dict[str, GraphChain],
     tmp: Path,
     files: dict[str, Path],
+    sources: dict[str, Path],
     log: Callable[[str], None],
     progress: ProgressFactory,
     extra: dict[str, tuple[str, ...]] | None = None,
 ) -> list[GraphOutcome]:
     """Write each role's graph at ``opts.precision`` into ``tmp`` (``files`` points at them);
-    ``extra``: role -> nodes a precision plan keeps at higher precision."""
+    ``sources``: role -> the FP32 graph converted (smoothed for INT8); ``extra``: role ->
+    nodes a precision plan keeps at higher precision."""
     outcomes = []
     for role in roles:
         spec = manifest.graphs[role]
@@ -478,7 +567,7 @@ def _convert_all(
         out = tmp / f"{role}.{opts.precision}.onnx"
         start = time.perf_counter()
         nodes = (extra or {}).get(role, ())
-        detail = _convert_one(role, src, out, spec, opts, prepare, fp32, progress, nodes)
+        detail = _convert_one(role, sources[role], out, spec, opts, prepare, fp32, progress, nodes)
         outcomes.append(
             GraphOutcome(
                 role,
@@ -593,10 +682,13 @@ def _install(
 
 
 def stale_reason(
-    export_dir: str | Path, precision: str, calib: PairSource | None = None
+    export_dir: str | Path,
+    precision: str,
+    calib: PairSource | None = None,
+    smooth: float | None = DEFAULT_ALPHA,
 ) -> str | None:
     """Why the export's ``precision`` graphs cannot be reused (None: present, hash-valid,
-    and, for INT8 with ``calib``, calibrated on the same pairs)."""
+    and, for INT8 with ``calib``, calibrated on the same pairs with the same ``smooth``)."""
     import onnx
 
     from ..errors import DITError
@@ -623,6 +715,8 @@ def stale_reason(
             used, wanted = recipe.get("calibration"), calib.describe()
             if used != wanted:
                 return f"{role} was calibrated on {used!r}, not {wanted!r}"
+            if recipe.get("smooth_alpha") != smooth:
+                return f"{role} was smoothed with alpha {recipe.get('smooth_alpha')}, not {smooth}"
     except DITError as exc:
         return str(exc)
     return None

@@ -34,7 +34,7 @@ _ROLE = {
 _ENTRY = {
     "precision": str,
     "method": str,
-    "calibration": {"pairs": str, "sha256": str},
+    "calibration": {"pairs": str, "sha256": str, "smooth_alpha?": NUMBER},
     "search": {"pairs": str, "sha256": str},
     "gates": {
         "min_mask_iou": NUMBER,
@@ -111,7 +111,7 @@ class PrecisionPlan:
 
     precision: str
     method: str
-    calibration: dict[str, str]
+    calibration: dict[str, Any]  # pairs, sha256, and the INT8 smoothing strength if any
     search: dict[str, str]
     gates: dict[str, float]
     roles: dict[str, RolePlan]
@@ -175,6 +175,18 @@ class PrecisionPlan:
                     f"{plan.source_graph_sha256[:12]}..., this export's is {sha[:12]}...); "
                     "re-run the search with --auto"
                 )
+
+    def check_smoothing(self, alpha: float | None) -> None:
+        """Refuse to reuse an INT8 plan with another smoothing than it was searched with (the
+        sensitivities, so the kept nodes, depend on it)."""
+        searched = self.calibration.get("smooth_alpha")
+        if self.precision == "int8" and searched != alpha:
+            wanted = "--no-smooth" if searched is None else f"--smooth {searched}"
+            raise ConfigError(
+                f"this plan was searched with {wanted}, not "
+                f"{'--no-smooth' if alpha is None else f'--smooth {alpha}'}; pass {wanted} or "
+                "re-run the search with --auto"
+            )
 
 
 def read_plans(path: Path) -> dict[str, PrecisionPlan]:
