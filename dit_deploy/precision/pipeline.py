@@ -15,6 +15,7 @@ them under ``precisions``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -64,6 +65,7 @@ from .verify import (
 )
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+SMOOTH_CHECK_PAIRS = 8  # held-out pairs that decide, per activation, whether to smooth
 # precisions that run the FP32 graph files at another precision: precision -> the
 # manifest's ``execution`` value (its backend: ``EXECUTIONS[execution][0]``)
 EXECUTION_PRECISIONS = {mode: name for name, (_backend, mode) in EXECUTIONS.items()}
@@ -403,43 +405,49 @@ def _int8_sources(
     progress: ProgressFactory,
 ) -> dict[str, Path]:
     """Role -> the FP32 graph to convert: the export's, or for INT8 with smoothing a
-    smoothed copy in ``tmp`` (:mod:`.smooth`; channel maxima from the calibration pairs,
-    cached like the ranges)."""
+    smoothed copy in ``tmp`` (:mod:`.smooth`: channel maxima from the calibration pairs, the
+    choice per activation from its MatMuls' INT8 error on the first pairs of the search
+    set; cached like the ranges)."""
     import onnx
 
-    from .smooth import cached_channel_maxima, smooth
+    from .smooth import cached_smoothing, smooth
 
     files = manifest.graph_files(export_dir)
     alpha = opts.int8.smooth
     if opts.precision != "int8" or alpha is None or opts.calib is None:
         return {role: files[role] for role in roles}
     sources = {}
+    held_out = opts.resolved_search()  # not the calibration pairs, nor the verdict's
     for role in roles:
         model = onnx.load(str(files[role]))
         chain = fp32[layout_of(role)]
-        bar = progress(f"smooth {role}", len(opts.calib))
 
-        def feeds(role=role, chain=chain, bar=bar):
-            for pair in opts.calib:
+        def feeds(source: PairSource, limit: int, role=role, chain=chain):
+            bar = progress(f"smooth {role}", min(len(source), limit))
+            for pair in itertools.islice(source, limit):
                 inputs, _ = prepare([pair])
                 bar(1)
                 yield chain.role_inputs(role, inputs)
 
-        maxima, hit = cached_channel_maxima(
+        found, hit = cached_smoothing(
             model,
-            feeds(),
+            lambda f=feeds: f(opts.calib, len(opts.calib)),
+            lambda f=feeds: f(held_out, SMOOTH_CHECK_PAIRS),
+            alpha,
             opts.cache_dir or default_cache_dir(),
             role,
             manifest.graphs[role].sha256 or sha256_file(files[role]),
-            opts.calib,
+            [opts.calib, held_out],
             opts.threads,
         )
-        smoothed, changed = smooth(model, maxima, alpha)
+        strengths = found.strengths()
+        smoothed, changed = smooth(model, found.maxima, strengths)
         sources[role] = tmp / f"{role}.smoothed.onnx"
         save_onnx(smoothed, sources[role])
         log(
-            f"{role}: {len(changed)} MatMul/Gemm input(s) smoothed, alpha {alpha}"
-            + (" (channel maxima from the cache)" if hit else "")
+            f"{role}: {len(strengths)} of {len(found.errors)} MatMul/Gemm input(s) smoothed "
+            f"(alpha {alpha}; the others' INT8 error is lower as they are)"
+            + (" [cached]" if hit else "")
         )
     return sources
 

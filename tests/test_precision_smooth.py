@@ -1,0 +1,212 @@
+"""SmoothQuant-style migration before INT8 (``quantize --smooth``): the FP32 function is kept,
+an outlier channel stops setting the activation scale, the choice is recorded and checked."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dit_deploy.errors import ConfigError
+from dit_deploy.precision.int8 import Int8Options, cache_file, quantize_int8
+from dit_deploy.precision.pipeline import run_quantize, stale_reason
+from dit_deploy.precision.plan import PLAN_FILE
+from dit_deploy.precision.samples import PairSource
+from dit_deploy.precision.smooth import (
+    DEFAULT_ALPHA,
+    cached_channel_maxima,
+    channel_maxima,
+    migration_scales,
+    smooth,
+    smoothable,
+)
+from dit_deploy.precision.verify import Floor
+from tests.conftest import copy_export
+from tests.test_precision_auto import SPLIT_FP32, _options, _parse, _quiet
+
+K = 16
+
+
+def _graph(seed: int = 0):
+    """x (2, 5, K) -> MatMul W (K, 12) and a residual Add on x itself; y2 = Gemm(x2, B^T)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((K, 12)).astype(np.float32)
+    b = rng.standard_normal((6, K)).astype(np.float32)  # Gemm transB: (N, K)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        helper.make_node("Add", ["x", "x"], ["twice"], name="residual"),
+        helper.make_node("Gemm", ["x2", "b"], ["y2"], name="gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, K]),
+            helper.make_tensor_value_info("x2", TensorProto.FLOAT, [3, K]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 12]),
+            helper.make_tensor_value_info("twice", TensorProto.FLOAT, [2, 5, K]),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, [3, 6]),
+        ],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in model.graph.output], session.run(None, feeds), strict=True))
+
+
+def _feeds(rng, outlier: float = 1.0):
+    x = rng.standard_normal((2, 5, K)).astype(np.float32)
+    x[..., 3] *= outlier  # one loud channel, as in transformer activations
+    return {"x": x, "x2": rng.standard_normal((3, K)).astype(np.float32)}
+
+
+def test_migration_scales_follow_the_smoothquant_formula():
+    x, w = np.array([4.0, 1.0, 0.0]), np.array([1.0, 4.0, 2.0])
+    np.testing.assert_allclose(migration_scales(x, w, 0.5), [2.0, 0.5, np.sqrt(1e-5 / 2)])
+    np.testing.assert_allclose(migration_scales(x, w, 1.0), [4.0, 1.0, 1e-5], rtol=1e-6)
+    np.testing.assert_allclose(migration_scales(x, w, 0.0), [1.0, 0.25, 0.5])
+
+
+def test_smoothing_keeps_the_fp32_function_and_other_consumers_read_the_raw_tensor():
+    model = _graph()
+    found = smoothable(model)
+    assert {a: [c.node for c in cs] for a, cs in found.items()} == {"x": ["mm"], "x2": ["gemm"]}
+    assert found["x2"][0].axis == 1  # Gemm transB: K is the weight's second axis
+    rng = np.random.default_rng(1)
+    calib = [_feeds(rng, 50.0) for _ in range(3)]
+    maxima = channel_maxima(model, calib, ["x", "x2"])
+    assert maxima["x"].shape == (K,) and maxima["x"][3] > 20 * np.median(maxima["x"])
+    smoothed, changed = smooth(model, maxima, 0.8)
+    onnx.checker.check_model(smoothed)
+    assert sorted(changed) == ["gemm", "mm"]
+    nodes = {n.name: n for n in smoothed.graph.node}
+    assert nodes["mm"].input[0] == "x_smoothed" and nodes["residual"].input[:] == ["x", "x"]
+    feeds = _feeds(np.random.default_rng(2), 50.0)
+    before, after = _run(model, feeds), _run(smoothed, feeds)
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="alpha"):
+        smooth(model, maxima, 1.5)
+
+
+class _Reader:
+    """A calibration reader over a list of feeds (``CalibStridedMinMax`` calls set_range)."""
+
+    def __init__(self, feeds):
+        self.feeds, self.start, self.end = feeds, 0, len(feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, min(end_index, len(self.feeds))
+
+    def get_next(self):
+        if self.start >= self.end:
+            return None
+        self.start += 1
+        return self.feeds[self.start - 1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def test_smoothing_an_outlier_channel_cuts_the_int8_error(tmp_path):
+    """One channel 50x louder: per-tensor activation scale is set by it alone and every other
+    channel keeps a few INT8 levels; moved into the per-channel weights, the error drops."""
+    model = _graph()
+    rng = np.random.default_rng(3)
+    calib = [_feeds(rng, 50.0) for _ in range(8)]
+    held_out = [_feeds(rng, 50.0) for _ in range(4)]
+    errors = {}
+    for label, alpha in (("plain", None), ("smoothed", DEFAULT_ALPHA)):
+        src = model
+        if alpha is not None:
+            src, _ = smooth(model, channel_maxima(model, calib, ["x", "x2"]), alpha)
+        path = tmp_path / f"{label}.onnx"
+        onnx.save(src, path)
+        out = tmp_path / f"{label}.int8.onnx"
+        options = Int8Options(smooth=alpha)
+        quantize_int8(path, out, "g", _Reader(calib), tmp_path / f"{label}.json", options)
+        quantized = onnx.load(out)
+        assert {n.name for n in quantized.graph.node if n.op_type == "Mul"} == (
+            set() if alpha is None else {"x/smooth", "x2/smooth"}
+        )
+        num = den = 0.0
+        for feeds in held_out:
+            ref, got = _run(model, feeds)["y"], _run(quantized, feeds)["y"]
+            num, den = num + np.abs(got - ref).sum(), den + np.abs(ref).sum()
+        errors[label] = num / den
+    assert errors["smoothed"] < 0.5 * errors["plain"], errors
+
+
+def test_channel_maxima_are_cached_by_graph_and_pairs_and_a_damaged_entry_is_remeasured(
+    tmp_path,
+):
+    model = _graph()
+    rng = np.random.default_rng(4)
+    calib = [_feeds(rng) for _ in range(2)]
+    source = PairSource(None, "train", 2)
+    first, hit = cached_channel_maxima(model, iter(calib), tmp_path, "g", "sha-a", source)
+    assert not hit
+
+    def unread():
+        raise AssertionError("a cache hit reads no pairs")
+        yield
+
+    again, hit = cached_channel_maxima(model, unread(), tmp_path, "g", "sha-a", source)
+    assert hit and all(np.array_equal(first[k], again[k]) for k in first)
+    (entry,) = tmp_path.glob("g.channels.*.npz")
+    _, hit = cached_channel_maxima(model, iter(calib), tmp_path, "g", "sha-b", source)
+    assert not hit  # another graph: measured again
+    entry.write_bytes(b"not an npz")
+    again, hit = cached_channel_maxima(model, iter(calib), tmp_path, "g", "sha-a", source)
+    assert not hit and all(np.array_equal(first[k], again[k]) for k in first)
+
+
+def test_range_cache_and_options_know_the_smoothing(tmp_path):
+    source = PairSource(None, "train", 4)
+    a = cache_file(tmp_path, "r", "sha", source, Int8Options())
+    b = cache_file(tmp_path, "r", "sha", source, Int8Options(smooth=None))
+    assert a != b  # other ranges: a smoothed graph's activations are other tensors
+    with pytest.raises(ConfigError, match="smoothing strength"):
+        Int8Options(smooth=1.5)
+    assert _parse([str(tmp_path), "--precision", "int8"]).smooth == DEFAULT_ALPHA
+    assert _parse([str(tmp_path), "--precision", "int8", "--no-smooth"]).smooth is None
+    assert _parse([str(tmp_path), "--precision", "int8", "--smooth", "0.5"]).smooth == 0.5
+    with pytest.raises(SystemExit):
+        _parse([str(tmp_path), "--precision", "int8", "--smooth", "2"])
+
+
+def test_smoothing_is_recorded_and_another_strength_is_stale(tiny_export, tmp_path):
+    out = copy_export(tiny_export, tmp_path / "e")
+    opts = _options("int8", tmp_path / "c", keep_fp32=SPLIT_FP32)
+    result = run_quantize(out, opts, log=_quiet)
+    (outcome,) = result.graphs
+    assert outcome.detail["smooth_alpha"] == DEFAULT_ALPHA
+    model = onnx.load(out / "mask_decoder.int8.onnx")
+    assert sum(n.name.endswith("/smooth") for n in model.graph.node) > 10
+    assert stale_reason(out, "int8", opts.calib) is None
+    assert "smoothed with alpha 0.8, not None" in stale_reason(out, "int8", opts.calib, None)
+
+
+def test_plan_reuse_with_another_smoothing_is_refused(tiny_export, tmp_path):
+    src = copy_export(tiny_export, tmp_path / "src")
+    floor = Floor(min_mask_iou=0.0, max_miou_drop=1.0)
+    opts = _options("int8", tmp_path / "c", auto=True, keep_fp32=SPLIT_FP32, floor=floor)
+    result = run_quantize(src, opts, log=_quiet)
+    assert result.plan.calibration["smooth_alpha"] == DEFAULT_ALPHA
+    assert "smoothed with alpha 0.8" in result.plan.method
+    out = copy_export(tiny_export, tmp_path / "e")
+    reuse = dataclasses.replace(opts, auto=False, plan=Path(src / PLAN_FILE))
+    no_smooth = dataclasses.replace(reuse, int8=Int8Options(smooth=None))
+    with pytest.raises(ConfigError, match="searched with --smooth 0.8, not --no-smooth"):
+        run_quantize(out, no_smooth, log=_quiet)
+    assert run_quantize(out, reuse, log=_quiet).written
