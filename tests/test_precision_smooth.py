@@ -19,8 +19,9 @@ from dit_deploy.precision.plan import PLAN_FILE
 from dit_deploy.precision.samples import PairSource
 from dit_deploy.precision.smooth import (
     DEFAULT_ALPHA,
-    cached_channel_maxima,
+    cached_smoothing,
     channel_maxima,
+    int8_errors,
     migration_scales,
     smooth,
     smoothable,
@@ -86,7 +87,7 @@ def test_smoothing_keeps_the_fp32_function_and_other_consumers_read_the_raw_tens
     calib = [_feeds(rng, 50.0) for _ in range(3)]
     maxima = channel_maxima(model, calib, ["x", "x2"])
     assert maxima["x"].shape == (K,) and maxima["x"][3] > 20 * np.median(maxima["x"])
-    smoothed, changed = smooth(model, maxima, 0.8)
+    smoothed, changed = smooth(model, maxima, {"x": 0.8, "x2": 0.8})
     onnx.checker.check_model(smoothed)
     assert sorted(changed) == ["gemm", "mm"]
     nodes = {n.name: n for n in smoothed.graph.node}
@@ -95,8 +96,9 @@ def test_smoothing_keeps_the_fp32_function_and_other_consumers_read_the_raw_tens
     before, after = _run(model, feeds), _run(smoothed, feeds)
     for name in before:
         np.testing.assert_allclose(after[name], before[name], rtol=1e-4, atol=1e-4)
+    assert smooth(model, maxima, {"x2": 0.8})[1] == ["gemm"]  # only the activations asked
     with pytest.raises(ValueError, match="alpha"):
-        smooth(model, maxima, 1.5)
+        smooth(model, maxima, {"x": 1.5})
 
 
 class _Reader:
@@ -129,7 +131,8 @@ def test_smoothing_an_outlier_channel_cuts_the_int8_error(tmp_path):
     for label, alpha in (("plain", None), ("smoothed", DEFAULT_ALPHA)):
         src = model
         if alpha is not None:
-            src, _ = smooth(model, channel_maxima(model, calib, ["x", "x2"]), alpha)
+            maxima = channel_maxima(model, calib, ["x", "x2"])
+            src, _ = smooth(model, maxima, {"x": alpha, "x2": alpha})
         path = tmp_path / f"{label}.onnx"
         onnx.save(src, path)
         out = tmp_path / f"{label}.int8.onnx"
@@ -147,28 +150,47 @@ def test_smoothing_an_outlier_channel_cuts_the_int8_error(tmp_path):
     assert errors["smoothed"] < 0.5 * errors["plain"], errors
 
 
-def test_channel_maxima_are_cached_by_graph_and_pairs_and_a_damaged_entry_is_remeasured(
-    tmp_path,
-):
+def test_smoothing_is_chosen_per_activation_by_its_held_out_int8_error():
+    """An outlier channel: smoothing lowers the error. A channel silent in calibration that
+    wakes up on other pairs: smoothing would amplify it past the scale, so it is refused."""
+    model = _graph()
+    rng = np.random.default_rng(5)
+    calib = [_feeds(rng, 50.0) for _ in range(6)]
+    for feeds in calib:
+        feeds["x2"][:, 7] = 0.0  # x2's channel 7 never fires in calibration
+    held_out = [_feeds(rng, 50.0) for _ in range(4)]
+    maxima = channel_maxima(model, calib, ["x", "x2"])
+    errors = int8_errors(model, held_out, maxima, DEFAULT_ALPHA)
+    assert errors["x"][1] < 0.5 * errors["x"][0]  # the outlier: smoothing helps
+    assert errors["x2"][1] > errors["x2"][0]  # the silent channel: smoothing hurts
+
+
+def test_smoothing_measurements_are_cached_by_graph_pairs_and_alpha(tmp_path):
     model = _graph()
     rng = np.random.default_rng(4)
-    calib = [_feeds(rng) for _ in range(2)]
-    source = PairSource(None, "train", 2)
-    first, hit = cached_channel_maxima(model, iter(calib), tmp_path, "g", "sha-a", source)
-    assert not hit
+    calib = [_feeds(rng, 50.0) for _ in range(3)]
+    held_out = [_feeds(rng, 50.0) for _ in range(2)]
+    sources = [PairSource(None, "train", 3), PairSource(None, "val", 2, seed=2)]
+
+    def measure(sha="sha-a", alpha=DEFAULT_ALPHA, calib_feeds=lambda: calib):
+        return cached_smoothing(
+            model, calib_feeds, lambda: held_out, alpha, tmp_path, "g", sha, sources
+        )
 
     def unread():
         raise AssertionError("a cache hit reads no pairs")
-        yield
 
-    again, hit = cached_channel_maxima(model, unread(), tmp_path, "g", "sha-a", source)
-    assert hit and all(np.array_equal(first[k], again[k]) for k in first)
-    (entry,) = tmp_path.glob("g.channels.*.npz")
-    _, hit = cached_channel_maxima(model, iter(calib), tmp_path, "g", "sha-b", source)
-    assert not hit  # another graph: measured again
+    first, hit = measure()
+    assert not hit and set(first.strengths()) == {"x"}  # x2 has no outlier here
+    again, hit = measure(calib_feeds=unread)
+    assert hit and again.errors == first.errors
+    assert all(np.array_equal(first.maxima[k], again.maxima[k]) for k in first.maxima)
+    (entry,) = tmp_path.glob("g.smoothing.*.npz")
+    assert not measure(sha="sha-b")[1]  # another graph
+    assert not measure(alpha=0.5)[1]  # another strength
     entry.write_bytes(b"not an npz")
-    again, hit = cached_channel_maxima(model, iter(calib), tmp_path, "g", "sha-a", source)
-    assert not hit and all(np.array_equal(first[k], again[k]) for k in first)
+    again, hit = measure()
+    assert not hit and again.errors == first.errors
 
 
 def test_range_cache_and_options_know_the_smoothing(tmp_path):
@@ -192,7 +214,8 @@ def test_smoothing_is_recorded_and_another_strength_is_stale(tiny_export, tmp_pa
     (outcome,) = result.graphs
     assert outcome.detail["smooth_alpha"] == DEFAULT_ALPHA
     model = onnx.load(out / "mask_decoder.int8.onnx")
-    assert sum(n.name.endswith("/smooth") for n in model.graph.node) > 10
+    smoothed = sum(n.name.endswith("/smooth") for n in model.graph.node)
+    assert smoothed == outcome.detail["smoothed_activations"] > 0
     assert stale_reason(out, "int8", opts.calib) is None
     assert "smoothed with alpha 0.8, not None" in stale_reason(out, "int8", opts.calib, None)
 

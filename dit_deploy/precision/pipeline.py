@@ -54,7 +54,7 @@ from .int8 import (
 )
 from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
 from .samples import PairSource
-from .smooth import DEFAULT_ALPHA
+from .smooth import DEFAULT_ALPHA, SMOOTH_SUFFIX
 from .verify import (
     DEFAULT_FLOORS,
     Floor,
@@ -244,6 +244,7 @@ def _convert_one(
             "excluded": excluded,
             "dequantize_nodes": result.quantized_nodes,
             "smooth_alpha": int8.smooth,
+            "smoothed_activations": sum(n.name.endswith(SMOOTH_SUFFIX) for n in model.graph.node),
         }
         problems = int8_problems(model)
     if problems:
