@@ -4,6 +4,7 @@ an outlier channel stops setting the activation scale, the choice is recorded an
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -232,4 +233,16 @@ def test_plan_reuse_with_another_smoothing_is_refused(tiny_export, tmp_path):
     no_smooth = dataclasses.replace(reuse, int8=Int8Options(smooth=None))
     with pytest.raises(ConfigError, match="searched with --smooth 0.8, not --no-smooth"):
         run_quantize(out, no_smooth, log=_quiet)
-    assert run_quantize(out, reuse, log=_quiet).written
+    # the plan names the activations it smoothed; reused with other search pairs (which
+    # would choose again), exactly those are smoothed
+    names = result.plan.roles["mask_decoder"].smoothed
+    assert (
+        names
+        and "smoothed"
+        in json.loads((src / PLAN_FILE).read_text())["precisions"]["int8"]["roles"]["mask_decoder"]
+    )
+    other = dataclasses.replace(reuse, search=PairSource(None, "val", 8, seed=7))
+    assert run_quantize(out, other, log=_quiet).written
+    model = onnx.load(out / "mask_decoder.int8.onnx")
+    muls = {n.name for n in model.graph.node if n.name.endswith("/smooth")}
+    assert muls == {name + "/smooth" for name in names}

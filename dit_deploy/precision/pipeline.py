@@ -224,7 +224,7 @@ def _convert_one(
         cache = cache_file(
             opts.cache_dir or default_cache_dir(),
             role,
-            stamp["dit.source_graph_sha256"],
+            sha256_file(src),  # the graph quantized: a smoothed copy has other tensors
             opts.calib,
             opts.int8,
         )
@@ -301,13 +301,16 @@ def run_quantize(
             plan.check_sources(_source_hashes(export_dir, manifest, roles), str(opts.plan))
             plan.check_smoothing(opts.int8.smooth if opts.precision == "int8" else None)
             log(f"reusing {opts.plan}: {_kept_summary(plan)}")
-        sources = _int8_sources(
-            export_dir, manifest, roles, opts, prepare, fp32, tmp, log, progress
+        reuse = {r: plan.roles[r].smoothed for r in roles} if plan is not None else None
+        sources, smoothed = _int8_sources(
+            export_dir, manifest, roles, opts, prepare, fp32, tmp, log, progress, reuse
         )
         if opts.auto:
             plan = _search(
                 export_dir, manifest, roles, opts, prepare, fp32, tmp, sources, log, progress
             )
+            for role, names in smoothed.items():
+                plan.roles[role].smoothed = names
         extra = {r: plan.roles[r].nodes for r in roles} if plan is not None else {}
         if plan is not None and any(plan.roles[r].all_kept for r in roles):
             stay = [r for r in roles if plan.roles[r].all_kept]
@@ -404,11 +407,13 @@ def _int8_sources(
     tmp: Path,
     log: Callable[[str], None],
     progress: ProgressFactory,
-) -> dict[str, Path]:
+    reuse: dict[str, list[str]] | None = None,
+) -> tuple[dict[str, Path], dict[str, list[str]]]:
     """Role -> the FP32 graph to convert: the export's, or for INT8 with smoothing a
     smoothed copy in ``tmp`` (:mod:`.smooth`: channel maxima from the calibration pairs, the
     choice per activation from its MatMuls' INT8 error on the first pairs of the search
-    set; cached like the ranges)."""
+    set, or ``reuse``'s choice: role -> activations, from a plan; cached like the ranges);
+    and role -> the activations smoothed."""
     import onnx
 
     from .smooth import cached_smoothing, smooth
@@ -416,8 +421,8 @@ def _int8_sources(
     files = manifest.graph_files(export_dir)
     alpha = opts.int8.smooth
     if opts.precision != "int8" or alpha is None or opts.calib is None:
-        return {role: files[role] for role in roles}
-    sources = {}
+        return {role: files[role] for role in roles}, {}
+    sources, chosen = {}, {}
     held_out = opts.resolved_search()  # not the calibration pairs, nor the verdict's
     for role in roles:
         model = onnx.load(str(files[role]))
@@ -442,15 +447,19 @@ def _int8_sources(
             opts.threads,
         )
         strengths = found.strengths()
-        smoothed, changed = smooth(model, found.maxima, strengths)
+        why = "the others' INT8 error is lower as they are"
+        if reuse is not None:
+            strengths = {name: alpha for name in reuse[role] if name in found.maxima}
+            why = "as the plan says"
+        smoothed, _changed = smooth(model, found.maxima, strengths)
         sources[role] = tmp / f"{role}.smoothed.onnx"
         save_onnx(smoothed, sources[role])
+        chosen[role] = sorted(strengths)
         log(
             f"{role}: {len(strengths)} of {len(found.errors)} MatMul/Gemm input(s) smoothed "
-            f"(alpha {alpha}; the others' INT8 error is lower as they are)"
-            + (" [cached]" if hit else "")
+            f"(alpha {alpha}; {why})" + (" [cached]" if hit else "")
         )
-    return sources
+    return sources, chosen
 
 
 def _search(

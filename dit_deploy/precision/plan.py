@@ -30,6 +30,7 @@ _ROLE = {
     "int8_flops?": NUMBER,
     "total_flops?": NUMBER,
     "quantizable?": int,
+    "smoothed?": [str],
 }
 _ENTRY = {
     "precision": str,
@@ -82,6 +83,7 @@ class RolePlan:
     int8_flops: float | None = None
     total_flops: float | None = None
     quantizable: int | None = None  # INT8: how many nodes the full quantization quantized
+    smoothed: list[str] = field(default_factory=list)  # INT8: activations migrated (.smooth)
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -102,6 +104,8 @@ class RolePlan:
             data["total_flops"] = self.total_flops
         if self.quantizable is not None:
             data["quantizable"] = self.quantizable
+        if self.smoothed:
+            data["smoothed"] = list(self.smoothed)
         return data
 
 
@@ -147,6 +151,7 @@ class PrecisionPlan:
                 r.get("int8_flops"),
                 r.get("total_flops"),
                 r.get("quantizable"),
+                list(r.get("smoothed", [])),
             )
             for role, r in data["roles"].items()
         }
