@@ -123,6 +123,20 @@ MUTATIONS = (
         ": lb.new_w]",
         ("tests/test_guards.py",),
     ),
+    Mutation(
+        "smoothing: kept only where it lowers the held-out error",
+        "dit_deploy/precision/smooth.py",
+        "for a, (plain, smoothed) in self.errors.items() if smoothed < plain}",
+        "for a, (plain, smoothed) in self.errors.items()}",
+        ("tests/test_precision_smooth.py",),
+    ),
+    Mutation(
+        "int8 range cache: keyed by the graph quantized",
+        "dit_deploy/precision/pipeline.py",
+        "sha256_file(src),  # the graph quantized",
+        'stamp["dit.source_graph_sha256"],  # the graph quantized',
+        ("tests/test_precision_smooth.py", "tests/test_precision_auto.py"),
+    ),
 )
 
 

@@ -246,3 +246,15 @@ def test_plan_reuse_with_another_smoothing_is_refused(tiny_export, tmp_path):
     model = onnx.load(out / "mask_decoder.int8.onnx")
     muls = {n.name for n in model.graph.node if n.name.endswith("/smooth")}
     assert muls == {name + "/smooth" for name in names}
+    # a plan smoothing fewer activations: another graph, so other cached ranges (the range
+    # cache is keyed by the graph quantized, not the export's FP32 graph)
+    data = json.loads((src / PLAN_FILE).read_text())
+    data["precisions"]["int8"]["roles"]["mask_decoder"]["smoothed"] = names[:1]
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    out = copy_export(tiny_export, tmp_path / "e2")
+    assert run_quantize(out, dataclasses.replace(reuse, plan=edited), log=_quiet).written
+    model = onnx.load(out / "mask_decoder.int8.onnx")
+    assert {n.name for n in model.graph.node if n.name.endswith("/smooth")} == {
+        names[0] + "/smooth"
+    }
