@@ -126,8 +126,8 @@ MUTATIONS = (
     Mutation(
         "smoothing: kept only where it lowers the held-out error",
         "dit_deploy/precision/smooth.py",
-        "for a, (plain, smoothed) in self.errors.items() if smoothed < plain}",
-        "for a, (plain, smoothed) in self.errors.items()}",
+        "if smoothed < keep * plain",
+        "",
         ("tests/test_precision_smooth.py",),
     ),
     Mutation(
