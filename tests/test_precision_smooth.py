@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dit_deploy.errors import ConfigError
+from dit_deploy.precision import cli as quantize_cli
 from dit_deploy.precision.int8 import Int8Options, cache_file, quantize_int8
 from dit_deploy.precision.pipeline import run_quantize, stale_reason
 from dit_deploy.precision.plan import PLAN_FILE
@@ -228,6 +229,8 @@ def test_plan_reuse_with_another_smoothing_is_refused(tiny_export, tmp_path):
     result = run_quantize(src, opts, log=_quiet)
     assert result.plan.calibration["smooth_alpha"] == DEFAULT_ALPHA
     assert "smoothed with alpha 0.8" in result.plan.method
+    smoothed = len(result.plan.roles["mask_decoder"].smoothed)
+    assert f"{smoothed} activation(s) smoothed" in quantize_cli.format_table(result)
     out = copy_export(tiny_export, tmp_path / "e")
     reuse = dataclasses.replace(opts, auto=False, plan=Path(src / PLAN_FILE))
     no_smooth = dataclasses.replace(reuse, int8=Int8Options(smooth=None))

@@ -24,6 +24,7 @@ EPILOG = """examples:
   dit-deploy quantize exports/tiny --precision fp16 --auto
   dit-deploy quantize exports/tiny --precision int8 --auto --max-miou-drop 0.5
   dit-deploy quantize exports/tiny --precision int8 --plan reviewed_plan.json  # no search
+  dit-deploy quantize exports/tiny --precision int8 --no-smooth   # no outlier migration
 
 Gates (units): --min-mask-iou is the pooled IoU (sum I / sum U over the held-out pairs) of the
 new masks against the FP32 masks, a fraction in [0, 1]; --max-miou-drop is the allowed fall
@@ -34,7 +35,8 @@ leaves the FP16 range or adds the most error; INT8: the nodes whose Q/DQ costs t
 accuracy) until the gates pass on search pairs (held out, not the verification pairs), and
 writes the result as precision_plan.json beside the graphs (listed in manifest.json);
 --plan reuses such a file without searching (on the same FP32 graphs: their sha256 is
-checked).
+checked). INT8 first moves activation outlier channels into the weights (--smooth ALPHA)
+where that lowers the activation's simulated INT8 error on held-out pairs by 10% or more.
 
 Nothing is written unless every layout keeps the accuracy floor; then the graphs land in
 EXPORT_DIR as <role>.<precision>.onnx and manifest.json lists them under "precisions".
@@ -259,7 +261,8 @@ def format_plan(plan) -> list[str]:
     high = "FP32" if plan.precision == "fp16" else "unquantized"
     rows = []
     for role, entry in plan.roles.items():
-        rows.append(f"{role}: {len(entry.kept)} node(s) kept {high}")
+        smoothed = f"; {len(entry.smoothed)} activation(s) smoothed" if entry.smoothed else ""
+        rows.append(f"{role}: {len(entry.kept)} node(s) kept {high}{smoothed}")
         for k in entry.kept:
             measured = ""
             if k.error is not None and plan.precision == "fp16":
