@@ -417,23 +417,3 @@ def test_a_role_with_every_node_kept_stays_fp32():
     assert RolePlan("sha", kept, 0.0, 10.0, quantizable=3).all_kept
     assert not RolePlan("sha", kept[:2], 4.0, 10.0, quantizable=3).all_kept
     assert not RolePlan("sha", kept).all_kept  # FP16 plans: no quantizable count
-
-
-def test_int8_auto_ranks_by_the_max_error_when_a_logit_gate_binds(tiny_export, tmp_path):
-    """Under --max-logit-error the gate reads the largest |logit error|, so nodes are ranked
-    (and their errors recorded) by their max error quantized alone, not the mean."""
-    out = copy_export(tiny_export, tmp_path / "e")
-    cache = tmp_path / "cache"
-    floor = Floor(min_mask_iou=0.0, max_miou_drop=1.0, max_logit_error=0.02)
-    opts = _options("int8", cache, auto=True, keep_fp32=SPLIT_FP32, floor=floor)
-    opts.search = opts.eval
-    result = run_quantize(out, opts, log=_quiet)
-    (sensitivities,) = cache.glob("mask_decoder.sensitivity.*.json")
-    measured = json.loads(sensitivities.read_text())["errors"]
-    kept = result.plan.roles["mask_decoder"].kept
-    assert kept, "a 2% max-error gate needs a fallback on the tiny model"
-    for k in kept:
-        mean, peak = measured[k.node]
-        assert k.error == pytest.approx(peak) and peak > mean
-    assert "logits max |error|" in result.plan.method
-    assert "(logits max |error|" in quantize_cli.format_table(result)

@@ -10,9 +10,8 @@ filled, so there are few islands (few Casts).
 
 INT8 (:func:`search_int8`): from the fully quantized graphs, each quantized node is kept
 quantized alone (every other Q/DQ pair removed) and the logits error against FP32 measured
-on the search pairs (cached; the mean |error|, or the max where a max-logit-error gate
-binds); nodes are then kept unquantized in order of that error per FLOP, the shortest
-prefix that passes the gates is found (doubling, then bisection), so the rest stays INT8;
+on the search pairs (cached); nodes are then kept unquantized in order of that error per FLOP, the
+shortest prefix that passes the gates is found (doubling, then bisection), so the rest stays INT8;
 the largest nodes of that prefix are then tried back in INT8 one at a time. The INT8
 share of the MatMul/Gemm/Conv FLOPs is measured on the FP32 graph's real shapes.
 
@@ -350,7 +349,7 @@ class _Errors:
         backend = open_backend("onnxruntime", graph, "cpu", self.ctx.threads)
         roles = self.chain.roles
         later = roles[roles.index(self.role) + 1 :]
-        total, count, peak = 0.0, 0, 0.0
+        total, count = 0.0, 0
         try:
             for values, ref in zip(self.upstream, self.reference, strict=True):
                 values = dict(values)
@@ -359,13 +358,11 @@ class _Errors:
                 for role in later:
                     values.update(self.chain.run_role(role, values))
                 diff = np.abs(values[LOGITS].astype(np.float64) - ref)
-                finite = bool(np.isfinite(diff).all())
-                total += float(diff.sum()) if finite else float("inf")
-                peak = max(peak, float(diff.max()) if finite else float("inf"))
+                total += float(diff.sum()) if np.isfinite(diff).all() else float("inf")
                 count += diff.size
         finally:
             backend.close()
-        return total / max(count, 1), peak
+        return total / max(count, 1)
 
     def close(self) -> None:
         self.chain.close()
@@ -383,11 +380,10 @@ def sensitivity(
     base: Mapping[str, Path],
     cache: Path | None,
     log: Log,
-) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
+) -> tuple[float, dict[str, float]]:
     """The all-INT8 error of ``role``'s layout and, per quantized node, the error with only
     that node quantized (every other Q/DQ pair of the graph removed; the rest of the layout
-    FP32), each as (mean, max) |logit error| on the search pairs, cached in ``cache`` by
-    graph and search pairs.
+    FP32), cached in ``cache`` by graph and search pairs.
 
     Alone, not "all but one": removing one Q/DQ pair from the fully quantized graph was
     measured first and misranks, because quantization errors cancel between nodes (on the
@@ -395,14 +391,13 @@ def sensitivity(
     error left at the end of the search)."""
     if cache is not None and cache.is_file():
         data = json.loads(cache.read_text())
-        pair = lambda v: (float(v[0]), float(v[1]))  # noqa: E731
-        return pair(data["baseline"]), {k: pair(v) for k, v in data["errors"].items()}
+        return float(data["baseline"]), {k: float(v) for k, v in data["errors"].items()}
     import onnx
 
     measure = _Errors(ctx, role, {**ctx.sources, role: base[role]})
     try:
         baseline = measure(base[role])
-        errors: dict[str, tuple[float, float]] = {}
+        errors: dict[str, float] = {}
         nodes = quantized_nodes(qmodel)
         for index, name in enumerate(nodes):
             variant = ctx.work / f"{role}.variant.onnx"
@@ -439,32 +434,23 @@ def search_int8(
     qmodels = {role: onnx.load(str(quantized[role])) for role in ctx.roles}
     fp32_models = {role: onnx.load(str(ctx.sources[role])) for role in ctx.roles}
     base = {**ctx.sources, **{r: Path(quantized[r]) for r in ctx.roles}}
-    flops: dict[str, dict[str, float]] = {}
-    ranked: dict[str, dict[str, float]] = {}
-    statistic = 0 if ctx.floor.max_logit_error is None else 1
+    flops, ranked = {}, {}
     for role in ctx.roles:
         feeds = ctx.role_feeds(role, ctx.search, 1)[0]
         flops[role] = compute_flops(fp32_models[role], feeds, ctx.threads)
         cache = None
         if cache_dir is not None:
-            key = _digest(
-                "alone, mean and max",
-                sha256_file(quantized[role]),
-                ctx.search.key(),
-                ctx.eval_batch,
-            )
+            key = _digest("alone", sha256_file(quantized[role]), ctx.search.key(), ctx.eval_batch)
             cache = Path(cache_dir) / f"{role}.sensitivity.{key[:16]}.json"
-        _baseline, errors = sensitivity(
+        baseline, errors = sensitivity(
             ctx, role, qmodels[role], fp32_models[role], base, cache, log
         )
-        # rank by the statistic the binding gate reads: the largest |logit error| when a
-        # max-logit-error gate is set, else the mean (a proxy for flipped mask pixels)
-        ranked[role] = {name: pair[statistic] for name, pair in errors.items()}
+        ranked[role] = (baseline, errors)
     kept: dict[str, list[KeptNode]] = {role: [] for role in ctx.roles}
     rounds: list[dict[str, object]] = []
     for layout in ctx.layouts():
         roles = [r for r in LAYOUT_ROLES[layout] if r in ctx.roles]
-        order = rank_nodes({r: ranked[r] for r in roles}, flops, rank)
+        order = rank_nodes({r: ranked[r][1] for r in roles}, flops, rank)
 
         def attempt(drop: Sequence[tuple[float, str, str]], step: str, layout=layout) -> bool:
             files = dict(base)

@@ -268,8 +268,7 @@ def format_plan(plan) -> list[str]:
             if k.error is not None and plan.precision == "fp16":
                 measured = f" (adds {k.error:.3g} relative error in FP16)"
             elif k.error is not None:
-                stat = "max" if "max_logit_error" in plan.gates else "mean"
-                measured = f" (logits {stat} |error| {k.error:.3g} quantized alone)"
+                measured = f" (logits mean |error| {k.error:.3g} quantized alone)"
             rows.append(f"  {k.node} [{k.op_type}]: {k.reason}{measured}")
     if plan.int8_flop_share is not None:
         rows.append(f"INT8 share of MatMul/Gemm/Conv FLOPs: {plan.int8_flop_share:.1%}")

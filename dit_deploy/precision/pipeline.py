@@ -462,11 +462,6 @@ def _int8_sources(
     return sources, chosen
 
 
-def _statistic(floor: Floor) -> str:
-    """The sensitivity statistic INT8 --auto ranks by (see ``auto.search_int8``)."""
-    return "mean" if floor.max_logit_error is None else "max"
-
-
 def _search(
     export_dir: Path,
     manifest: Manifest,
@@ -528,8 +523,7 @@ def _search(
         )
         method = (
             f"int8 ({opts.int8.method} calibration{smoothing}): each node quantized alone "
-            f"(the rest FP32), logits {_statistic(floor)} |error| vs FP32 on the search pairs; "
-            "nodes left "
+            "(the rest FP32), logits mean |error| vs FP32 on the search pairs; nodes left "
             f"unquantized in order of {opts.rank.replace('_', ' ')}, the shortest prefix "
             "passing the gates"
         )

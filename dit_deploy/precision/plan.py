@@ -60,8 +60,7 @@ def pairs_hash(source: PairSource) -> str:
 class KeptNode:
     """A node left at higher precision, and its measured ``error`` at the lower one.
 
-    INT8: logits mean |error| against FP32 on the search pairs with only this node quantized
-    (the max |error| when the plan's gates include ``max_logit_error``).
+    INT8: logits mean |error| against FP32 on the search pairs with only this node quantized.
     FP16: the relative error (sum |d| / sum |x|) the node adds over its inputs' in FP16.
     None for nodes kept because a tensor leaves the FP16 range or to close a gap.
     ``flops``: INT8, its multiply-add FLOPs (x2) for one input (what INT8 gives up).
