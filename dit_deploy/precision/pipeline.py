@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
@@ -302,13 +302,10 @@ def run_quantize(
             plan.check_smoothing(opts.int8.smooth if opts.precision == "int8" else None)
             log(f"reusing {opts.plan}: {_kept_summary(plan)}")
         reuse = {r: plan.roles[r].smoothed for r in roles} if plan is not None else None
-        sources, smoothed = _int8_sources(
-            export_dir, manifest, roles, opts, prepare, fp32, tmp, log, progress, reuse
-        )
+        job = _Job(export_dir, manifest, roles, opts, prepare, fp32, tmp, log, progress)
+        sources, smoothed = _int8_sources(job, reuse)
         if opts.auto:
-            plan = _search(
-                export_dir, manifest, roles, opts, prepare, fp32, tmp, sources, log, progress
-            )
+            plan = _search(job, sources)
             for role, names in smoothed.items():
                 plan.roles[role].smoothed = names
         extra = {r: plan.roles[r].nodes for r in roles} if plan is not None else {}
@@ -320,20 +317,7 @@ def run_quantize(
         if opts.precision in EXECUTION_PRECISIONS:
             candidate, outcomes = _execution_candidate(export_dir, manifest, roles, opts, log)
         else:
-            outcomes = _convert_all(
-                export_dir,
-                manifest,
-                roles,
-                opts,
-                prepare,
-                fp32,
-                tmp,
-                files,
-                sources,
-                log,
-                progress,
-                extra,
-            )
+            outcomes = _convert_all(replace(job, roles=roles), files, sources, extra)
             candidate = chains(files, opts.threads)
         reports = []
         for layout in manifest.layouts:
@@ -397,17 +381,23 @@ def _existing_plans(export_dir: Path, manifest: Manifest) -> dict[str, Precision
     return read_plans(path)
 
 
+@dataclass
+class _Job:
+    """What the steps of one :func:`run_quantize` share."""
+
+    export_dir: Path
+    manifest: Manifest
+    roles: Sequence[str]
+    opts: QuantizeOptions
+    prepare: PairInputs
+    fp32: dict[str, GraphChain]
+    tmp: Path
+    log: Callable[[str], None]
+    progress: ProgressFactory
+
+
 def _int8_sources(
-    export_dir: Path,
-    manifest: Manifest,
-    roles: Sequence[str],
-    opts: QuantizeOptions,
-    prepare: PairInputs,
-    fp32: dict[str, GraphChain],
-    tmp: Path,
-    log: Callable[[str], None],
-    progress: ProgressFactory,
-    reuse: dict[str, list[str]] | None = None,
+    job: _Job, reuse: dict[str, list[str]] | None = None
 ) -> tuple[dict[str, Path], dict[str, list[str]]]:
     """Role -> the FP32 graph to convert: the export's, or for INT8 with smoothing a
     smoothed copy in ``tmp`` (:mod:`.smooth`: channel maxima from the calibration pairs, the
@@ -418,33 +408,33 @@ def _int8_sources(
 
     from .smooth import cached_smoothing, smooth
 
-    files = manifest.graph_files(export_dir)
-    alpha = opts.int8.smooth
-    if opts.precision != "int8" or alpha is None or opts.calib is None:
-        return {role: files[role] for role in roles}, {}
+    files = job.manifest.graph_files(job.export_dir)
+    alpha = job.opts.int8.smooth
+    if job.opts.precision != "int8" or alpha is None or job.opts.calib is None:
+        return {role: files[role] for role in job.roles}, {}
     sources, chosen = {}, {}
-    held_out = opts.resolved_search()  # not the calibration pairs, nor the verdict's
-    for role in roles:
+    held_out = job.opts.resolved_search()  # not the calibration pairs, nor the verdict's
+    for role in job.roles:
         model = onnx.load(str(files[role]))
-        chain = fp32[layout_of(role)]
+        chain = job.fp32[layout_of(role)]
 
         def feeds(source: PairSource, limit: int, role=role, chain=chain):
-            bar = progress(f"smooth {role}", min(len(source), limit))
+            bar = job.progress(f"smooth {role}", min(len(source), limit))
             for pair in itertools.islice(source, limit):
-                inputs, _ = prepare([pair])
+                inputs, _ = job.prepare([pair])
                 bar(1)
                 yield chain.role_inputs(role, inputs)
 
         found, hit = cached_smoothing(
             model,
-            lambda f=feeds: f(opts.calib, len(opts.calib)),
+            lambda f=feeds: f(job.opts.calib, len(job.opts.calib)),
             lambda f=feeds: f(held_out, SMOOTH_CHECK_PAIRS),
             alpha,
-            opts.cache_dir or default_cache_dir(),
+            job.opts.cache_dir or default_cache_dir(),
             role,
-            manifest.graphs[role].sha256 or sha256_file(files[role]),
-            [opts.calib, held_out],
-            opts.threads,
+            job.manifest.graphs[role].sha256 or sha256_file(files[role]),
+            [job.opts.calib, held_out],
+            job.opts.threads,
         )
         strengths = found.strengths()
         why = "the others' INT8 error is lower as they are"
@@ -452,55 +442,44 @@ def _int8_sources(
             strengths = {name: alpha for name in reuse[role] if name in found.maxima}
             why = "as the plan says"
         smoothed, _changed = smooth(model, found.maxima, strengths)
-        sources[role] = tmp / f"{role}.smoothed.onnx"
+        sources[role] = job.tmp / f"{role}.smoothed.onnx"
         save_onnx(smoothed, sources[role])
         chosen[role] = sorted(strengths)
-        log(
+        job.log(
             f"{role}: {len(strengths)} of {len(found.errors)} MatMul/Gemm input(s) smoothed "
             f"(alpha {alpha}; {why})" + (" [cached]" if hit else "")
         )
     return sources, chosen
 
 
-def _search(
-    export_dir: Path,
-    manifest: Manifest,
-    roles: Sequence[str],
-    opts: QuantizeOptions,
-    prepare: PairInputs,
-    fp32: dict[str, GraphChain],
-    tmp: Path,
-    sources: dict[str, Path],
-    log: Callable[[str], None],
-    progress: ProgressFactory,
-) -> PrecisionPlan:
+def _search(job: _Job, sources: dict[str, Path]) -> PrecisionPlan:
     """Search the nodes to keep at higher precision (see :mod:`.auto`); ``sources``: role ->
     the FP32 graph converted (smoothed for INT8)."""
     from .auto import SearchContext, scratch, search_fp16, search_int8
 
-    assert opts.calib is not None
-    search = opts.resolved_search()
-    floor = opts.resolved_floor()
+    assert job.opts.calib is not None
+    search = job.opts.resolved_search()
+    floor = job.opts.resolved_floor()
     ctx = SearchContext(
-        {**manifest.graph_files(export_dir), **sources},
-        roles,
-        prepare,
-        fp32,
-        opts.calib,
+        {**job.manifest.graph_files(job.export_dir), **sources},
+        job.roles,
+        job.prepare,
+        job.fp32,
+        job.opts.calib,
         search,
         floor,
-        manifest.mask_threshold,
-        scratch(tmp),
-        opts.threads,
-        opts.eval_batch,
-        max_rounds=opts.search_rounds,
-        margin=opts.search_margin,
+        job.manifest.mask_threshold,
+        scratch(job.tmp),
+        job.opts.threads,
+        job.opts.eval_batch,
+        max_rounds=job.opts.search_rounds,
+        margin=job.opts.search_margin,
     )
-    hashes = _source_hashes(export_dir, manifest, roles)
+    hashes = _source_hashes(job.export_dir, job.manifest, job.roles)
     shares: dict[str, tuple[float, float, int]] = {}
     start = time.perf_counter()
-    if opts.precision == "fp16":
-        kept, rounds = search_fp16(ctx, opts.fp32_ops, opts.fp32_nodes, log)
+    if job.opts.precision == "fp16":
+        kept, rounds = search_fp16(ctx, job.opts.fp32_ops, job.opts.fp32_nodes, job.log)
         method = (
             "fp16: FP32 ranges of every tensor on the calibration pairs; nodes reading or "
             "writing a tensor beyond 65504 kept FP32, then the nodes adding the most relative "
@@ -508,34 +487,36 @@ def _search(
         )
     else:
         full = {}
-        for role in roles:
+        for role in job.roles:
             out = ctx.work / f"{role}.int8.full.onnx"
-            spec = manifest.graphs[role]
-            _convert_one(role, sources[role], out, spec, opts, prepare, fp32, progress)
+            spec = job.manifest.graphs[role]
+            _convert_one(
+                role, sources[role], out, spec, job.opts, job.prepare, job.fp32, job.progress
+            )
             full[role] = out
         kept, shares, rounds = search_int8(
-            ctx, full, opts.cache_dir or default_cache_dir(), log, opts.rank
+            ctx, full, job.opts.cache_dir or default_cache_dir(), job.log, job.opts.rank
         )
         smoothing = (
-            f", activations smoothed with alpha {opts.int8.smooth}"
-            if opts.int8.smooth is not None
+            f", activations smoothed with alpha {job.opts.int8.smooth}"
+            if job.opts.int8.smooth is not None
             else ""
         )
         method = (
-            f"int8 ({opts.int8.method} calibration{smoothing}): each node quantized alone "
+            f"int8 ({job.opts.int8.method} calibration{smoothing}): each node quantized alone "
             "(the rest FP32), logits mean |error| vs FP32 on the search pairs; nodes left "
-            f"unquantized in order of {opts.rank.replace('_', ' ')}, the shortest prefix "
+            f"unquantized in order of {job.opts.rank.replace('_', ' ')}, the shortest prefix "
             "passing the gates"
         )
     plan = PrecisionPlan(
-        precision=opts.precision,
+        precision=job.opts.precision,
         method=method,
         calibration={
-            "pairs": opts.calib.describe(),
-            "sha256": pairs_hash(opts.calib),
+            "pairs": job.opts.calib.describe(),
+            "sha256": pairs_hash(job.opts.calib),
             **(
-                {"smooth_alpha": opts.int8.smooth}
-                if opts.precision == "int8" and opts.int8.smooth is not None
+                {"smooth_alpha": job.opts.int8.smooth}
+                if job.opts.precision == "int8" and job.opts.int8.smooth is not None
                 else {}
             ),
         },
@@ -553,44 +534,38 @@ def _search(
         },
         roles={
             role: RolePlan(hashes[role], kept[role], *shares.get(role, (None, None, None)))
-            for role in roles
+            for role in job.roles
         },
         rounds=rounds,
     )
-    log(f"search took {time.perf_counter() - start:.1f} s; {_kept_summary(plan)}")
+    job.log(f"search took {time.perf_counter() - start:.1f} s; {_kept_summary(plan)}")
     return plan
 
 
 def _convert_all(
-    export_dir: Path,
-    manifest: Manifest,
-    roles: Sequence[str],
-    opts: QuantizeOptions,
-    prepare: PairInputs,
-    fp32: dict[str, GraphChain],
-    tmp: Path,
+    job: _Job,
     files: dict[str, Path],
     sources: dict[str, Path],
-    log: Callable[[str], None],
-    progress: ProgressFactory,
     extra: dict[str, tuple[str, ...]] | None = None,
 ) -> list[GraphOutcome]:
     """Write each role's graph at ``opts.precision`` into ``tmp`` (``files`` points at them);
     ``sources``: role -> the FP32 graph converted (smoothed for INT8); ``extra``: role ->
     nodes a precision plan keeps at higher precision."""
     outcomes = []
-    for role in roles:
-        spec = manifest.graphs[role]
-        src = export_dir / spec.file
-        out = tmp / f"{role}.{opts.precision}.onnx"
+    for role in job.roles:
+        spec = job.manifest.graphs[role]
+        src = job.export_dir / spec.file
+        out = job.tmp / f"{role}.{job.opts.precision}.onnx"
         start = time.perf_counter()
         nodes = (extra or {}).get(role, ())
-        detail = _convert_one(role, sources[role], out, spec, opts, prepare, fp32, progress, nodes)
+        detail = _convert_one(
+            role, sources[role], out, spec, job.opts, job.prepare, job.fp32, job.progress, nodes
+        )
         outcomes.append(
             GraphOutcome(
                 role,
                 out.name,
-                opts.precision,
+                job.opts.precision,
                 time.perf_counter() - start,
                 out.stat().st_size,
                 src.stat().st_size,
@@ -599,7 +574,7 @@ def _convert_all(
         )
         files[role] = out
         o = outcomes[-1]
-        log(
+        job.log(
             f"{role:<13} -> {o.file:<26} {o.seconds:6.1f} s "
             f"{o.size_bytes / 1e6:8.2f} MB (fp32 {o.fp32_size_bytes / 1e6:.2f} MB)"
         )
