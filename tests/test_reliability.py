@@ -145,6 +145,10 @@ def test_fuzz_manifest_structure_gives_artifact_errors(
         ("input_size", "512", r"field input_size must be an integer"),
         ("mask_threshold", True, r"field mask_threshold must be a number"),
         ("tokenizer", {"vocab_file": "vocab.txt"}, r"required field tokenizer.lowercase"),
+        ("pixel_mean", [], r"field pixel_mean must be 3 finite numbers"),
+        ("pixel_std", [0.2, 0.0, 0.2], r"field pixel_std must be positive"),
+        ("input_size", 94, r"field input_size must be a positive multiple of 4"),
+        ("max_tokens", 2, r"field max_tokens must be >= 3 and equal tokenizer.max_tokens"),
     ],
 )
 def test_manifest_errors_name_file_field_and_expectation(

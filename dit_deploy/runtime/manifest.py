@@ -7,6 +7,7 @@ disagree with the export it runs.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -232,6 +233,7 @@ def read_manifest(directory: str | Path) -> Manifest:
     check(data, MANIFEST_SCHEMA, str(path))
     known = set(Manifest.__dataclass_fields__)
     manifest = Manifest.from_dict({k: v for k, v in data.items() if k in known})
+    _check_values(manifest, path)
     vocab = directory / manifest.tokenizer["vocab_file"]
     if not vocab.is_file():
         raise ArtifactError(
@@ -249,6 +251,33 @@ def read_manifest(directory: str | Path) -> Manifest:
                     f"{command('quantize', directory, '--precision', precision)}"
                 )
     return manifest
+
+
+def _check_values(manifest: Manifest, path: Path) -> None:
+    """What the schema's types cannot say (the same rules as the C++ reader's): one mean and
+    one positive std per RGB channel, an input size that is a positive multiple of 4 (the
+    logits are a quarter of it), room for [CLS] x [SEP] in the same token count the
+    tokenizer uses, a finite threshold."""
+    problems = []
+    for name in ("pixel_mean", "pixel_std"):
+        values = getattr(manifest, name)
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            problems.append(f"field {name} must be 3 finite numbers (R, G, B), got {values!r}")
+    if len(manifest.pixel_std) == 3 and not all(v > 0 for v in manifest.pixel_std):
+        problems.append(f"field pixel_std must be positive, got {manifest.pixel_std!r}")
+    if manifest.input_size <= 0 or manifest.input_size % 4:
+        problems.append(
+            f"field input_size must be a positive multiple of 4, got {manifest.input_size!r}"
+        )
+    if manifest.max_tokens < 3 or manifest.tokenizer["max_tokens"] != manifest.max_tokens:
+        problems.append(
+            f"field max_tokens must be >= 3 and equal tokenizer.max_tokens, got "
+            f"{manifest.max_tokens!r} and {manifest.tokenizer['max_tokens']!r}"
+        )
+    if not math.isfinite(manifest.mask_threshold):
+        problems.append(f"field mask_threshold must be finite, got {manifest.mask_threshold!r}")
+    if problems:
+        raise ArtifactError(f"{path}: " + "; ".join(problems) + "; re-export the model")
 
 
 # sha256 by (resolved path, size, mtime): a file is hashed once per process until it changes
