@@ -42,7 +42,7 @@ def export_dir(tmp_path) -> Path:
     Manifest(
         config_name="tiny",
         variant="layer_wise",
-        input_size=2,
+        input_size=4,
         max_tokens=4,
         mask_threshold=0.0,
         pixel_mean=[0.0] * 3,
