@@ -54,7 +54,7 @@ from .int8 import (
 )
 from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
 from .samples import PairSource
-from .smooth import DEFAULT_ALPHA, SMOOTH_SUFFIX
+from .smooth import DEFAULT_ALPHA, MIN_GAIN, SMOOTH_SUFFIX
 from .verify import (
     DEFAULT_FLOORS,
     Floor,
@@ -437,7 +437,7 @@ def _int8_sources(
             job.opts.threads,
         )
         strengths = found.strengths()
-        why = "the others' INT8 error is lower as they are"
+        why = f"smoothing the others lowers their INT8 error by less than {MIN_GAIN:.0%}"
         if reuse is not None:
             strengths = {name: alpha for name in reuse[role] if name in found.maxima}
             why = "as the plan says"
