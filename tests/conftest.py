@@ -38,6 +38,17 @@ def pytest_collection_modifyitems(config, items):
                 break
 
 
+def pypi_reachable() -> bool:
+    """Whether pypi.org answers (the wheel-checking tests fetch real release wheels)."""
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The authors'-format tiny layer-wise checkpoint, loaded (torch)."""

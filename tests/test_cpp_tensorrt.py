@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import pypi_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("DIT_WHEEL_CACHE", Path.home() / ".cache" / "dit_deploy" / "wheels"))
@@ -61,7 +62,7 @@ def _cuda_include() -> Path:
         )  # fmt: skip
         wheels = sorted(CACHE.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
         if not wheels:
-            if not _pypi_reachable():
+            if not pypi_reachable():
                 pytest.skip(f"PyPI is unreachable, so {name} cannot be fetched into {CACHE}")
             pytest.fail(f"pip download {name}=={version} failed: {r.stderr[-500:]}")
         with zipfile.ZipFile(wheels[0]) as z:
@@ -74,14 +75,6 @@ def _cuda_include() -> Path:
         wheels[0].unlink()
     (out / ".done").write_text("")
     return out
-
-
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _version(include: Path) -> str:

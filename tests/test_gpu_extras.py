@@ -12,13 +12,14 @@ import base64
 import hashlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import pypi_reachable
 
 try:
     import tomllib
@@ -49,14 +50,6 @@ def test_declared_sets_are_coherent(extra):
     assert "polygraphy" in reqs
     assert ("onnxruntime-gpu" in reqs) == with_ort
     assert "tensorrt" not in reqs  # the metapackage follows the newest major and CUDA
-
-
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _stand_in(directory: Path, name: str, version: str) -> None:
@@ -90,7 +83,7 @@ def _pip(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory) -> Path:
-    if not _pypi_reachable():
+    if not pypi_reachable():
         pytest.skip("PyPI is unreachable: the GPU extras cannot be resolved here")
     out = tmp_path_factory.mktemp("standins")
     for cuda in (12, 13):

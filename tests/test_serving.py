@@ -42,7 +42,6 @@ from dit_deploy.serving.errors import (  # noqa: E402
     ServerUnavailableError,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = Path(__file__).parents[1] / "dit_deploy" / "assets" / "samples"
 PAIRS = [
     (SAMPLES / "chelsea.jpg", "the cat"),
@@ -122,22 +121,15 @@ def serve(export: Path, log_dir: Path, *extra: str) -> Server:
 
 
 @pytest.fixture(scope="session")
-def export(tmp_path_factory) -> Path:
+def export(tiny_model, tmp_path_factory) -> Path:
     """The tiny fused export with its fp16 and int8 graphs (as tests/test_precision.py)."""
-    pytest.importorskip("torch")
     from dit_deploy.exporters.onnx_export import run_export
-    from dit_deploy.model.dit_model import DITModel
     from dit_deploy.precision.pipeline import QuantizeOptions, run_quantize
     from dit_deploy.precision.samples import PairSource
 
-    model = DITModel.from_checkpoint(
-        FIXTURES / "authors" / "layer_wise.pth",
-        config="layer_wise_tiny",
-        vocab=FIXTURES / "tiny_vocab.txt",
-    )
     root = tmp_path_factory.mktemp("serving")
     out = root / "tiny"
-    run_export(model, out, layout="fused", log=lambda *_: None)
+    run_export(tiny_model, out, layout="fused", log=lambda *_: None)
     for precision in ("fp16", "int8"):
         options = QuantizeOptions(
             precision=precision,

@@ -26,23 +26,15 @@ from dit_deploy.serving.errors import (
 )
 from dit_deploy.serving.server import DITInferFunc, ServeOptions, fix_python_backend_env
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLES = Path(__file__).parents[1] / "dit_deploy" / "assets" / "samples"
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
+def export(tiny_model, tmp_path_factory) -> Path:
     from dit_deploy.exporters.onnx_export import run_export
-    from dit_deploy.model.dit_model import DITModel
 
-    model = DITModel.from_checkpoint(
-        FIXTURES / "authors" / "layer_wise.pth",
-        config="layer_wise_tiny",
-        vocab=FIXTURES / "tiny_vocab.txt",
-    )
     out = tmp_path_factory.mktemp("unit") / "tiny"
-    run_export(model, out, layout="fused", log=lambda *_: None)
+    run_export(tiny_model, out, layout="fused", log=lambda *_: None)
     return out
 
 

@@ -25,13 +25,14 @@ import ast
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import pypi_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [
@@ -183,14 +184,6 @@ def test_no_api_removed_in_tensorrt_11_is_used():
 
 
 # ------------------------------------------------------------------- the wheels
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
-
-
 def _wheel(requirement: str, pattern: str, missing_ok: bool = False) -> Path | None:
     """The cached wheel for ``requirement`` (``name==version``), downloaded when absent.
     ``missing_ok``: None when the release has no wheel for this Python."""
@@ -203,7 +196,7 @@ def _wheel(requirement: str, pattern: str, missing_ok: bool = False) -> Path | N
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     found = sorted(CACHE.glob(pattern))
     if r.returncode != 0 or not found:
-        if not _pypi_reachable():
+        if not pypi_reachable():
             pytest.skip(f"PyPI is unreachable, so {requirement} cannot be fetched into {CACHE}")
         if "no matching distribution" in r.stderr.lower():
             if missing_ok:
