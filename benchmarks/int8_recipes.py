@@ -34,10 +34,12 @@ RECIPES = {
 class _Cell:
     """A Predictor on one recipe's graphs, timed on one prepared pair (interleave's cell)."""
 
-    def __init__(self, label: str, export: Path, layout: str, precision: str, threads: int):
+    def __init__(
+        self, label: str, export: Path, layout: str, precision: str, threads: int, pairs: list
+    ):
         from dit_deploy.runtime import Predictor
 
-        self.label = label
+        self.label, self.pairs = label, pairs
         self.predictor = Predictor(export, layout=layout, precision=precision, threads=threads)
 
     def time(self, batch: int, runs: int) -> list[float]:
@@ -124,16 +126,14 @@ def main() -> None:
         if result.written:
             exports[name] = copy
 
-    from dit_deploy.precision.samples import PairSource as Pairs
-
-    pair = next(iter(Pairs(None, "val", 1, seed=1)))
+    pair = next(iter(PairSource(None, "val", 1, seed=1)))
+    pairs = [(pair.image, pair.text)]
     cells = []
     for layout in ("fused", "split"):
-        cells.append(_Cell(f"fp32 {layout}", source, layout, "fp32", args.threads))
+        cells.append(_Cell(f"fp32 {layout}", source, layout, "fp32", args.threads, pairs))
         for name, export in exports.items():
-            cells.append(_Cell(f"{name} {layout}", export, layout, "int8", args.threads))
+            cells.append(_Cell(f"{name} {layout}", export, layout, "int8", args.threads, pairs))
     for cell in cells:
-        cell.pairs = [(pair.image, pair.text)]
         cell.time(1, 3)  # warm-up
     times = interleave(cells, [1], args.rounds, lambda cell, batch: args.runs)
     latency = {}

@@ -133,7 +133,7 @@ MUTATIONS = (
     Mutation(
         "int8 range cache: keyed by the graph quantized",
         "dit_deploy/precision/pipeline.py",
-        "sha256_file(src),  # the graph quantized",
+        "cached_sha256(src),  # the graph quantized",
         'stamp["dit.source_graph_sha256"],  # the graph quantized',
         ("tests/test_precision_smooth.py", "tests/test_precision_auto.py"),
     ),

@@ -36,6 +36,7 @@ from ..runtime.manifest import (
     MANIFEST_FILE,
     GraphSpec,
     Manifest,
+    cached_sha256,
     read_manifest,
     verify_file,
     verify_files,
@@ -224,7 +225,7 @@ def _convert_one(
         cache = cache_file(
             opts.cache_dir or default_cache_dir(),
             role,
-            sha256_file(src),  # the graph quantized: a smoothed copy has other tensors
+            cached_sha256(src),  # the graph quantized: a smoothed copy has other tensors
             opts.calib,
             opts.int8,
         )
