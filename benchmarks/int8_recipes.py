@@ -64,6 +64,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=",".join(RECIPES), help="recipes, comma-separated")
     args = parser.parse_args()
+    unknown = [name for name in args.only.split(",") if name not in RECIPES]
+    if unknown:
+        parser.error(f"--only {unknown}: recipes are {', '.join(RECIPES)}")
+    if args.export is not None and not (args.export / "manifest.json").is_file():
+        parser.error(f"--export {args.export}: no export there (no manifest.json)")
 
     from dit_deploy.bench.machine import describe, machine_load
     from dit_deploy.bench.matrix import latency_summary
