@@ -228,3 +228,21 @@ def test_a_silent_server_is_a_time_out_naming_the_url():
             with pytest.raises(ServerTimeoutError, match=f"127.0.0.1:{port}"):
                 DITClient(url, timeout_s=1.0).predict(SAMPLES / "chelsea.jpg", "the cat")
             assert time.monotonic() - start < 6
+
+
+def test_load_test_waits_for_the_server_counters_to_cover_the_answered_requests():
+    """Triton counts a request after sending its answer: the last read may lag a few."""
+    from dit_deploy.bench.server_load import _settled_metrics
+
+    reads = iter([{"count": 244.0}, {"count": 246.0}, {"count": 248.0}, {"count": 250.0}])
+    calls = []
+
+    def read(url):
+        calls.append(url)
+        return next(reads)
+
+    after = _settled_metrics(read, "m", {"count": 0.0}, 248, sleep=lambda _s: None)
+    assert after == {"count": 248.0} and len(calls) == 3
+    # a server that never catches up is read until the wait runs out, then taken as it is
+    lagging = _settled_metrics(lambda _u: {"count": 10.0}, "m", {}, 20, wait_s=0.0)
+    assert lagging == {"count": 10.0}

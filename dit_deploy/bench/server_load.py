@@ -134,6 +134,26 @@ def _server_delta(before: dict, after: dict) -> dict:
     }
 
 
+def _settled_metrics(
+    read: Callable[[str], dict],
+    metrics_url: str,
+    before: dict,
+    requests: int,
+    wait_s: float = 3.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """The server's counters once they cover the ``requests`` the client saw answered
+    (Triton records a request's statistics after sending its response, so a read right
+    after the last response can miss the last few), or as they are after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = read(metrics_url)
+        seen = after.get("count", 0.0) - before.get("count", 0.0)
+        if seen >= requests or time.monotonic() >= deadline:
+            return after
+        sleep(0.05)
+
+
 def run_load(opts: LoadOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every concurrency level against the server (and in-process with ``compare_export``)."""
     from ..serving.client import DITClient, read_metrics
@@ -167,7 +187,8 @@ def run_load(opts: LoadOptions, log: Callable[[str], None] = print) -> dict[str,
         level = _drive(n, opts.duration_s, client_call)
         level["mode"] = "served"
         if before is not None:
-            level["server"] = _server_delta(before, read_metrics(metrics_url))
+            after = _settled_metrics(read_metrics, metrics_url, before, level["requests"])
+            level["server"] = _server_delta(before, after)
         levels.append(level)
     if opts.compare_export is not None:
         levels += _in_process(opts, log)
