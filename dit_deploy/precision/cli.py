@@ -25,6 +25,7 @@ EPILOG = """examples:
   dit-deploy quantize exports/tiny --precision int8 --auto --max-miou-drop 0.5
   dit-deploy quantize exports/tiny --precision int8 --plan reviewed_plan.json  # no search
   dit-deploy quantize exports/tiny --precision int8 --no-smooth   # no outlier migration
+  dit-deploy verify exports/tiny --precision int8   # re-verify here, on another kind of CPU
 
 Gates (units): --min-mask-iou is the pooled IoU (sum I / sum U over the held-out pairs) of the
 new masks against the FP32 masks, a fraction in [0, 1]; --max-miou-drop is the allowed fall
@@ -39,7 +40,9 @@ checked). INT8 first moves activation outlier channels into the weights (--smoot
 where that lowers the activation's simulated INT8 error on held-out pairs by 10% or more.
 
 Nothing is written unless every layout keeps the accuracy floor; then the graphs land in
-EXPORT_DIR as <role>.<precision>.onnx and manifest.json lists them under "precisions".
+EXPORT_DIR as <role>.<precision>.onnx and manifest.json lists them under "precisions", with
+what they were verified on (the CPU's numerics class, backend, agreement) under "verified"
+and a few stored pairs (verification_pairs.npz) that re-verify them on another kind of CPU.
 Without --calib-data/--eval-data, pairs come from generated synthetic scenes.
 Exit codes: 0 written, 1 error or below the floor (nothing written), 2 bad arguments.
 """
@@ -67,7 +70,7 @@ def register(subparsers) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .fp16 import DEFAULT_FP32_OPS
-    from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES
+    from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES, DEFAULT_WEIGHT_BITS, WEIGHT_BITS
     from .smooth import DEFAULT_ALPHA
 
     p.add_argument("export_dir", type=Path, help="an export directory (dit-deploy export)")
@@ -148,6 +151,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=None,
         help="INT8: quantize the activations as they are",
+    )
+    cal.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=sorted(WEIGHT_BITS),
+        default=DEFAULT_WEIGHT_BITS,
+        help="INT8: bits of the second operand of every quantized MatMul/Conv. 7 gives the "
+        "same masks on every x86 CPU (no 16-bit overflow without VNNI); 8 is a little more "
+        "accurate where the CPU has VNNI/AMX, and is refused or re-verified on AVX2 "
+        "(default: %(default)s)",
     )
     cal.add_argument(
         "--cache-dir",
@@ -304,6 +317,7 @@ def _options(args: argparse.Namespace):
             exclude=tuple(args.exclude),
             percentile=args.percentile,
             smooth=args.smooth,
+            weight_bits=args.weight_bits,
         ),
         fp32_ops=tuple(args.fp32_ops),
         fp32_nodes=tuple(args.fp32_nodes),

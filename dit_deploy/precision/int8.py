@@ -38,6 +38,12 @@ from .smooth import DEFAULT_ALPHA
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+# weight bits -> the largest |quantized weight|. x86 CPUs without VNNI multiply INT8 with
+# ``vpmaddubsw`` (u8 x s8, each adjacent pair of products summed into a saturating int16);
+# ONNX Runtime and oneDNN run signed activations there as u8 = s8 + 128, so 8-bit weights
+# (255 * 127 * 2 = 64770 > 32767) saturate and 7-bit weights (255 * 64 * 2 = 32640) cannot.
+WEIGHT_BITS = {8: 127, 7: 64}
+DEFAULT_WEIGHT_BITS = 7  # one graph whose INT8 numerics are the same on every x86 CPU
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class Int8Options:
     percentile: float = 99.999
     # SmoothQuant migration strength (.smooth), None: the activations are quantized as they are
     smooth: float | None = DEFAULT_ALPHA
+    # 7: weights in [-64, 64], so no pair of INT8 products overflows the 16-bit sums of x86
+    # CPUs without VNNI (see WEIGHT_BITS); 8: the full [-127, 127]
+    weight_bits: int = DEFAULT_WEIGHT_BITS
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -59,6 +68,15 @@ class Int8Options:
             )
         if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
             raise ConfigError(f"smoothing strength {self.smooth}: a number in [0, 1]")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise ConfigError(
+                f"weight bits {self.weight_bits!r}: choose one of {sorted(WEIGHT_BITS)}"
+            )
+
+    @property
+    def weight_levels(self) -> int:
+        """The largest |quantized weight| (127 for 8 bits, 64 for 7)."""
+        return WEIGHT_BITS[self.weight_bits]
 
     def extra_options(self) -> dict[str, object]:
         """``quantize_static`` extra options (see the module docstring for why each)."""
@@ -225,7 +243,7 @@ def quantize_int8(
             quant_format=q.QuantFormat.QDQ,
             op_types_to_quantize=list(options.op_types),
             per_channel=options.per_channel,
-            reduce_range=False,
+            reduce_range=options.weight_bits == 7,
             activation_type=q.QuantType.QInt8,
             weight_type=q.QuantType.QInt8,
             nodes_to_exclude=list(options.exclude),
@@ -237,6 +255,7 @@ def quantize_int8(
 
     model = onnx.load(str(out))
     restore_float_inputs(model, options.op_types, options.exclude)
+    widen_activation_operands(model, options.weight_levels)
     onnx.save(model, str(out))
     quantized = sum(node.op_type == "DequantizeLinear" for node in model.graph.node)
     return Int8Result(role, cache, hit, quantized, list(options.exclude))
@@ -279,6 +298,38 @@ def restore_float_inputs(model, op_types: Sequence[str], exclude: Sequence[str] 
     for q in [n for n in nodes if n.op_type == "QuantizeLinear" and n.output[0] not in used]:
         nodes.remove(q)
     return restored
+
+
+def widen_activation_operands(model, levels: int) -> int:
+    """Give the second operand of every activation x activation MatMul (attention's K and V)
+    the weights' range: its Q/DQ scale is widened by ``127 / levels``, so its INT8 values stay
+    within +-``levels``. CPU kernels put that operand where the weights go (oneDNN under
+    OpenVINO does; ONNX Runtime does not need it), and ``reduce_range`` only narrows
+    constant weights. Returns the number of scales widened."""
+    from onnx import numpy_helper
+
+    if levels >= 127:
+        return 0
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    widened: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2:
+            continue
+        dq = producer.get(node.input[1])
+        q = (
+            producer.get(dq.input[0])
+            if dq is not None and dq.op_type == "DequantizeLinear"
+            else None
+        )
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+            continue
+        for name in {q.input[1], dq.input[1]} - widened:
+            scale = numpy_helper.to_array(inits[name])
+            wider = (scale.astype(np.float64) * (127.0 / levels)).astype(scale.dtype)
+            inits[name].CopyFrom(numpy_helper.from_array(wider, name))
+            widened.add(name)
+    return len(widened)
 
 
 def unknown_nodes(graph_nodes: Sequence[str], exclude: Sequence[str]) -> list[str]:

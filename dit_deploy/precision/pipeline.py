@@ -41,6 +41,7 @@ from ..runtime.manifest import (
     verify_file,
     verify_files,
 )
+from ..runtime.verified_on import PAIRS_FILE, StoredPairs, write_pairs
 from .chain import PairInputs, chains
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
 from .graph_checks import fp16_problems, int8_problems
@@ -54,6 +55,7 @@ from .int8 import (
     unknown_nodes,
 )
 from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
+from .record import scheme_of, stored_pairs, verification_entry
 from .samples import PairSource
 from .smooth import DEFAULT_ALPHA, MIN_GAIN, SMOOTH_SUFFIX
 from .verify import (
@@ -245,6 +247,7 @@ def _convert_one(
             "excluded": excluded,
             "dequantize_nodes": result.quantized_nodes,
             "smooth_alpha": int8.smooth,
+            "weight_bits": int8.weight_bits,
             "smoothed_activations": sum(n.name.endswith(SMOOTH_SUFFIX) for n in model.graph.node),
         }
         problems = int8_problems(model)
@@ -347,7 +350,23 @@ def run_quantize(
                 f"{export_dir}:\n  "
                 + "\n  ".join(f"{r.layout}: {'; '.join(r.failures)}" for r in failed),
             )
-        _install(export_dir, manifest, tmp, files, roles, opts.precision, plan)
+        pairs, fresh = stored_pairs(export_dir, manifest, prepare, fp32, opts.eval)
+        backend = (
+            EXECUTIONS[EXECUTION_PRECISIONS[opts.precision]][0]
+            if opts.precision in (EXECUTION_PRECISIONS)
+            else "onnxruntime"
+        )
+        entry = verification_entry(
+            opts.precision,
+            scheme_of(opts.precision, opts.int8.weight_bits),
+            backend,
+            candidate,
+            pairs,
+            reports,
+            manifest.mask_threshold,
+        )
+        verified = _Verified(entry, pairs if fresh else None)
+        _install(export_dir, manifest, tmp, files, roles, opts.precision, plan, verified)
         result.written = True
         return result
     finally:
@@ -436,6 +455,7 @@ def _int8_sources(
             job.manifest.graphs[role].sha256 or sha256_file(files[role]),
             [job.opts.calib, held_out],
             job.opts.threads,
+            job.opts.int8.weight_levels,
         )
         strengths = found.strengths()
         why = f"smoothing the others lowers their INT8 error by less than {MIN_GAIN:.0%}"
@@ -627,6 +647,14 @@ class QuantizeFailed(ValidationError):
         self.result = result
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """A precision's ``verified`` entry, and new stored pairs to write (None: keep them)."""
+
+    entry: dict
+    pairs: StoredPairs | None
+
+
 def _install(
     export_dir: Path,
     manifest: Manifest,
@@ -634,9 +662,11 @@ def _install(
     files: dict[str, Path],
     roles: Sequence[str],
     precision: str,
-    plan: PrecisionPlan | None = None,
+    plan: PrecisionPlan | None,
+    verified: _Verified,
 ) -> None:
-    """Move the new graphs (and the plan) in, then replace the manifest atomically."""
+    """Move the new graphs (the plan, the stored pairs) in, then replace the manifest
+    atomically."""
     table: dict[str, GraphSpec] = {}
     for role, spec in manifest.graphs.items():
         if role in roles and precision in EXECUTION_PRECISIONS:
@@ -663,11 +693,16 @@ def _install(
         reference = {"file": PLAN_FILE, "sha256": sha256_file(path)}
     elif (export_dir / PLAN_FILE).is_file() and manifest.precision_plan:
         (export_dir / PLAN_FILE).unlink()
+    pairs_ref = dict(manifest.verification_pairs)
+    if verified.pairs is not None:
+        pairs_ref = {"file": PAIRS_FILE, "sha256": write_pairs(export_dir, verified.pairs)}
     updated = Manifest(
         **{
             **manifest.__dict__,
             "precisions": {**manifest.precisions, precision: table},
             "precision_plan": reference,
+            "verified": {**manifest.verified, precision: verified.entry},
+            "verification_pairs": pairs_ref,
         }
     )
     updated.write(export_dir)

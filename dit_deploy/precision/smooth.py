@@ -109,10 +109,11 @@ def channel_maxima(
     return peaks
 
 
-def _fake_int8(x: np.ndarray, absmax: np.ndarray | float) -> np.ndarray:
-    """Symmetric INT8 quantize-dequantize with scale ``absmax / 127`` (broadcast)."""
-    scale = np.maximum(np.asarray(absmax, np.float64), 1e-12) / 127.0
-    return np.clip(np.round(x / scale), -127, 127) * scale
+def _fake_int8(x: np.ndarray, absmax: np.ndarray | float, levels: int = 127) -> np.ndarray:
+    """Symmetric INT8 quantize-dequantize with scale ``absmax / levels`` (broadcast; 127,
+    or 64 for 7-bit weights)."""
+    scale = np.maximum(np.asarray(absmax, np.float64), 1e-12) / levels
+    return np.clip(np.round(x / scale), -levels, levels) * scale
 
 
 def _as_kn(weight: np.ndarray, axis: int) -> np.ndarray:
@@ -127,11 +128,13 @@ def int8_errors(
     alpha: float,
     threads: int | None = None,
     rows: int = 1024,
+    weight_levels: int = 127,
 ) -> dict[str, tuple[float, float]]:
     """Activation -> (INT8 error as it is, INT8 error smoothed with ``alpha``) of its
     MatMuls/Gemms: sum |Q(x) Q(W) - x W| / sum |x W| over ``feeds`` (at most ``rows`` rows of
     x each), the activation's scale from ``maxima`` (per tensor), the weights' per output
-    channel, as :mod:`.int8` quantizes them."""
+    channel with ``weight_levels`` (127, or 64 for 7-bit weights), as :mod:`.int8` quantizes
+    them."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
@@ -149,12 +152,15 @@ def int8_errors(
             (
                 np.ones_like(x_max),
                 float(x_max.max()),
-                [_fake_int8(w, np.abs(w).max(0)) for w in ws],
+                [_fake_int8(w, np.abs(w).max(0), weight_levels) for w in ws],
             ),
             (
                 s,
                 float((x_max / s).max()),
-                [_fake_int8(w * s[:, None], np.abs(w * s[:, None]).max(0)) for w in ws],
+                [
+                    _fake_int8(w * s[:, None], np.abs(w * s[:, None]).max(0), weight_levels)
+                    for w in ws
+                ],
             ),
         ]
     sums = {a: np.zeros(2) for a in consumers}
@@ -205,6 +211,7 @@ def cached_smoothing(
     graph_sha256: str,
     sources: Sequence[PairSource],
     threads: int | None = None,
+    weight_levels: int = 127,
 ) -> tuple[Smoothing, bool]:
     """The :class:`Smoothing` of ``model``: channel maxima over ``calib()``, errors over
     ``held_out()`` (the pairs ``sources`` name, in that order). From ``cache_dir`` when the
@@ -217,6 +224,7 @@ def cached_smoothing(
             "data": [s.key() for s in sources],
             "names": names,
             "alpha": alpha,
+            **({"weight_levels": weight_levels} if weight_levels != 127 else {}),
         },
         sort_keys=True,
     )
@@ -234,7 +242,8 @@ def cached_smoothing(
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             pass
     maxima = channel_maxima(model, calib(), names, threads)
-    found = Smoothing(alpha, maxima, int8_errors(model, held_out(), maxima, alpha, threads))
+    errors = int8_errors(model, held_out(), maxima, alpha, threads, weight_levels=weight_levels)
+    found = Smoothing(alpha, maxima, errors)
     arrays = {f"max:{n}": v for n, v in found.maxima.items()}
     arrays |= {f"err:{n}": np.array(v) for n, v in found.errors.items()}
     buffer = io.BytesIO()

@@ -65,6 +65,22 @@ MANIFEST_SCHEMA = {
     "manifest_version": int,
     "precisions?": MapOf(MapOf(_GRAPH)),
     "precision_plan?": {"file": str, "sha256": str},
+    # precision -> how it was made and the machines it was verified on (runtime/verified_on.py)
+    "verified?": MapOf(
+        {
+            "scheme": dict,
+            "on": [
+                {
+                    "numerics": str,
+                    "kernels": str,
+                    "backend": str,
+                    "backend_version": str,
+                    "stored_pairs_agreement": MapOf(NUMBER),
+                }
+            ],
+        }
+    ),
+    "verification_pairs?": {"file": str, "sha256": str},
 }
 
 
@@ -110,6 +126,10 @@ class Manifest:
     precisions: dict[str, dict[str, GraphSpec]] = field(default_factory=dict)
     # the automatic precision search's plan (precision/plan.py): {"file", "sha256"}; optional
     precision_plan: dict[str, str] = field(default_factory=dict)
+    # precision -> {"scheme": {...}, "on": [verified-on records]} (runtime/verified_on.py)
+    verified: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the stored pairs a precision is re-verified on at load: {"file", "sha256"}
+    verification_pairs: dict[str, str] = field(default_factory=dict)
 
     @property
     def layouts(self) -> list[str]:
@@ -149,8 +169,9 @@ class Manifest:
         data = asdict(self)
         if not self.precisions:
             data.pop("precisions")  # FP32-only manifests keep their original bytes
-        if not self.precision_plan:
-            data.pop("precision_plan")
+        for optional in ("precision_plan", "verified", "verification_pairs"):
+            if not data[optional]:
+                data.pop(optional)  # manifests without them keep their original bytes
         for table in (data["graphs"], *data.get("precisions", {}).values()):
             for graph in table.values():
                 if not graph["execution"]:

@@ -5,8 +5,10 @@
         rs = p.predict_batch([("a.jpg", "left man"), ("a.jpg", "right man"), ("b.png", "cup")])
 
 The manifest drives tokenization, letterboxing and the threshold. Every file the predictor
-uses is checked against the sha256 recorded in the manifest before the first run
-(``verify=False`` skips that for trusted deployments). Thread-safe: the predictor holds no
+uses is checked against the sha256 recorded in the manifest before the first run, and a
+CPU precision against the CPU it was verified on (runtime/verified_on.py: the same numerics
+run, others are re-verified on the export's stored pairs or refused); ``verify=False`` skips
+both for trusted deployments. Thread-safe: the predictor holds no
 per-call state, and the backends may be shared.
 """
 
@@ -27,6 +29,10 @@ from .backends import Backend, check_execution, open_backend
 from .engine_sidecar import engine_file
 from .graph_chain import GraphChain
 from .manifest import Manifest, open_tokenizer, read_manifest, verify_files
+from .verified_on import check_here
+
+# backends whose precision numerics are the CPU's (the verified-on rule applies)
+CPU_CHECKED_BACKENDS = ("onnxruntime", "openvino")
 
 MAX_PAIRS_PER_CALL = 100_000
 log = logging.getLogger(__name__)
@@ -100,6 +106,12 @@ class Predictor:
         self.max_batch = max_batch
         self._warned: set[str] = set()
         self.chain.open_all()
+        # "run" or "reverified" on this CPU (runtime/verified_on.py); GPUs have engine sidecars
+        self.verified_here = "unchecked"
+        if verify and device == "cpu" and backend in CPU_CHECKED_BACKENDS:
+            self.verified_here = check_here(
+                self.export_dir, self.manifest, precision, layout, self.chain.logits
+            )
 
     @property
     def graphs(self) -> dict[str, Backend]:
