@@ -106,8 +106,45 @@ class Machine:
         return f"{self.family} (numerics flags: {flags}{'; ' + self.cpu if self.cpu else ''})"
 
 
+# /proc/cpuinfo flag -> numpy's name for it (numpy asks CPUID itself, as the runtimes do)
+_NUMPY_NAMES = {"avx2": "AVX2", "avx512bw": "AVX512BW", "avx512_vnni": "AVX512VNNI"}
+
+
+def _cpuid_features() -> dict[str, bool]:
+    """numpy's CPUID-based features (``AVX2``, ``AVX512VNNI``, ...), {} if unavailable."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return {}
+    return dict(features)
+
+
 def this_machine(cpuinfo: str | Path = "/proc/cpuinfo") -> Machine:
-    """This machine, from ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``) and its arch."""
+    """This machine: its arch and the flags of ``/proc/cpuinfo`` (x86 ``flags``, ARM
+    ``Features``), checked against what CPUID says through numpy. Where they disagree (an
+    emulator such as ``qemu-x86_64 -cpu Haswell`` shows the host's /proc/cpuinfo but its own
+    CPUID, and CPUID is what ONNX Runtime and OpenVINO pick kernels by), the CPUID answer wins
+    and the flags it cannot confirm (AVX-VNNI, BF16, AMX) are dropped."""
+    machine = _from_cpuinfo(cpuinfo)
+    cpuid = _cpuid_features() if machine.is_x86 else {}
+    if not cpuid:
+        return machine
+    confirmed = {flag for flag, name in _NUMPY_NAMES.items() if cpuid.get(name)}
+    known = set(_NUMPY_NAMES)
+    if confirmed == machine.flags & known:
+        return machine
+    flags = set(machine.flags - known - set(NUMERICS_FLAGS)) | confirmed
+    if cpuid.get("FMA3"):
+        flags.add("fma")
+    if cpuid.get("AVX512F"):
+        flags.add("avx512f")
+    return Machine.of(machine.arch, flags, machine.cpu + " (CPUID differs from /proc/cpuinfo)")
+
+
+def _from_cpuinfo(cpuinfo: str | Path) -> Machine:
     flags: set[str] = set()
     cpu = ""
     try:
