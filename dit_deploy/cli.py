@@ -25,6 +25,7 @@ VERBS_OF = {
     "dit_deploy.main_job": ("run",),
     "dit_deploy.exporters.cli": ("export", "validate"),
     "dit_deploy.precision.cli": ("quantize",),
+    "dit_deploy.precision.verify_cli": ("verify",),
     "dit_deploy.engines.cli": ("engines",),
     "dit_deploy.bench.cli": ("bench",),
     "dit_deploy.training.cli": ("train", "evaluate"),

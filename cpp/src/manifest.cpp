@@ -204,6 +204,19 @@ Manifest read_manifest(const std::string& directory) {
             graph_table(item.value(), path, "\"precisions\": \"" + item.key() + "\"");
       }
     }
+    if (data.contains("verified") && data["verified"].is_object()) {
+      for (const auto& item : data["verified"].items()) {
+        VerifiedRecord record;
+        record.present = true;
+        const json& scheme = item.value().at("scheme");
+        if (scheme.contains("weight_bits")) record.weight_bits = scheme.at("weight_bits").get<int>();
+        for (const auto& on : item.value().at("on")) {
+          record.on.push_back(
+              {on.at("numerics").get<std::string>(), on.at("kernels").get<std::string>()});
+        }
+        m.verified[item.key()] = record;
+      }
+    }
   } catch (const json::exception& exc) {
     throw ArtifactError(path + " is incomplete or malformed (" + exc.what() + "); re-export");
   }

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "backend.hpp"
+#include "cpu_numerics.hpp"
 #include "dit/errors.hpp"
 #include "dit/postprocess.hpp"
 
@@ -97,10 +98,24 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
                                : "re-run dit-deploy quantize " + export_dir +
                                      " --precision " + options.precision));
     }
+  }
+  if (options.backend == "onnxruntime" && options.device == "cpu") {
+    // the verified-on rule (cpu_numerics.hpp); without the stored-pair check of Python
+    const auto found = impl_->manifest.verified.find(options.precision);
+    const VerifiedRecord record =
+        found == impl_->manifest.verified.end() ? VerifiedRecord{} : found->second;
+    const auto v = precision_verdict(options.precision, record, this_cpu(), false);
+    if (v.action != "run") {
+      throw ArtifactError(v.reason + ": dit-deploy verify " + export_dir + " --precision " +
+                          options.precision);
+    }
+  }
+  for (const auto& role : roles) {
+    const std::string path = impl_->manifest.path(impl_->specs.at(role).file);
     if (options.backend == "onnxruntime") {
       impl_->graphs[role] = open_onnxruntime(path, options);
     } else if (options.backend == "tensorrt") {
-      impl_->graphs[role] = open_tensorrt(path, options, spec.sha256);
+      impl_->graphs[role] = open_tensorrt(path, options, impl_->specs.at(role).sha256);
     } else {
       throw BackendUnavailableError("unknown backend '" + options.backend +
                                     "'; choose onnxruntime or tensorrt");

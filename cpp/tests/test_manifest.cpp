@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "cpu_numerics.hpp"
 #include "dit/dit.hpp"
 
 namespace {
@@ -141,9 +142,42 @@ TEST(execution_precision_refused) {
                "backend=\"openvino\", precision=\"bf16\"");
 }
 
+// a "verified" entry for `precision` on `numerics` (the table's format), spliced before the
+// last brace of a manifest
+std::string with_verified(std::string manifest, const std::string& precision,
+                          const std::string& numerics, int weight_bits = 8) {
+  const std::string entry = R"(, "verified": {")" + precision + R"(": {"scheme": {"weight_bits": )" +
+                            std::to_string(weight_bits) + R"(}, "on": [{"numerics": ")" +
+                            numerics + R"(", "kernels": "x86-avx512-vnni", "backend": )" +
+                            R"("onnxruntime", "backend_version": "1", )" +
+                            R"("stored_pairs_agreement": {"fused": 0.97}}]}})";
+  manifest.insert(manifest.rfind('}'), entry);
+  return manifest;
+}
+
+TEST(precision_refused_on_a_cpu_it_was_not_verified_on) {
+  std::string d = with_graphs(make_dir("verified"), {"dit_fused.onnx", "dit_fused.fp16.onnx"});
+  dit::Options o;
+  o.precision = "fp16";
+  write(d + "/manifest.json", manifest_json(kFp16));  // no record: made by an older version
+  CHECK_THROWS(dit::ArtifactError, dit::Predictor(d, o),
+               "no record of the CPU they were verified on");
+  CHECK_THROWS(dit::ArtifactError, dit::Predictor(d, o),
+               "dit-deploy verify " + d + " --precision fp16");
+  // a planted record of a numerics class no x86 or ARM CPU computes fp16 as
+  write(d + "/manifest.json", with_verified(manifest_json(kFp16), "fp16", "riscv-fp16"));
+  CHECK(dit::read_manifest(d).verified.at("fp16").on.at(0).numerics == "riscv-fp16");
+  CHECK_THROWS(dit::ArtifactError, dit::Predictor(d, o), "were verified on x86-avx512-vnni");
+  // this CPU's own class: accepted, so the loader is reached (and rejects the fake graph)
+  const std::string here = dit::precision_numerics("fp16", 8, dit::this_cpu());
+  write(d + "/manifest.json", with_verified(manifest_json(kFp16), "fp16", here));
+  CHECK_THROWS(dit::ArtifactError, dit::Predictor(d, o), "dit_fused.fp16.onnx");
+}
+
 TEST(precision_selects_graph_file) {
   std::string d = with_graphs(make_dir("select"), {"dit_fused.onnx", "dit_fused.fp16.onnx"});
-  write(d + "/manifest.json", manifest_json(kFp16));
+  const std::string here = dit::precision_numerics("fp16", 8, dit::this_cpu());
+  write(d + "/manifest.json", with_verified(manifest_json(kFp16), "fp16", here));
   // the graphs are not protobufs: the loader's error names the file it was given
   dit::Options o;
   o.precision = "fp16";

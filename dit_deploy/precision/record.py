@@ -9,18 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
-from ..runtime.cpu_numerics import this_machine
+from ..hints import command
+from ..runtime.backends import EXECUTIONS, open_backend
+from ..runtime.cpu_numerics import numerics, this_machine, verdict
 from ..runtime.graph_chain import GraphChain
-from ..runtime.manifest import Manifest
+from ..runtime.manifest import Manifest, read_manifest, verify_files
 from ..runtime.verified_on import (
     STORED_PAIRS,
+    PrecisionMismatchError,
     StoredPairs,
     agreement,
     read_pairs,
     record_for,
+    reverify,
     round_feeds,
 )
-from .chain import PairInputs
+from .chain import PairInputs, chains
 from .samples import PairSource
 from .verify import LayoutReport
 
@@ -90,3 +94,55 @@ def _version(backend: str) -> str:
         return metadata.version(backend)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def reverify_here(
+    export_dir: str | Path,
+    precision: str,
+    backend: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """``dit-deploy verify``: run ``precision``'s stored pairs on this CPU; if every layout
+    agrees with FP32 within ``REVERIFY_TOLERANCE`` of the recorded agreement, add this
+    machine to ``verified[precision]`` (the manifest replaced atomically). Returns the new
+    record; raises :class:`PrecisionMismatchError` (nothing written) otherwise."""
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    table = {role: manifest.graph(role, precision, export_dir) for role in manifest.graphs}
+    verify_files(export_dir, manifest, list(table), precision)
+    again = command("quantize", export_dir, "--precision", precision)
+    entry = manifest.verified.get(precision)
+    if not entry or not entry.get("on") or not manifest.verification_pairs:
+        raise PrecisionMismatchError(
+            f"{export_dir}'s {precision} graphs have no stored verification pairs (made by an "
+            f"older dit-deploy); verify them here in full with: {again}"
+        )
+    machine = this_machine()
+    scheme = entry.get("scheme", {})
+    if numerics(precision, scheme, machine) is None:
+        raise PrecisionMismatchError(verdict(precision, entry, machine, True).reason)
+    execution = next((g.execution for g in table.values() if g.execution), "")
+    backend = backend or (EXECUTIONS[execution][0] if execution else "onnxruntime")
+
+    def opener(role: str, path: Path):
+        return open_backend(backend, path, threads=threads, execution=table[role].execution)
+
+    candidate = chains(manifest.graph_files(export_dir, precision), threads, opener)
+    wanted, got = {}, {}
+    for layout, chain in candidate.items():
+        got[layout], wanted[layout] = reverify(
+            export_dir, manifest, precision, layout, chain.logits
+        )
+    short = [k for k in got if got[k] < wanted[k]]
+    if short:
+        raise PrecisionMismatchError(
+            f"{precision} on this CPU ({machine.family}): the stored pairs' masks agree with FP32 "
+            + ", ".join(f"{k} {got[k]:.4f} < {wanted[k]:.4f}" for k in short)
+            + f"; nothing recorded. Quantize for this CPU here with: {again}"
+        )
+    record = record_for(machine, precision, scheme, backend, _version(backend), got)
+    same = (record["numerics"], record["kernels"])
+    kept = [r for r in entry["on"] if (r.get("numerics"), r.get("kernels")) != same]
+    verified = {**manifest.verified, precision: {**entry, "on": [*kept, record]}}
+    Manifest(**{**manifest.__dict__, "verified": verified}).write(export_dir)
+    return record

@@ -22,6 +22,20 @@ struct GraphSpec {
   std::string execution;  ///< e.g. "openvino-bf16": the graph run at another precision
 };
 
+/// One "verified on" entry of a precision (manifest "verified"/<precision>/"on").
+struct VerifiedOn {
+  std::string numerics;  ///< the numerics class, e.g. "x86-int8-exact"
+  std::string kernels;   ///< the CPU's kernel family, e.g. "x86-avx512-vnni"
+};
+
+/// A precision's verification record: how its graphs were made (scheme.weight_bits; 8 when
+/// absent) and the machines it was verified on. `present` is false without a record.
+struct VerifiedRecord {
+  bool present = false;
+  int weight_bits = 8;
+  std::vector<VerifiedOn> on;
+};
+
 /// The one table of layouts (as runtime/manifest.py's LAYOUT_ROLES): each layout's graph
 /// roles in the order they run. A graph takes its inputs by name from the prepared feeds and
 /// the outputs of the graphs before it, so a new layout is one entry here.
@@ -45,6 +59,8 @@ struct Manifest {
   /// export/quantize.py under "precisions". Empty for an export without them. A role kept FP32
   /// (quantize.py --keep-fp32) points at the FP32 file.
   std::map<std::string, std::map<std::string, GraphSpec>> precisions;
+  /// precision -> what it was verified on ("verified"; see dit_deploy/runtime/verified_on.py).
+  std::map<std::string, VerifiedRecord> verified;
   int manifest_version = 0;
 
   /// "split" and/or "fused", the layouts whose (FP32) graphs are all present.
