@@ -135,7 +135,7 @@ def record_for(
     }
 
 
-# (export dir, precision, layout, the graphs' sha256s, numerics class) already re-verified
+# (export dir, precision, layout, the graphs' sha256s, the record, why) already re-verified
 _ACCEPTED: set[tuple[str, ...]] = set()
 _LOCK = threading.Lock()
 
@@ -164,7 +164,8 @@ def check_here(
         raise PrecisionMismatchError(f"{decision.reason}: {fix}")
     assert record is not None
     hashes = tuple(g.sha256 for g in manifest.precisions.get(precision, {}).values())
-    key = (str(Path(directory).resolve()), precision, layout, *hashes, decision.reason)
+    recorded = json.dumps([record, manifest.verification_pairs], sort_keys=True)
+    key = (str(Path(directory).resolve()), precision, layout, *hashes, recorded, decision.reason)
     with _LOCK:
         if key in _ACCEPTED:
             return "reverified"

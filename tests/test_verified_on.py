@@ -1,0 +1,269 @@
+"""Verified here must mean correct there: the verified-on record of a precision, its check at
+load (run / re-verify on the stored pairs / refuse), ``dit-deploy verify``, and the INT8
+scheme whose numerics do not depend on the x86 ISA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from dit_deploy.cli import main as cli_main
+from dit_deploy.errors import ArtifactError
+from dit_deploy.precision.int8 import Int8Options
+from dit_deploy.precision.pipeline import QuantizeOptions, run_quantize
+from dit_deploy.precision.samples import PairSource
+from dit_deploy.runtime import Predictor, read_manifest
+from dit_deploy.runtime.cpu_numerics import Machine, numerics, this_machine, verdict
+from dit_deploy.runtime.verified_on import (
+    PAIRS_FILE,
+    PrecisionMismatchError,
+    agreement,
+    check_here,
+    read_pairs,
+)
+
+CASES = json.loads((Path(__file__).parent / "fixtures" / "precision_compat_cases.json").read_text())
+AVX2 = Machine.of("x86_64", ["avx2", "fma"])
+
+
+@pytest.fixture(scope="module")
+def verified(tiny_export, tmp_path_factory) -> Path:
+    """The tiny export with fp16 and (7-bit, the default) int8 graphs, verified here."""
+    out = tmp_path_factory.mktemp("verified") / "tiny"
+    shutil.copytree(tiny_export, out)
+    cache = tmp_path_factory.mktemp("cache")
+    for precision in ("fp16", "int8"):
+        opts = QuantizeOptions(
+            precision,
+            calib=PairSource(None, "train", 8) if precision == "int8" else None,
+            eval=PairSource(None, "val", 8, seed=1),
+            cache_dir=cache,
+            latency_runs=0,
+        )
+        run_quantize(out, opts, log=lambda *_: None)
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_manifest(directory: Path, edit) -> None:
+    data = json.loads((directory / "manifest.json").read_text())
+    edit(data)
+    (directory / "manifest.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=lambda c: c["name"])
+def test_shared_case_table(case):
+    """The same table the C++ runtime is tested with (it refuses where Python re-verifies)."""
+    spec = CASES["machines"][case["machine"]]
+    machine = Machine.of(spec["arch"], spec["flags"])
+    assert machine.family == spec["family"]
+    record = CASES["records"][case["record"]] if case["record"] else None
+    got = verdict(case["precision"], record, machine, can_reverify=True)
+    assert got.action == case["verdict"], got.reason
+    assert case.get("says", "") in got.reason
+    if case["verdict"] == "reverify":
+        assert verdict(case["precision"], record, machine, can_reverify=False).action == "refuse"
+
+
+def test_cpuinfo_flags_and_cpuid(tmp_path):
+    """/proc/cpuinfo gives the flags; where CPUID (numpy) denies what it claims, as under
+    qemu -cpu Haswell, CPUID wins and the unconfirmed flags go."""
+    from dit_deploy.runtime import cpu_numerics
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "model name\t: Test CPU\nflags\t\t: fpu avx2 fma avx512bw avx512_vnni avx512_bf16\n"
+    )
+    real = cpu_numerics._cpuid_features
+    try:
+        cpu_numerics._cpuid_features = lambda: {
+            "AVX2": True,
+            "AVX512BW": True,
+            "AVX512VNNI": True,
+            "FMA3": True,
+            "AVX512F": True,
+        }
+        agreeing = cpu_numerics.this_machine(info)
+        cpu_numerics._cpuid_features = lambda: {"AVX2": True, "FMA3": True}
+        emulated = cpu_numerics.this_machine(info)
+    finally:
+        cpu_numerics._cpuid_features = real
+    if not agreeing.is_x86:
+        pytest.skip("CPUID cross-check is x86 only; this machine is " + agreeing.arch)
+    assert agreeing.family == "x86-avx512-vnni" and agreeing.has_bf16_units
+    assert emulated.family == "x86-avx2" and not emulated.has_bf16_units
+    assert "CPUID differs" in emulated.cpu
+
+
+def test_quantize_records_what_it_was_verified_on(verified):
+    manifest = read_manifest(verified)
+    here = this_machine()
+    for precision in ("fp16", "int8"):
+        entry = manifest.verified[precision]
+        (record,) = entry["on"]
+        assert record["numerics"] == numerics(precision, entry["scheme"], here)
+        assert record["kernels"] == here.family
+        assert record["backend"] == "onnxruntime" and record["backend_version"][0].isdigit()
+        assert set(record["stored_pairs_agreement"]) == {"split", "fused"}
+        assert record["measured"]["fused"]["pairs"] == 8
+    assert manifest.verified["int8"]["scheme"] == {"weight_bits": 7}
+    assert manifest.verified["int8"]["on"][0]["numerics"] == "x86-int8-exact"
+    pairs = read_pairs(verified, manifest)
+    assert pairs.feeds["image"].shape[0] == 8 and set(pairs.reference) == {"split", "fused"}
+    # the record's stored-pair agreement is what the graphs give on those pairs here
+    with Predictor(verified, precision="int8", layout="fused") as p:
+        assert p.verified_here == "run"
+        got = agreement(p.low_res_logits(pairs.feeds), pairs.reference["fused"], 0.35)
+    assert got == pytest.approx(
+        manifest.verified["int8"]["on"][0]["stored_pairs_agreement"]["fused"], abs=1e-6
+    )
+    assert got > 0.9
+
+
+def test_int8_second_operands_fit_seven_bits(verified):
+    """No pair of products can overflow vpmaddubsw's int16 (u8 255 x s8 64 x 2 < 32767):
+    constant weights within +-64, and activation second operands scaled to the same range."""
+    model = onnx.load(str(verified / "dit_fused.int8.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    weights = activations = 0
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        dq = producer.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        if dq.input[0] in inits:
+            assert np.abs(inits[dq.input[0]].astype(np.int32)).max() <= 64, node.name
+            weights += 1
+        else:
+            activations += 1
+    assert weights > 10 and activations > 0
+
+
+def test_a_record_of_another_cpu_is_reverified_or_refused(verified, tmp_path):
+    out = _copy(verified, tmp_path / "planted")
+    manifest = read_manifest(out)
+
+    # an 8-bit record made on a VNNI CPU, loaded on an AVX2 one: re-verified on the stored pairs
+    def plant(data, agreement_recorded=None):
+        entry = data["verified"]["int8"]
+        entry["scheme"] = {"weight_bits": 8}
+        entry["on"][0]["numerics"] = "x86-int8-vnni"
+        entry["on"][0]["kernels"] = "x86-avx512-vnni"
+        if agreement_recorded is not None:
+            entry["on"][0]["stored_pairs_agreement"] = {
+                "split": agreement_recorded,
+                "fused": agreement_recorded,
+            }
+
+    _edit_manifest(out, plant)
+    manifest = read_manifest(out)
+    with Predictor(out, precision="int8", layout="fused") as p:
+        chain = p.low_res_logits
+        assert check_here(out, manifest, "int8", "fused", chain, AVX2) == "reverified"
+        # planted: a recorded agreement these graphs cannot reach here -> refused, with numbers
+        _edit_manifest(out, lambda d: plant(d, 1.0))
+        manifest = read_manifest(out)
+        with pytest.raises(
+            PrecisionMismatchError,
+            match=r"saturating, and there its stored pairs' masks agree with FP32 at 0\.\d+ < 0\.9",
+        ):
+            check_here(out, manifest, "int8", "fused", chain, AVX2)
+
+
+def test_predictor_refuses_without_a_record(verified, tmp_path):
+    out = _copy(verified, tmp_path / "legacy")
+    _edit_manifest(out, lambda d: (d.pop("verified"), d.pop("verification_pairs")))
+    with pytest.raises(
+        PrecisionMismatchError,
+        match=f"no record of the CPU.*dit-deploy verify {out} --precision int8",
+    ):
+        Predictor(out, precision="int8")
+    with Predictor(out, precision="fp32") as p:  # FP32 needs none
+        assert p.verified_here == "run"
+    with Predictor(out, precision="int8", verify=False) as p:  # the trusted-deployment switch
+        assert p.verified_here == "unchecked"
+
+
+def test_damaged_stored_pairs_are_refused(verified, tmp_path):
+    out = _copy(verified, tmp_path / "damaged")
+    _edit_manifest(out, lambda d: d["verified"]["int8"]["on"][0].update(numerics="x86-int8-vnni"))
+    _edit_manifest(out, lambda d: d["verified"]["int8"].update(scheme={"weight_bits": 8}))
+    data = bytearray((out / PAIRS_FILE).read_bytes())
+    data[-40] ^= 0xFF
+    (out / PAIRS_FILE).write_bytes(bytes(data))
+    manifest = read_manifest(out)
+    with (
+        Predictor(out, precision="int8", layout="fused", verify=False) as p,
+        pytest.raises(ArtifactError, match="changed since it was written"),
+    ):
+        check_here(out, manifest, "int8", "fused", p.low_res_logits, AVX2)
+
+
+def test_verify_cli_adds_this_machine(verified, tmp_path, capsys):
+    out = _copy(verified, tmp_path / "cli")
+    _edit_manifest(
+        out,
+        lambda d: d["verified"]["fp16"]["on"][0].update(
+            numerics="arm64-fp16", kernels="arm64-dotprod"
+        ),
+    )
+    with Predictor(out, precision="fp16", layout="fused") as p:  # another class: re-verified
+        assert p.verified_here == "reverified"
+    assert (
+        cli_main(["verify", str(out), "--precision", "fp16", "--json", str(tmp_path / "r.json")])
+        == 0
+    )
+    line = capsys.readouterr().out
+    assert "fp16: verified here" in line and "recorded in" in line
+    records = read_manifest(out).verified["fp16"]["on"]
+    assert [r["kernels"] for r in records] == ["arm64-dotprod", this_machine().family]
+    assert (
+        json.loads((tmp_path / "r.json").read_text())["fp16"]["numerics"] == records[-1]["numerics"]
+    )
+    with Predictor(out, precision="fp16", layout="fused") as p:
+        assert p.verified_here == "run"
+
+
+def test_verify_cli_errors_are_one_line(tmp_path, tiny_export, capsys):
+    assert cli_main(["verify", str(tmp_path / "missing")]) == 1
+    assert cli_main(["verify", str(tiny_export)]) == 1  # FP32 only: nothing to verify
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("dit-deploy verify: error: ") for e in err)
+    assert "has no precisions to verify" in err[1]
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["verify", str(tiny_export), "--precision", "int4"])
+    assert exc.value.code == 2
+
+
+def test_eight_bit_weights_stay_available_and_are_recorded_as_such(tiny_export, tmp_path):
+    out = _copy(tiny_export, tmp_path / "w8")
+    opts = QuantizeOptions(
+        "int8",
+        calib=PairSource(None, "train", 8),
+        eval=PairSource(None, "val", 8, seed=1),
+        cache_dir=tmp_path / "cache",
+        latency_runs=0,
+        int8=Int8Options(weight_bits=8),
+    )
+    run_quantize(out, opts, log=lambda *_: None)
+    entry = read_manifest(out).verified["int8"]
+    assert entry["scheme"] == {"weight_bits": 8}
+    assert entry["on"][0]["numerics"] == numerics("int8", {"weight_bits": 8}, this_machine())
+    q = onnx.load(str(out / "dit_fused.int8.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    assert (
+        max(int(np.abs(v.astype(np.int32)).max()) for v in inits.values() if v.dtype == np.int8)
+        == 127
+    )
