@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 # How much lower the stored pairs' low-res mask agreement may be on a machine of another class
-# than where the precision was verified. The 7-bit INT8 graphs give bit-identical logits on
-# AVX2 and AVX512-VNNI in ONNX Runtime and agree within 0.003 in OpenVINO; saturating 8-bit
-# graphs lose 0.04-0.2 on AVX2, which this must catch.
-REVERIFY_TOLERANCE = 0.01
+# (or in another runtime) than where the precision was verified. Measured on the bundled model
+# (docs/benchmarks.md, "INT8 per ISA"): the 7-bit INT8 graphs give the same agreement on AVX2
+# and AVX512-VNNI in ONNX Runtime (within 0.001) and in OpenVINO, and OpenVINO's agreement on
+# the 8 stored pairs differs from ONNX Runtime's (the verifier's) by up to 0.015; saturating
+# 8-bit graphs lose 0.04-0.2 on AVX2, which this must catch.
+REVERIFY_TOLERANCE = 0.02
 
 _X86 = ("x86_64", "amd64", "i686", "i386")
 _ARM = ("aarch64", "arm64")
