@@ -123,7 +123,8 @@ class Job:
 
     def quantize(self) -> None:
         from .precision.cli import format_table
-        from .precision.pipeline import QuantizeOptions, run_quantize, stale_reason
+        from .precision.pipeline import QuantizeOptions, run_quantize
+        from .precision.reuse import stale_reason
         from .precision.samples import PairSource
 
         data = self.data()

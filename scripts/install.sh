@@ -24,6 +24,13 @@ if command -v cmake >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1; then
 else
   echo "install: cmake/c++ not found; the C++ runtime is not built (apt-get install cmake g++)"
 fi
+# The test suite runs the INT8 checks of the other x86 ISA family (AVX2) under Debian's
+# qemu-user on AVX512 machines (tests/test_isa_emulated.py); users do not need it.
+if ! command -v qemu-x86_64 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null; } \
+    || echo "install: qemu-user not installed; tests/test_isa_emulated.py will skip"
+fi
 # dit-deploy serve: tritonserver's python-backend stub links libpython3.X.so.1.0, which Debian
 # ships in libpython3.X (python3 itself does not pull it in).
 if ! .venv/bin/python -c 'import pathlib, sys, sysconfig as s; d, n = s.get_config_var("LIBDIR"), s.get_config_var("INSTSONAME"); sys.exit(not (d and n and (pathlib.Path(d) / n).exists()))'; then

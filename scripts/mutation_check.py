@@ -137,6 +137,34 @@ MUTATIONS = (
         'stamp["dit.source_graph_sha256"],  # the graph quantized',
         ("tests/test_precision_smooth.py", "tests/test_precision_auto.py"),
     ),
+    Mutation(
+        "verified-on: a numerics class not recorded is not run as verified",
+        "dit_deploy/runtime/cpu_numerics.py",
+        "    if here in verified:",
+        "    if verified:",
+        ("tests/test_verified_on.py",),
+    ),
+    Mutation(
+        "re-verification: stored pairs below the recorded agreement are refused",
+        "dit_deploy/runtime/verified_on.py",
+        "    if got < wanted:",
+        "    if got < wanted - 1.0:",
+        ("tests/test_verified_on.py",),
+    ),
+    Mutation(
+        "int8: 7-bit weights (no 16-bit overflow without VNNI)",
+        "dit_deploy/precision/int8.py",
+        "reduce_range=options.weight_bits == 7,",
+        "reduce_range=False,",
+        ("tests/test_verified_on.py",),
+    ),
+    Mutation(
+        "int8: activation second operands widened to the weights' range",
+        "dit_deploy/precision/int8.py",
+        "    widen_activation_operands(model, options.weight_levels)\n",
+        "",
+        ("tests/test_verified_on.py",),
+    ),
 )
 
 

@@ -16,8 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from dit_deploy.errors import ConfigError
 from dit_deploy.precision import cli as quantize_cli
 from dit_deploy.precision.int8 import Int8Options, cache_file, quantize_int8
-from dit_deploy.precision.pipeline import run_quantize, stale_reason
+from dit_deploy.precision.pipeline import run_quantize
 from dit_deploy.precision.plan import PLAN_FILE
+from dit_deploy.precision.reuse import stale_reason
 from dit_deploy.precision.samples import PairSource
 from dit_deploy.precision.smooth import (
     DEFAULT_ALPHA,

@@ -247,7 +247,21 @@ def test_verify_cli_errors_are_one_line(tmp_path, tiny_export, capsys):
     assert exc.value.code == 2
 
 
-def test_eight_bit_weights_stay_available_and_are_recorded_as_such(tiny_export, tmp_path):
+def _activation_operand_scales(path: Path) -> dict[str, float]:
+    """Second-operand tensor -> its Q scale, for activation x activation MatMuls."""
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    scales = {}
+    for node in model.graph.node:
+        dq = producer.get(node.input[1]) if node.op_type == "MatMul" else None
+        q = producer.get(dq.input[0]) if dq is not None else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
+            scales[q.input[0]] = float(inits[q.input[1]])
+    return scales
+
+
+def test_eight_bit_weights_stay_available_and_are_recorded_as_such(verified, tiny_export, tmp_path):
     out = _copy(tiny_export, tmp_path / "w8")
     opts = QuantizeOptions(
         "int8",
@@ -267,3 +281,10 @@ def test_eight_bit_weights_stay_available_and_are_recorded_as_such(tiny_export, 
         max(int(np.abs(v.astype(np.int32)).max()) for v in inits.values() if v.dtype == np.int8)
         == 127
     )
+    # attention's K and V (activation second operands): the same calibrated range, but the
+    # 7-bit graph's scale is 127/64 wider, so their INT8 values stay within +-64 too
+    wide = _activation_operand_scales(verified / "dit_fused.int8.onnx")
+    full = _activation_operand_scales(out / "dit_fused.int8.onnx")
+    assert wide and set(wide) == set(full)
+    for name, scale in wide.items():
+        assert scale == pytest.approx(full[name] * 127 / 64, rel=1e-5), name

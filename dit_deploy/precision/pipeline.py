@@ -57,7 +57,7 @@ from .int8 import (
 from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
 from .record import scheme_of, stored_pairs, verification_entry
 from .samples import PairSource
-from .smooth import DEFAULT_ALPHA, MIN_GAIN, SMOOTH_SUFFIX
+from .smooth import MIN_GAIN, SMOOTH_SUFFIX
 from .verify import (
     DEFAULT_FLOORS,
     Floor,
@@ -708,44 +708,3 @@ def _install(
     updated.write(export_dir)
     if read_manifest(export_dir).precisions.get(precision) is None:
         raise ArtifactError(f"{export_dir / MANIFEST_FILE} did not take the {precision} graphs")
-
-
-def stale_reason(
-    export_dir: str | Path,
-    precision: str,
-    calib: PairSource | None = None,
-    smooth: float | None = DEFAULT_ALPHA,
-) -> str | None:
-    """Why the export's ``precision`` graphs cannot be reused (None: present, hash-valid,
-    and, for INT8 with ``calib``, calibrated on the same pairs with the same ``smooth``)."""
-    import onnx
-
-    from ..errors import DITError
-    from ..runtime.manifest import verify_files
-
-    export_dir = Path(export_dir)
-    try:
-        manifest = read_manifest(export_dir)
-        if precision not in manifest.precisions:
-            return f"no {precision} graphs"
-        verify_files(export_dir, manifest, list(manifest.precisions[precision]), precision)
-        if calib is None:
-            return None
-        for role, spec in manifest.precisions[precision].items():
-            if spec.precision != precision:
-                continue  # a role kept FP32
-            props = {
-                p.key: p.value
-                for p in onnx.load(
-                    str(export_dir / spec.file), load_external_data=False
-                ).metadata_props
-            }
-            recipe = json.loads(props.get("dit.precision_recipe", "{}"))
-            used, wanted = recipe.get("calibration"), calib.describe()
-            if used != wanted:
-                return f"{role} was calibrated on {used!r}, not {wanted!r}"
-            if recipe.get("smooth_alpha") != smooth:
-                return f"{role} was smoothed with alpha {recipe.get('smooth_alpha')}, not {smooth}"
-    except DITError as exc:
-        return str(exc)
-    return None
