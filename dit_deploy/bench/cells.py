@@ -43,13 +43,15 @@ def _openvino_reason() -> str | None:
 
 def cpu_bf16_reason() -> str | None:
     """None where the CPU has BF16 units (AVX512-BF16 or AMX), else why BF16 cannot pay off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "cannot read /proc/cpuinfo to find the CPU's BF16 support"
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
+    from ..runtime.cpu_numerics import this_machine
+
+    machine = this_machine()
+    if machine.has_bf16_units:
         return None
-    return "this CPU has no BF16 units (AVX512-BF16 or AMX): BF16 would be emulated, slower"
+    return (
+        f"this CPU ({machine.family}) has no BF16 units (AVX512-BF16 or AMX): BF16 would be "
+        "emulated, slower"
+    )
 
 
 def plan_cells(

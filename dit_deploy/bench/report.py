@@ -33,14 +33,10 @@ COLUMNS = [
 
 
 def environment(threads: int | None) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from ..runtime.cpu_numerics import this_machine
+
+    machine = this_machine()
+    cpu = machine.cpu or platform.processor() or platform.machine()
     versions = {}
     for pkg in (
         "dit-deploy",
@@ -57,6 +53,8 @@ def environment(threads: int | None) -> dict[str, Any]:
             versions[pkg] = None
     return {
         "cpu": cpu,
+        # the ISA family and the flags that change INT8/BF16 numerics and speed
+        "cpu_kernels": machine.describe(),
         "cores": os.cpu_count(),
         "threads": threads or os.cpu_count(),
         "gpus": cuda_device_count(),
@@ -136,7 +134,7 @@ def print_table(report: dict[str, Any], console=None) -> None:
     env = report["environment"]
     console.print(
         f"[dim]{env['cpu']}, {env['cores']} cores, {env['threads']} threads, "
-        f"{env['gpus']} GPU(s); "
+        f"{env['gpus']} GPU(s); CPU kind {env.get('cpu_kernels', '?')}; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
         + "[/dim]"
     )
@@ -219,6 +217,7 @@ def markdown(report: dict[str, Any]) -> str:
         "## Environment",
         "",
         f"- CPU: {env['cpu']} ({env['cores']} cores, {env['threads']} threads)",
+        f"- CPU kind: {env.get('cpu_kernels', 'not recorded')}",
         f"- GPUs: {env['gpus']}",
         f"- OS: {env['os']}, Python {env['python']}",
         "- " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
