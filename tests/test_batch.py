@@ -343,9 +343,12 @@ def test_an_export_changed_after_export_is_refused_in_one_line(
 def test_a_worker_that_cannot_be_placed_is_an_error_not_a_hang(
     export_dir, data_dir, pairs, tmp_path
 ):
+    from dit_deploy.runtime.devices import cuda_device_count
+
+    have = cuda_device_count()  # a GPU machine's Ray sees its GPUs: ask for one more
     source = _write_jsonl(data_dir / "gpu.jsonl", pairs[:2])
-    options = BatchOptions(str(source), tmp_path / "out", export_dir, gpus_per_worker=1)
-    with pytest.raises(BackendUnavailableError, match="needs 1 GPU.*Ray has 0"):
+    options = BatchOptions(str(source), tmp_path / "out", export_dir, gpus_per_worker=have + 1)
+    with pytest.raises(BackendUnavailableError, match=f"needs {have + 1} GPU.*Ray has {have}"):
         run_batch(options, log=lambda _: None)
 
 

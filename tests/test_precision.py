@@ -247,13 +247,18 @@ def test_tensorrt_engine_matches_onnxruntime_cpu(quantized, precision):
     pairs = [(p.image, p.text) for p in PairSource(None, "val", 3)]
     for layout in ("split", "fused"):
         cpu = Predictor(out, precision=precision, layout=layout)
-        gpu = Predictor(out, backend="tensorrt", precision=precision, layout=layout)
+        gpu = Predictor(out, backend="tensorrt", device="cuda", precision=precision, layout=layout)
         feeds, _ = cpu.prepare(*zip(*pairs, strict=True))
         a, b = cpu.low_res_logits(feeds), gpu.low_res_logits(feeds)
         tol = {"fp32": 1e-2, "fp16": 0.1, "int8": 0.5 * np.abs(a).max()}[precision]
         assert np.abs(a - b).max() <= tol
         graphed = Predictor(
-            out, backend="tensorrt", precision=precision, layout=layout, cuda_graph=True
+            out,
+            backend="tensorrt",
+            device="cuda",
+            precision=precision,
+            layout=layout,
+            cuda_graph=True,
         )
         graphed.low_res_logits(feeds)  # captures
         assert np.abs(graphed.low_res_logits(feeds) - b).max() <= 1e-5  # replays

@@ -523,7 +523,7 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
     assert [i.name for i in ens.input] == ["IMAGE", "TEXT"]
     assert [o.name for o in ens.output] == ["MASK_PNG", "MASK_RLE", "SCORE"]
     model = configs["dit_model"]
-    assert model.instance_group[0].count == 2 and model.dynamic_batching is not None
+    assert model.instance_group[0].count == 2 and model.HasField("dynamic_batching")
     expected = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
     assert (repo / "dit_model" / "1" / expected[backend]).is_file()
     if backend == "onnxruntime":
@@ -635,7 +635,7 @@ def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, ba
         pytest.skip(f"no full tritonserver with the {backend} backend at {binary}")
     src = export
     if backend == "tensorrt":
-        from dit_deploy.precision.trt_cli import main as trt_main
+        from dit_deploy.engines.cli import main as trt_main
 
         src = tmp_path / "export"
         shutil.copytree(export, src)
