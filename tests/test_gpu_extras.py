@@ -98,11 +98,13 @@ def stand_ins(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("extra", GPU_EXTRAS)
 def test_extra_resolves_to_one_tensorrt_and_cuda_major(extra, stand_ins, tmp_path):
+    """Together with ``dev``, as scripts/gpu_check.sh installs it (dev once pinned
+    cuda-python >= 13, which made gpu-cu12 unresolvable)."""
     trt, trt_major, cuda_major, with_ort = GPU_EXTRAS[extra]
     report = tmp_path / "report.json"
     r = _pip(
         "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-        "--find-links", str(stand_ins), *EXTRAS[extra],
+        "--find-links", str(stand_ins), *EXTRAS[extra], *EXTRAS["dev"],
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     found = {
