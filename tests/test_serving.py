@@ -532,12 +532,18 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
             export / "dit_fused.int8.onnx"
         ).read_bytes()
         assert [i.name for i in model.input] == ["input_ids", "attention_mask", "image"]
+    if backend == "tensorrt":  # every engine output declared, or Triton refuses the model
+        assert [o.name for o in model.output] == ["low_res_logits", "iou_pred"]
+        step = ens.ensemble_scheduling.step[1]
+        assert dict(step.output_map) == {"low_res_logits": "_low_res_logits"}
     for name in ("dit_preprocess", "dit_postprocess"):
         assert configs[name].backend == "python"
         assert configs[name].instance_group[0].kind == ModelInstanceGroup.KIND_CPU
 
 
-def _fake_engine(export: Path, precision: str, max_batch: int, sha256: str | None = None) -> None:
+def _fake_engine(
+    export: Path, precision: str, max_batch: int, sha256: str | None = None, min_batch: int = 1
+) -> None:
     """A plan file (bytes, never run here) and the sidecar export/to_trt.py writes beside it."""
     from dit_deploy.runtime import read_manifest
     from dit_deploy.runtime.engine_sidecar import EngineSidecar, engine_file, write_sidecar
@@ -556,7 +562,12 @@ def _fake_engine(export: Path, precision: str, max_batch: int, sha256: str | Non
             tensorrt_version="10.13.3.9",
             gpu_name="NVIDIA L4",
             compute_capability="8.9",
-            profile={"min_batch": 1, "opt_batch": 4, "max_batch": max_batch, "shapes": {}},
+            profile={
+                "min_batch": min_batch,
+                "opt_batch": 4,
+                "max_batch": max_batch,
+                "shapes": {},
+            },
             inputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.inputs],
             outputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.outputs],
         ),
@@ -579,6 +590,9 @@ def test_triton_repo_refuses_what_it_cannot_write(export, tmp_path, capsys):
     _fake_engine(src, "fp32", max_batch=8, sha256="cd" * 32)
     assert main(argv) == 1
     assert "was built from another dit_fused.onnx" in capsys.readouterr().err
+    _fake_engine(src, "fp32", max_batch=8, min_batch=2)
+    assert main(argv) == 1
+    assert "Triton sends batches of 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing half-written
     (tmp_path / "r").mkdir()
     assert main(["triton-repo", str(export), str(tmp_path / "r")]) == 1

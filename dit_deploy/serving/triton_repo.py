@@ -215,6 +215,12 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
         )
     else:
         graph_in, graph_out, _ = _graph_io(manifest, opts.precision)
+        if opts.backend == "tensorrt":
+            # Triton's TensorRT backend refuses a config that leaves out an output the engine
+            # has ("expected configuration for output ..."): every one, from the sidecar; the
+            # ensemble still maps only low_res_logits
+            sidecar = read_sidecar(_checked_engine(opts, manifest))
+            graph_out = [_tensor(t.name, _TYPES[t.dtype], _dims(t.shape)) for t in sidecar.outputs]
         platform = "onnxruntime_onnx" if opts.backend == "onnxruntime" else "tensorrt_plan"
         configs["dit_model"] = _model_config(
             "dit_model", f'platform: "{platform}"', graph_in, graph_out, opts, opts.kind
@@ -295,6 +301,12 @@ def _checked_engine(opts: RepoOptions, manifest: Manifest) -> Path:
             f"{engine.name} was built from another {spec.file} (sha256 "
             f"{sidecar.source_sha256[:12]}, the graph now has {spec.sha256[:12]}); rebuild: "
             f"{rebuild}"
+        )
+    if sidecar.min_batch != 1:
+        raise ConfigError(
+            f"{engine.name}'s profile starts at batch {sidecar.min_batch}; Triton sends "
+            f"batches of 1 whenever one request is queued: rebuild it with batch 1 in its "
+            f"profile: {rebuild}"
         )
     engine_max = int(sidecar.profile.get("max_batch", 0))
     if engine_max < opts.max_batch:
