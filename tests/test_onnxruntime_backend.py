@@ -94,12 +94,16 @@ def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(export_d
     assert options["trt_profile_opt_shapes"] == "image:4x3x2x2"
     assert options["trt_profile_max_shapes"] == "image:8x3x2x2"
     assert options["trt_engine_cache_path"] == str(export_dir / "ort_trt_cache")
-    assert seen["providers"][1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # TF32 off in the CUDA provider: an fp32 cell computes FP32, like our own engines
+    assert seen["providers"][1:] == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}),
+        "CPUExecutionProvider",
+    ]
 
 
 @pytest.mark.parametrize(
     ("precision", "fp16", "int8"), [("fp32", False, False), ("fp16", True, False),
-                                    ("int8", True, True)]
+                                    ("int8", False, True)]
 )  # fmt: skip
 def test_tensorrt_precision_flags(tmp_path, precision, fp16, int8):
     options = tensorrt_provider_options(precision, None, tmp_path)

@@ -48,10 +48,12 @@ def tensorrt_provider_options(
     """TensorRT execution provider options for a graph of ``precision``.
 
     The EP builds weakly typed TensorRT 10 networks, so the graph's precision must be
-    enabled explicitly: FP16 for fp16 graphs, INT8 (+ FP16) for Q/DQ graphs (else it fails
-    with "int8 is not configured" and falls back). With ``inputs`` (the manifest's specs)
-    one explicit profile over the batch axis (1, max_batch // 2, max_batch) is set, so a new
-    batch size does not rebuild the engine in the middle of a run. Engines and timings are
+    enabled explicitly: FP16 for fp16 graphs, INT8 for Q/DQ graphs (else it fails with "int8
+    is not configured" and falls back). FP16 is not enabled for Q/DQ graphs: in a weakly
+    typed network it lets TensorRT run the FP32 layers of the verified INT8 graph in FP16.
+    With ``inputs`` (the manifest's specs) one explicit profile over the batch axis
+    (1, max_batch // 2, max_batch) is set, so a new batch size does not rebuild the engine in
+    the middle of a run. Engines and timings are
     cached in ``cache``.
     """
     options: dict[str, Any] = {
@@ -59,7 +61,7 @@ def tensorrt_provider_options(
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache),
-        "trt_fp16_enable": precision in ("fp16", "int8"),
+        "trt_fp16_enable": precision == "fp16",
         "trt_int8_enable": precision == "int8",
     }
     if inputs:
@@ -166,6 +168,10 @@ class OnnxRuntimeBackend(Backend):
                 precision or found_precision, inputs, cache, max_batch
             )
             providers[0] = ("TensorrtExecutionProvider", self.tensorrt_options)
+        if "CUDAExecutionProvider" in providers:
+            # TF32 off: our FP32 engines clear it too, so an "fp32" cell is FP32 everywhere
+            index = providers.index("CUDAExecutionProvider")
+            providers[index] = ("CUDAExecutionProvider", {"use_tf32": "0"})
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=providers
