@@ -5,13 +5,17 @@
     .venv/bin/python scripts/mutation_check.py -k hash    # mutations whose name contains "hash"
 
 A mutation replaces one exact snippet of source with a broken version (the file is restored
-afterwards, also on Ctrl-C). It is "killed" when the listed tests fail, and "survived" when
-they pass: then the guard is not proven by any test. Exit code: the number of survivors.
+afterwards, also on Ctrl-C). Its tests run unmutated first (once per test list): a red
+baseline stops the script. It is "killed" only when a listed test fails (pytest exit 1; the
+killing test is printed), "survived" when they pass (the guard is not proven by any test),
+and an "error" when pytest cannot run them (exit 2/4/5: collection or usage), which counts
+as not killed. Exit code: the number of mutations not killed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -168,35 +172,57 @@ MUTATIONS = (
 )
 
 
-def run(mutation: Mutation, python: str) -> tuple[bool, float]:
-    """Apply, test, restore. True if the tests failed (the mutation was killed)."""
+def _pytest(python: str, tests: tuple[str, ...]) -> tuple[int, set[str]]:
+    """Run ``tests`` (stopping at the first failure); (exit code, the failed test ids)."""
+    proc = subprocess.run(
+        [python, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", "-k", FAST, *tests],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "1000"},  # summary lines are cut to the terminal width
+    )
+    failed = {  # "FAILED tests/x.py::test[id with spaces] - AssertionError: ..."
+        line[len("FAILED ") :].split(" - ", 1)[0]
+        for line in proc.stdout.splitlines()
+        if line.startswith("FAILED ")
+    }
+    return proc.returncode, failed
+
+
+def run(mutation: Mutation, python: str, baseline: dict[tuple[str, ...], bool]) -> Result:
+    """Apply, test, restore. Killed only by a test failure (pytest exit 1) that the unmutated
+    source does not have; a collection or usage error (exit 2, 4, 5) is not a kill."""
     path = ROOT / mutation.file
     source = path.read_text()
     if source.count(mutation.old) != 1:
         raise SystemExit(f"{mutation.name}: the snippet is not found exactly once in {path}")
+    if mutation.tests not in baseline:
+        code, failed = _pytest(python, mutation.tests)
+        if code != 0:
+            raise SystemExit(
+                f"{mutation.name}: its tests fail unmutated (exit {code}, {sorted(failed)}); "
+                "a red baseline cannot prove a guard: fix the suite first"
+            )
+        baseline[mutation.tests] = True
     start = time.perf_counter()
     try:
         path.write_text(source.replace(mutation.old, mutation.new))
-        proc = subprocess.run(
-            [
-                python,
-                "-m",
-                "pytest",
-                "-x",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-k",
-                FAST,
-                *mutation.tests,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+        code, failed = _pytest(python, mutation.tests)
     finally:
         path.write_text(source)
-    return proc.returncode != 0, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if code == 1 and failed:
+        return Result("killed", seconds, sorted(failed)[0])
+    if code == 0:
+        return Result("survived", seconds, "")
+    return Result("error", seconds, f"pytest exit {code} (not a test failure)")
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: str  # killed, survived, error
+    seconds: float
+    by: str  # the test that killed it, or why it is an error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:<48} {m.file}")
         return 0
     survivors = []
+    baseline: dict[tuple[str, ...], bool] = {}
     for m in chosen:
-        killed, seconds = run(m, args.python)
-        print(f"{'killed  ' if killed else 'SURVIVED'} {m.name:<48} {seconds:6.1f} s", flush=True)
-        if not killed:
+        r = run(m, args.python, baseline)
+        print(f"{r.verdict.upper():<8} {m.name:<48} {r.seconds:6.1f} s  {r.by}", flush=True)
+        if r.verdict != "killed":
             survivors.append(m.name)
     print(f"{len(chosen) - len(survivors)}/{len(chosen)} killed; survivors: {survivors or 'none'}")
     return len(survivors)
