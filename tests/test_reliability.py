@@ -118,7 +118,7 @@ def manifest_data(tiny_export):
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
-def test_fuzz_manifest_structure_gives_artifact_errors(
+def test_fuzz_manifest_structure_gives_a_result_or_a_typed_error(
     tiny_export, manifest_data, tmp_path_factory, data
 ):
     paths = [p for p in _paths(manifest_data) if p]

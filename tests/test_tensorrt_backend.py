@@ -33,6 +33,7 @@ class FakeCudart(types.SimpleNamespace):
         self.capture_failed = False
         self.graphs_destroyed = 0
         self.launches = 0
+        self.captures = 0
 
     def cudaGetErrorString(self, err):
         return 0, b"stream capture invalidated"
@@ -59,6 +60,7 @@ class FakeCudart(types.SimpleNamespace):
 
     def cudaStreamBeginCapture(self, stream, mode):
         self.capture, self.capture_failed = [], False
+        self.captures += 1
         return (0,)
 
     def cudaStreamEndCapture(self, stream):
@@ -220,6 +222,7 @@ def test_cuda_graph_captures_once_then_replays(make_backend):
     second = b.run({"image": _image(2) + 1})["logits"]
     np.testing.assert_array_equal(second, (_image(2) + 1).sum(axis=1, keepdims=True))
     assert not np.array_equal(first, second) and cudart.launches == 2
+    assert cudart.captures == 1  # the second call of the same shape replays, no new capture
 
 
 def test_failed_enqueue_during_capture_never_leaves_a_graph(make_backend):
