@@ -18,6 +18,7 @@ from dit_deploy.errors import ArtifactError
 from dit_deploy.precision.int8 import Int8Options
 from dit_deploy.precision.pipeline import QuantizeOptions, run_quantize
 from dit_deploy.precision.samples import PairSource
+from dit_deploy.precision.verify import Floor
 from dit_deploy.runtime import Predictor, read_manifest
 from dit_deploy.runtime.cpu_numerics import Machine, numerics, this_machine, verdict
 from dit_deploy.runtime.verified_on import (
@@ -270,6 +271,9 @@ def test_eight_bit_weights_stay_available_and_are_recorded_as_such(verified, tin
         cache_dir=tmp_path / "cache",
         latency_runs=0,
         int8=Int8Options(weight_bits=8),
+        # on an AVX2 CPU 8-bit weights saturate (mask agreement 0.80 here): written anyway,
+        # to see what it records there (x86-int8-saturating)
+        floor=Floor(0.5, 1.0),
     )
     run_quantize(out, opts, log=lambda *_: None)
     entry = read_manifest(out).verified["int8"]
