@@ -38,6 +38,14 @@ def pytest_collection_modifyitems(config, items):
                 break
 
 
+def skip_or_require(switch: str, reason: str) -> None:
+    """Skip with ``reason``, or fail where ``switch`` (a ``DIT_REQUIRE_*`` variable) is 1: a
+    machine that should run the test (CI sets the switches where it can) must not skip it."""
+    if os.environ.get(switch) == "1":
+        pytest.fail(f"{switch}=1 but {reason}")
+    pytest.skip(reason)
+
+
 def pypi_reachable() -> bool:
     """Whether pypi.org answers (the wheel-checking tests fetch real release wheels)."""
     import socket

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import skip_or_require
+
 pytest.importorskip("pytriton")
 pytest.importorskip("tritonclient.grpc")
 pytestmark = pytest.mark.skipif(
@@ -646,7 +648,10 @@ def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, ba
 
     binary = Path(os.environ.get("TRITONSERVER", "/opt/tritonserver/bin/tritonserver"))
     if not (binary.parent.parent / "backends" / backend).is_dir():
-        pytest.skip(f"no full tritonserver with the {backend} backend at {binary}")
+        skip_or_require(
+            "DIT_REQUIRE_TRITONSERVER",
+            f"no full tritonserver with the {backend} backend at {binary}",
+        )
     src = export
     if backend == "tensorrt":
         from dit_deploy.engines.cli import main as trt_main
