@@ -77,7 +77,8 @@ def check(value: _Any, schema: object, source: str, where: str = "") -> None:
     if schema is Any:
         return
     if isinstance(schema, (type, tuple)):
-        pass
+        if not _matches_type(value, schema):
+            fail(_name(schema))
         return
     if isinstance(schema, list):
         if not isinstance(value, list):

@@ -90,7 +90,7 @@ MUTATIONS = (
         "dit_deploy/schema.py",
         "        if not _matches_type(value, schema):\n            fail(_name(schema))",
         "        pass",
-        ("tests/test_reliability.py",),
+        ("tests/test_reliability.py::test_manifest_errors_name_file_field_and_expectation",),
     ),
     Mutation(
         "API: predict_batch pairs",

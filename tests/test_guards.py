@@ -164,6 +164,21 @@ def test_export_validation_mask_gate_fails_when_only_the_masks_differ():
     assert same.ok and same.mask_iou == 1.0
 
 
+def test_export_validation_value_gate_fails_when_only_the_values_differ():
+    """The other gate alone: masks identical, one output value beyond the tolerance."""
+    ref = np.full((1, 1, 8, 8), -4.0, np.float32)
+    ref[..., :4] = 4.0
+    got = ref.copy()
+    got[0, 0, 0, 0] = 4.5  # still foreground: the masks agree, the value does not
+    strict = Tolerance(atol=1e-3, rtol=0.0, min_mask_iou=0.999)
+    (check,) = compare_outputs({"low_res_logits": got}, {"low_res_logits": ref}, strict, 0.35)
+    assert check.mask_iou == 1.0 and check.max_abs == pytest.approx(0.5)
+    assert check.max_abs > check.limit and not check.ok
+    (iou,) = compare_outputs({"iou_pred": got[0, 0, :1, :1]}, {"iou_pred": ref[0, 0, :1, :1]},
+                             strict, 0.35)  # fmt: skip
+    assert iou.mask_iou is None and not iou.ok  # an output without masks: the value gate alone
+
+
 def test_postprocess_with_a_left_offset_equals_opencv_crop_and_resize():
     """A tall image: the letterbox pads left and right (left > 0)."""
     cv2 = pytest.importorskip("cv2")
