@@ -670,9 +670,13 @@ def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, ba
     try:
         for url in (server.http, server.grpc):
             got = DITClient(url).predict_batch(PAIRS)
+            inter = union = 0  # pooled IoU: an empty mask would pass a pixel accuracy
             for r, ref in zip(got, reference[precision], strict=True):
-                agree = (r.mask == ref.mask).mean()  # another runtime build, on the GPU
-                assert agree > 0.99, agree
+                inter += int(np.logical_and(r.mask, ref.mask).sum())
+                union += int(np.logical_or(r.mask, ref.mask).sum())
+            # another runtime build, on the GPU (not measured yet: no GPU run so far); the
+            # CPU precisions keep >= 0.99 against FP32, so a GPU at parity does too
+            assert union > 0 and inter / union >= 0.98, inter / union
         with pytest.raises(RequestError, match="not an image file"):
             DITClient(server.http).predict(b"junk", "the cat")
     finally:
