@@ -360,3 +360,24 @@ def test_cpu_stages_run_as_tasks_apart_from_the_model_actors(export_dir, capsys)
     assert "TaskPoolMapOperator[MapBatches(prepare)]" in physical
     assert "ActorPoolMapOperator[MapBatches(PredictorWorker)]" in physical
     assert "TaskPoolMapOperator[MapBatches(finish)]" in physical
+
+
+def test_a_worker_failing_in_init_comes_back_typed_from_real_ray(
+    export_dir, data_dir, pairs, tmp_path
+):
+    """Ray keeps an actor's ``__init__`` error only as text; the job still raises our typed
+    error with its message (the export's int8 entry carries no verified-on record, which the
+    driver does not judge: workers may run on other CPUs than the driver's)."""
+    from dit_deploy.errors import ArtifactError
+
+    planted = tmp_path / "export"
+    shutil.copytree(export_dir, planted)
+    manifest = json.loads((planted / "manifest.json").read_text())
+    manifest["precisions"] = {"int8": manifest["graphs"]}  # FP32 files, no "verified" record
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    source = _write_jsonl(data_dir / "init.jsonl", pairs[:2])
+    options = BatchOptions(str(source), tmp_path / "out", planted, precision="int8")
+    start = time.perf_counter()
+    with pytest.raises(ArtifactError, match=r"^batch worker: the int8 graphs carry no record"):
+        run_batch(options, log=lambda _: None)
+    assert time.perf_counter() - start < 120  # an error, not a retry loop

@@ -12,6 +12,7 @@ each shard once all its rows are back (see :mod:`dit_deploy.batch.shards`).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -359,7 +360,21 @@ def _scalar(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, bytes) else value
 
 
-_TYPED_ERROR_LINE = re.compile(r"^(?:dit_deploy\.errors\.)?(?P<name>[A-Za-z]+Error): (?P<msg>.+)$")
+# "dit_deploy.runtime.verified_on.PrecisionMismatchError: ..." (a traceback's last line)
+_TYPED_ERROR_LINE = re.compile(
+    r"^(?:(?P<module>dit_deploy(?:\.\w+)*)\.)?(?P<name>[A-Za-z]+Error): (?P<msg>.+)$"
+)
+
+
+def _error_class(match: re.Match) -> type | None:
+    """The class a traceback line names: in its dit_deploy module, else in ``errors``."""
+    module = errors
+    if match["module"]:
+        try:
+            module = importlib.import_module(match["module"])
+        except ImportError:
+            return None
+    return getattr(module, match["name"], None)
 
 
 def _pipeline_error(exc: BaseException) -> DITError:
@@ -380,7 +395,7 @@ def _pipeline_error(exc: BaseException) -> DITError:
             return type(e)(f"batch worker: {e}")
         for line in reversed(str(e).splitlines()):
             match = _TYPED_ERROR_LINE.match(line.strip())
-            cls = getattr(errors, match["name"], None) if match else None
+            cls = _error_class(match) if match else None
             if isinstance(cls, type) and issubclass(cls, DITError):
                 return cls(f"batch worker: {match['msg']}")
         stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
