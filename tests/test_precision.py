@@ -22,6 +22,7 @@ from dit_deploy.precision.pipeline import QuantizeFailed, QuantizeOptions, run_q
 from dit_deploy.precision.samples import PairSource
 from dit_deploy.precision.verify import Floor
 from dit_deploy.runtime import Predictor, read_manifest
+from dit_deploy.runtime.verified_on import agreement
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROLES = ("text_encoder", "dit_encoder", "mask_decoder", "dit_fused")
@@ -254,8 +255,14 @@ def test_tensorrt_engine_matches_onnxruntime_cpu(quantized, precision):
         gpu = Predictor(out, backend="tensorrt", device="cuda", precision=precision, layout=layout)
         feeds, _ = cpu.prepare(*zip(*pairs, strict=True))
         a, b = cpu.low_res_logits(feeds), gpu.low_res_logits(feeds)
-        tol = {"fp32": 1e-2, "fp16": 0.1, "int8": 0.5 * np.abs(a).max()}[precision]
-        assert np.abs(a - b).max() <= tol
+        if precision == "int8":
+            # two INT8 implementations of one Q/DQ graph (not yet measured on a GPU): their
+            # masks agree as each agrees with FP32 (tests/cpu_kinds.py), logits within the
+            # INT8 error bound of the logit range
+            assert agreement(b, a, 0.35) >= threshold(INT8_MIN_MASK_IOU)
+            assert np.abs(a - b).max() <= threshold(INT8_MAX_REL_LOGIT_ERROR) * np.abs(a).max()
+        else:
+            assert np.abs(a - b).max() <= {"fp32": 1e-2, "fp16": 0.1}[precision]
         graphed = Predictor(
             out,
             backend="tensorrt",

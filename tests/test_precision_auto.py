@@ -235,9 +235,30 @@ def test_int8_auto_keeps_a_ranked_prefix_and_reports_flop_share(int8_auto, tiny_
         "Gemm",
         "Conv",
     }
-    # the kept nodes are the first of the error-per-FLOP ranking, in that order
+    # the kept nodes are the first of the error-per-FLOP ranking, in that order ...
     density = [k.error / k.flops for k in role.kept]
     assert all(d > 0 for d in density) and density == sorted(density, reverse=True)
+    # ... of the ranking of every quantizable node: the shortest passing prefix, less the
+    # large nodes the search put back in INT8 ("requantize NODE ... ok")
+    from dit_deploy.precision.auto import compute_flops, rank_nodes
+
+    (sensitivity,) = _cache.glob("mask_decoder.sensitivity.*.json")
+    errors = json.loads(sensitivity.read_text())["errors"]
+    spec = read_manifest(tiny_export).graphs["mask_decoder"]
+    rng = np.random.default_rng(0)
+    feeds = {
+        t.name: rng.normal(size=[1 if d == "batch" else d for d in t.shape]).astype(t.dtype)
+        for t in spec.inputs
+    }
+    flops = compute_flops(onnx.load(tiny_export / spec.file), feeds)
+    order = [n for _, _, n in rank_nodes({"mask_decoder": errors}, {"mask_decoder": flops})]
+    back = {
+        line.split("(requantize ", 1)[1].split(")", 1)[0]
+        for line in lines
+        if "(requantize " in line and line.endswith(" ok")
+    }
+    kept = {k.node for k in role.kept}
+    assert kept == set(order[: len(kept) + len(back)]) - back
     assert 0.0 < plan.int8_flop_share < 1.0
     assert role.int8_flops / role.total_flops == pytest.approx(plan.int8_flop_share)
     assert any("sensitivity" in line for line in lines)
