@@ -458,19 +458,42 @@ def test_onnxruntime_tensorrt_options_exist_in_onnxruntime_gpu(tmp_path):
     from dit_deploy.runtime.backends.onnxruntime import tensorrt_provider_options
     from dit_deploy.runtime.manifest import TensorSpec
 
-    lib_name = "libonnxruntime_providers_tensorrt.so"
-    lib = CACHE / f"onnxruntime_gpu-{ORT_GPU}-{lib_name}"
-    if not lib.is_file():
+    names = ("libonnxruntime_providers_tensorrt.so", "libonnxruntime_providers_cuda.so")
+    libs = [CACHE / f"onnxruntime_gpu-{ORT_GPU}-{name}" for name in names]
+    if not all(lib.is_file() for lib in libs):
         wheel = _wheel(f"onnxruntime-gpu=={ORT_GPU}", f"onnxruntime_gpu-{ORT_GPU}-{PY_TAG}-*.whl")
         with zipfile.ZipFile(wheel) as z:
-            lib.write_bytes(z.read(f"onnxruntime/capi/{lib_name}"))
-        wheel.unlink()  # 250 MB; the 1 MB provider library is all this test needs
-    data = lib.read_bytes()
-    options = tensorrt_provider_options(
-        "int8", [TensorSpec("image", "float32", ["batch", 3, 96, 96])], tmp_path
-    )
-    missing = [k for k in options if b"\0" + k.encode() + b"\0" not in data]
-    assert not missing, f"not TensorRT EP options of onnxruntime-gpu {ORT_GPU}: {missing}"
+            for name, lib in zip(names, libs, strict=True):
+                lib.write_bytes(z.read(f"onnxruntime/capi/{name}"))
+        wheel.unlink()  # 250 MB; the two provider libraries are all this test needs
+    data, cuda = (lib.read_bytes() for lib in libs)
+    inputs = [
+        TensorSpec("image", "float32", ["batch", 3, 96, 96]),
+        TensorSpec("input_ids", "int64", ["batch", 20]),
+    ]
+    for precision in ("fp32", "fp16", "int8"):
+        options = tensorrt_provider_options(precision, inputs, tmp_path, max_batch=8)
+        missing = [k for k in options if b"\0" + k.encode() + b"\0" not in data]
+        assert not missing, f"not TensorRT EP options of onnxruntime-gpu {ORT_GPU}: {missing}"
+        # the values as the EP parses them: booleans, existing paths, "name:AxB,..." shapes
+        # naming every input once with the profile's batch first
+        for key, value in options.items():
+            if key.endswith("_enable"):
+                assert isinstance(value, bool), (key, value)
+            elif key.endswith("_path"):
+                assert Path(value).parent.is_dir(), (key, value)
+            elif key.startswith("trt_profile_"):
+                batch = {"min": 1, "opt": 4, "max": 8}[key.split("_")[2]]
+                shapes = dict(item.split(":") for item in value.split(","))
+                assert set(shapes) == {"image", "input_ids"}, value
+                assert shapes["image"] == f"{batch}x3x96x96", value
+                assert shapes["input_ids"] == f"{batch}x20", value
+            else:
+                raise AssertionError(f"an option this test does not know: {key}")
+        assert options["trt_int8_enable"] == (precision == "int8")
+        assert options["trt_fp16_enable"] == (precision == "fp16")
+    # the CUDA provider option the backend sets (TF32 off)
+    assert b"\0use_tf32\0" in cuda
     # the gpu-trt10 extra pairs it with TensorRT 10 and CUDA 13 (see pyproject.toml)
     assert b"libnvinfer.so.10\0" in data and b"libcudart.so.13\0" in data
     assert b"libnvinfer.so.11\0" not in data
