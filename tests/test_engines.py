@@ -18,10 +18,11 @@ import pytest
 
 from dit_deploy.engines import EngineOptions, build_engines
 from dit_deploy.engines import build as build_mod
+from dit_deploy.engines.build import timing_cache_file
 from dit_deploy.engines.cli import register
 from dit_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
 from dit_deploy.runtime import devices
-from dit_deploy.runtime.engine_sidecar import read_sidecar
+from dit_deploy.runtime.engine_sidecar import read_sidecar, sidecar_path
 from dit_deploy.runtime.manifest import GraphSpec, Manifest, TensorSpec
 
 OTHER_GPU = b"OTHER-GPU:"
@@ -262,21 +263,36 @@ def test_failed_build_is_a_typed_error(export_dir, gpu_machine):
     assert not list(export_dir.glob("*.engine*"))
 
 
-def test_timing_cache_from_another_gpu_is_not_attached_but_kept(export_dir, gpu_machine, tmp_path):
-    gpu_machine(FakeTRT())
-    cache = tmp_path / "shared" / "timing.cache"
-    cache.parent.mkdir()
-    cache.write_bytes(OTHER_GPU + b"1")
+def test_timing_cache_is_one_file_per_gpu_and_tensorrt_version(export_dir, gpu_machine, tmp_path):
+    trt = gpu_machine(FakeTRT())
+    base = tmp_path / "shared" / "timing.cache"
+    base.parent.mkdir()
+    base.write_bytes(OTHER_GPU + b"1")  # another GPU's timings at the plain path: untouched
     notes: list[str] = []
-    build_engines(EngineOptions(export_dir, timing_cache=cache), log=notes.append)
-    assert any("written on another GPU" in n for n in notes)
-    entries = cache.read_bytes().split(b"|")
-    assert OTHER_GPU + b"1" in entries  # merged back, as Polygraphy does
-    assert any(e.startswith(b"this-gpu:") for e in entries)
-    # second build: this GPU's entries attach (the file's mixed cache is refused as a whole
-    # by TensorRT, so the build starts empty again and still merges)
-    build_engines(EngineOptions(export_dir, timing_cache=cache), log=notes.append)
-    assert len([e for e in cache.read_bytes().split(b"|") if e.startswith(b"this-gpu")]) == 2
+    [engine] = build_engines(EngineOptions(export_dir, timing_cache=base), log=notes.append)
+    mine = timing_cache_file(base, "9.0", trt.__version__)
+    three = ".".join(trt.__version__.split(".")[:3])  # the engine's own compatibility unit
+    assert mine.name == f"timing.sm90.trt{three}.cache"
+    assert base.read_bytes() == OTHER_GPU + b"1"
+    [entry] = mine.read_bytes().split(b"|")
+    assert entry.startswith(b"this-gpu:")
+    assert json.loads(sidecar_path(engine).read_text())["build"]["timing_cache"] == str(mine)
+    # second build: this GPU's file attaches, and both builds' entries are kept
+    build_engines(EngineOptions(export_dir, timing_cache=base), log=notes.append)
+    assert len([e for e in mine.read_bytes().split(b"|") if e.startswith(b"this-gpu")]) == 2
+    assert not any("not usable" in n for n in notes)
+
+
+def test_an_unwritable_timing_cache_keeps_the_engine(export_dir, gpu_machine, tmp_path):
+    gpu_machine(FakeTRT())
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache's directory should be")
+    notes: list[str] = []
+    [engine] = build_engines(
+        EngineOptions(export_dir, timing_cache=blocker / "timing.cache"), log=notes.append
+    )
+    assert engine.is_file() and sidecar_path(engine).is_file()
+    assert any("could not save the timing cache" in n for n in notes)
 
 
 def test_no_timing_cache_to_save_is_skipped(export_dir, gpu_machine, tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ parts of a graph run in FP32 (TensorRT enables TF32 by default); the sidecar rec
 Everything that can fail cheaply is checked before the long build: the GPU, cuda-python,
 TensorRT, the options this TensorRT supports. The engine is written to ``.tmp``, loaded back
 (with host code allowed for version-compatible plans) and only then renamed; on any failure
-the ``.tmp`` is removed. The timing cache is attached only when TensorRT accepts it (a cache
-from another GPU is refused) and saved merged with the file's previous entries, the way
-Polygraphy's ``EngineBytesFromNetwork`` does.
+the ``.tmp`` is removed. The timing cache is one file per GPU architecture and TensorRT
+version (``timing_cache_file``): attached only when TensorRT accepts it, and saved merged with
+the file's previous entries once the engine is committed (an unwritable cache costs a note,
+never the engine).
 
 Why not Polygraphy's loaders for this: its ``CreateConfig`` ignores the result of
 ``set_timing_cache`` as we used to, its logging walks the whole config API (a far larger
@@ -169,18 +170,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def timing_cache_file(path: Path, compute_capability: str, tensorrt_version: str) -> Path:
+    """The file of ``--timing-cache PATH`` for one GPU architecture and TensorRT version:
+    ``timing.cache`` -> ``timing.sm90.trt10.13.3.cache``. Timings are only valid for both,
+    and merging another GPU's entries would stamp them with this GPU's header."""
+    sm = "sm" + compute_capability.replace(".", "")
+    version = ".".join(tensorrt_version.split(".")[:3])
+    return path.with_name(f"{path.stem}.{sm}.trt{version}{path.suffix}")
+
+
 def _attach_timing_cache(trt: Any, config: Any, path: Path | None, log) -> bytes:
-    """Attach the cache file's timings when TensorRT accepts them (same GPU and TensorRT),
-    else an empty cache. Returns the file's bytes, merged back after the build."""
+    """Attach this GPU and TensorRT's cache file (``timing_cache_file``) when TensorRT takes
+    it, else an empty cache. Returns the file's bytes, merged back after the build."""
     blob = path.read_bytes() if path is not None and path.is_file() else b""
     if blob:
         cache = config.create_timing_cache(blob)
         if cache is not None and config.set_timing_cache(cache, False):
             return blob
-        log(
-            f"timing cache {path} was written on another GPU or TensorRT version; "
-            "starting an empty one (its entries are kept in the file)"
-        )
+        log(f"timing cache {path} is not usable by this TensorRT; starting an empty one")
+        blob = b""
     cache = config.create_timing_cache(b"")
     if not config.set_timing_cache(cache, False):
         log("TensorRT refused an empty timing cache; building without one")
@@ -188,17 +196,21 @@ def _attach_timing_cache(trt: Any, config: Any, path: Path | None, log) -> bytes
 
 
 def _save_timing_cache(trt: Any, config: Any, path: Path, previous: bytes, log) -> None:
-    """Merge this build's timings with the file's previous ones and write the file
-    atomically; skip (with a note) when TensorRT has no cache to give."""
+    """Merge this build's timings with the file's previous ones (same GPU and TensorRT) and
+    write the file atomically; skip (with a note) when TensorRT has no cache to give. A
+    cache that cannot be written is a note too: the engine is already committed."""
     cache = config.get_timing_cache()
     if cache is None:
         log(f"no timing cache to save to {path} (TensorRT kept none for this build)")
         return
     if previous:
         old = config.create_timing_cache(previous)
-        if old is not None and not cache.combine(old, True):
+        if old is not None and not cache.combine(old, False):
             log(f"could not merge the previous entries of {path}; saving this build's only")
-    _write_atomic(path, bytes(cache.serialize()))
+    try:
+        _write_atomic(path, bytes(cache.serialize()))
+    except OSError as exc:
+        log(f"could not save the timing cache {path} ({exc}); the engine is written")
 
 
 def _load_back(trt: Any, logger: Any, plan: bytes, version_compatible: bool) -> Any:
@@ -271,7 +283,12 @@ def build_engine(
         shapes[tensor.name] = [lo, mid, hi]
     if config.add_optimization_profile(profile) < 0:
         raise ArtifactError(f"TensorRT refused the optimisation profile {shapes} of {onnx_path}")
-    previous_cache = _attach_timing_cache(trt, config, options.timing_cache, log)
+    cache_path = (
+        timing_cache_file(options.timing_cache, gpu.compute_capability, trt.__version__)
+        if options.timing_cache is not None
+        else None
+    )
+    previous_cache = _attach_timing_cache(trt, config, cache_path, log)
 
     log(f"{role}: building {engine_path.name} (TensorRT {trt.__version__}, {precision}) ...")
     serialized = builder.build_serialized_network(network, config)
@@ -283,8 +300,6 @@ def build_engine(
     try:
         with open(tmp, "wb") as f:
             f.write(plan_bytes)
-        if options.timing_cache is not None:
-            _save_timing_cache(trt, config, options.timing_cache, previous_cache, log)
         engine = _load_back(trt, logger, plan_bytes, options.version_compatible)
         if engine is None:
             raise ArtifactError(
@@ -322,7 +337,7 @@ def build_engine(
                 "builder_optimization_level": options.builder_optimization_level,
                 "strongly_typed": True,
                 "tf32": False,
-                "timing_cache": str(options.timing_cache) if options.timing_cache else None,
+                "timing_cache": str(cache_path) if cache_path else None,
                 "seconds": round(time.perf_counter() - start, 1),
                 "command": options.rerun_command(),
             },
@@ -333,4 +348,6 @@ def build_engine(
     finally:
         tmp.unlink(missing_ok=True)
     write_sidecar(engine_path, sidecar)
+    if cache_path is not None:  # after the engine is committed: a cache error cannot lose it
+        _save_timing_cache(trt, config, cache_path, previous_cache, log)
     return engine_path

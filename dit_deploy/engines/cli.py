@@ -20,10 +20,12 @@ EPILOG = """examples (on a machine with an NVIDIA GPU and pip install 'dit-deplo
 
 The precision is the graph's (dit-deploy quantize makes the fp16/int8 graphs): TensorRT 11 is
 strongly typed only, and TensorRT 10 is run strongly typed too, so both build the same engine.
-FP32 engines are built with TF32 off. A timing cache may be shared: entries from another GPU
-or TensorRT version are kept in the file but not used. Each <role>.<precision>.engine gets a
-<role>.<precision>.engine.json sidecar (TensorRT version, GPU, compute capability, profile,
-I/O, sha256 of the source ONNX, preprocessing constants), checked whenever the engine loads.
+FP32 engines are built with TF32 off. --timing-cache PATH names a family of files, one per
+GPU architecture and TensorRT version (timing.cache -> timing.sm90.trt10.13.3.cache), so one
+path may be shared by several GPU types without mixing their timings.
+Each <role>.<precision>.engine gets a <role>.<precision>.engine.json sidecar (TensorRT
+version, GPU, compute capability, profile, I/O, sha256 of the source ONNX, preprocessing
+constants), checked whenever the engine loads.
 Exit codes: 0 built, 2 no GPU/TensorRT/cuda-python here, bad arguments or a bad export.
 """
 
@@ -53,7 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workspace-gb", type=float, default=4.0, help="workspace pool, GiB (default: %(default)s)"
     )
-    p.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated")
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        help="timing cache path; the file used is PATH with the GPU's sm and TensorRT "
+        "version in its name, read and updated after each engine is written",
+    )
     p.add_argument(
         "--builder-opt-level",
         type=int,
