@@ -34,9 +34,12 @@ class FakeCudart(types.SimpleNamespace):
         self.graphs_destroyed = 0
         self.launches = 0
         self.captures = 0
+        self.live: set[int] = set()  # allocated and not freed
+        self.streams = 0  # created and not destroyed
+        self.device_free: int | None = None
 
     def cudaGetErrorString(self, err):
-        return 0, b"stream capture invalidated"
+        return 0, b"out of memory" if err == 2 else b"stream capture invalidated"
 
     def cudaSetDevice(self, device):
         return (0,)
@@ -44,11 +47,20 @@ class FakeCudart(types.SimpleNamespace):
     def _alloc(self, nbytes):
         buf = ctypes.create_string_buffer(nbytes)
         self.buffers.append(buf)
+        self.live.add(ctypes.addressof(buf))
         return 0, ctypes.addressof(buf)
 
-    cudaMallocHost = cudaMalloc = _alloc
+    cudaMallocHost = _alloc
+
+    def cudaMalloc(self, nbytes):
+        if self.device_free is not None:  # a GPU with this many bytes left
+            if nbytes > self.device_free:
+                return 2, 0  # cudaErrorMemoryAllocation
+            self.device_free -= nbytes
+        return self._alloc(nbytes)
 
     def cudaStreamCreateWithFlags(self, flags):
+        self.streams += 1
         return 0, 7
 
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
@@ -86,11 +98,13 @@ class FakeCudart(types.SimpleNamespace):
         return (0,)
 
     def cudaFreeHost(self, ptr):
+        self.live.discard(ptr)
         return (0,)
 
     cudaFree = cudaFreeHost
 
     def cudaStreamDestroy(self, stream):
+        self.streams -= 1
         return (0,)
 
 
@@ -303,3 +317,18 @@ def test_cuda_python_buffers_streams_and_graphs_on_a_gpu():
         cudart.cudaStreamDestroy(stream),
     ):
         cuda_call(result)
+
+
+def test_out_of_gpu_memory_is_typed_leaks_nothing_and_recovers(make_backend):
+    b, _, cudart = make_backend()
+    cudart.device_free = 4 * 3 * 2 * 2 * 4  # the image buffer fits, the logits' does not
+    with pytest.raises(
+        BackendUnavailableError, match=r"cannot allocate .* for 'logits'.*out of memory"
+    ):
+        b.run({"image": _image(1)})
+    assert not cudart.live and cudart.streams == 0  # the partial state was freed
+    cudart.device_free = None  # memory freed elsewhere: the same backend works
+    out = b.run({"image": _image(2)})["logits"]
+    np.testing.assert_array_equal(out, _image(2).sum(axis=1, keepdims=True))
+    b.close()
+    assert not cudart.live and cudart.streams == 0

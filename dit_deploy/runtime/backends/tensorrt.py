@@ -71,6 +71,18 @@ class _ThreadState:
     last_shapes: tuple | None = None
 
 
+def _free_state(cudart: Any, state: _ThreadState) -> None:
+    """Free what ``state`` holds (graphs, the buffers allocated so far, its stream)."""
+    for graph_exec in state.graphs.values():
+        cudart.cudaGraphExecDestroy(graph_exec)
+    for binding in state.bindings.values():
+        if binding.host_ptr:
+            cudart.cudaFreeHost(binding.host_ptr)
+        if binding.device_ptr:
+            cudart.cudaFree(binding.device_ptr)
+    cudart.cudaStreamDestroy(state.stream)
+
+
 class TensorRTBackend(Backend):
     """One TensorRT engine. Thread-safe: each thread gets its own context/stream/buffers."""
 
@@ -175,20 +187,31 @@ class TensorRTBackend(Backend):
                 "memory?)"
             )
         stream = cuda_call(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
-        bindings: dict[str, _Binding] = {}
-        for name in self._names:
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            nbytes = int(np.prod(self._max_shape(name))) * dtype.itemsize
-            binding = _Binding(
-                name, dtype, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, nbytes
-            )
-            binding.host_ptr = cuda_call(cudart.cudaMallocHost(nbytes))
-            binding.device_ptr = cuda_call(cudart.cudaMalloc(nbytes))
-            binding.host = _host_view(binding.host_ptr, nbytes, dtype)
-            if not context.set_tensor_address(name, binding.device_ptr):
-                raise BackendUnavailableError(f"TensorRT refused the buffer of {name!r}")
-            bindings[name] = binding
-        state = _ThreadState(context, stream, bindings)
+        state = _ThreadState(context, stream, {})
+        try:
+            for name in self._names:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                nbytes = int(np.prod(self._max_shape(name))) * dtype.itemsize
+                binding = _Binding(
+                    name, dtype, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, nbytes
+                )
+                state.bindings[name] = binding  # registered first: a failure below frees it
+                try:
+                    binding.host_ptr = cuda_call(cudart.cudaMallocHost(nbytes))
+                    binding.device_ptr = cuda_call(cudart.cudaMalloc(nbytes))
+                except BackendUnavailableError as exc:
+                    raise BackendUnavailableError(
+                        f"cannot allocate {nbytes / 2**20:.1f} MiB for {name!r} of "
+                        f"{self.path.name} (buffers are sized for the profile's max batch "
+                        f"{self.sidecar.max_batch}): {exc}. Free GPU memory, use fewer threads, "
+                        "or rebuild the engine with a smaller --max-batch"
+                    ) from exc
+                binding.host = _host_view(binding.host_ptr, nbytes, dtype)
+                if not context.set_tensor_address(name, binding.device_ptr):
+                    raise BackendUnavailableError(f"TensorRT refused the buffer of {name!r}")
+        except BaseException:
+            _free_state(cudart, state)  # nothing leaks; the next call allocates anew
+            raise
         self._local.state = state
         with self._lock:
             self._states.append(state)
@@ -279,12 +302,7 @@ class TensorRTBackend(Backend):
         with self._lock:
             states, self._states = self._states, []
         for state in states:
-            for graph_exec in state.graphs.values():
-                cudart.cudaGraphExecDestroy(graph_exec)
-            for binding in state.bindings.values():
-                cudart.cudaFreeHost(binding.host_ptr)
-                cudart.cudaFree(binding.device_ptr)
-            cudart.cudaStreamDestroy(state.stream)
+            _free_state(cudart, state)
 
     def __del__(self) -> None:
         if getattr(self, "_states", None):
