@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 from ..cli_types import positive_int
@@ -55,11 +53,12 @@ def register(subparsers) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from ..atomic import write_text_atomic
     from ..errors import ArtifactError
     from ..runtime.manifest import read_manifest
+    from .cli import _check_json_target, _write_json
     from .record import reverify_here
 
+    _check_json_target(args.json)  # before the work: a report that cannot be written
     manifest = read_manifest(args.export_dir)
     precisions = args.precision or sorted(manifest.precisions)
     if not precisions:
@@ -77,10 +76,5 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"{record['backend']}): stored pairs' mask agreement {agree}; recorded in "
             f"{args.export_dir / 'manifest.json'}"
         )
-    if args.json is not None:
-        text = json.dumps(records, indent=2) + "\n"
-        if str(args.json) == "-":
-            sys.stdout.write(text)
-        else:
-            write_text_atomic(args.json, text)
+    _write_json(args.json, records)
     return 0
