@@ -211,8 +211,11 @@ def test_bf16_is_verified_recorded_and_runs(tiny_export, tmp_path):
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["precisions"]["bf16"]["dit_fused"]["execution"] == "openvino-bf16"
     assert all("execution" not in g for g in raw["graphs"].values())
+    (record,) = manifest.verified["bf16"]["on"]  # verified in OpenVINO, on BF16 units
+    assert (record["backend"], record["numerics"]) == ("openvino", "x86-bf16")
 
     bf16 = Predictor(out, backend="openvino", layout="fused", precision="bf16")
+    assert bf16.verified_here == "run"
     assert bf16.graphs["dit_fused"].compiled_property("INFERENCE_PRECISION_HINT") == "bf16"
     fp32 = Predictor(out, backend="openvino", layout="fused")
     feeds = _feeds(fp32)

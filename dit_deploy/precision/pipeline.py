@@ -351,15 +351,10 @@ def run_quantize(
                 + "\n  ".join(f"{r.layout}: {'; '.join(r.failures)}" for r in failed),
             )
         pairs, fresh = stored_pairs(export_dir, manifest, prepare, fp32, opts.eval)
-        backend = (
-            EXECUTIONS[EXECUTION_PRECISIONS[opts.precision]][0]
-            if opts.precision in (EXECUTION_PRECISIONS)
-            else "onnxruntime"
-        )
         entry = verification_entry(
             opts.precision,
             scheme_of(opts.precision, opts.int8.weight_bits),
-            backend,
+            _verifier(opts.precision),
             candidate,
             pairs,
             reports,
@@ -645,6 +640,14 @@ class QuantizeFailed(ValidationError):
     def __init__(self, result: QuantizeResult, message: str) -> None:
         super().__init__(message)
         self.result = result
+
+
+def _verifier(precision: str) -> str:
+    """The backend a precision is verified in: an execution precision's own (OpenVINO for
+    bf16), ONNX Runtime for the graph precisions."""
+    if precision in EXECUTION_PRECISIONS:
+        return EXECUTIONS[EXECUTION_PRECISIONS[precision]][0]
+    return "onnxruntime"
 
 
 @dataclass(frozen=True)
