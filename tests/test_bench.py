@@ -179,3 +179,13 @@ def test_not_a_dataset_is_one_clear_line(tiny_export, tmp_path, capsys):
 def test_missing_export_dir(tmp_path, capsys):
     assert main([str(tmp_path / "none")]) == 1
     assert "export directory not found" in capsys.readouterr().err
+
+
+def test_runtime_cells_are_sized_for_the_batches_benchmarked(tiny_export):
+    """ONNX Runtime's TensorRT provider builds its profile from max_batch: the largest batch
+    timed, not a fixed 64 (a profile tuned for batch 32 while batches 1 and 8 are timed)."""
+    from dit_deploy.bench.worker import _open_runner
+
+    cell = {"backend": "onnxruntime", "device": "cpu", "layout": "fused", "precision": "fp32"}
+    req = {"cell": cell, "export_dir": str(tiny_export), "batches": [1, 8], "threads": 1}
+    assert _open_runner(req).predictor.max_batch == 8

@@ -74,6 +74,11 @@ def test_cuda_provider_that_did_not_start_is_refused_with_its_reason(export_dir,
 
 
 def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(export_dir, monkeypatch):
+    from dit_deploy.runtime.backends import onnxruntime as ort_backend
+
+    preloads = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append("cuda"), raising=False)
+    monkeypatch.setattr(ort_backend, "PRELOADED", set())
     seen = {}
     real_session = ort.InferenceSession
 
@@ -87,6 +92,9 @@ def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(export_d
     monkeypatch.setattr(ort, "InferenceSession", recording_session)
     with pytest.raises(BackendUnavailableError, match="did not start TensorrtExecutionProvider"):
         OnnxRuntimeBackend(export_dir / "dit_fused.fp16.onnx", device="tensorrt", max_batch=8)
+    # the NVIDIA wheels' CUDA/cuDNN libraries were loaded before the session (the providers
+    # have no RUNPATH to them); TensorRT's only where the tensorrt package is installed
+    assert preloads == ["cuda"] and "cuda" in ort_backend.PRELOADED
     name, options = seen["providers"][0]
     assert name == "TensorrtExecutionProvider"
     assert options["trt_fp16_enable"] is True and options["trt_int8_enable"] is False
@@ -131,3 +139,13 @@ def test_gpu_providers_start_and_match_the_cpu(export_dir, device):
     assert b.providers[0] == {"cuda": "CUDAExecutionProvider",
                               "tensorrt": "TensorrtExecutionProvider"}[device]  # fmt: skip
     np.testing.assert_allclose(b.run({"image": image})["logits"], cpu, atol=1e-5)
+
+
+def test_the_cpu_loads_no_gpu_library(export_dir, monkeypatch):
+    from dit_deploy.runtime.backends import onnxruntime as ort_backend
+
+    preloads = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append("cuda"), raising=False)
+    monkeypatch.setattr(ort_backend, "PRELOADED", set())
+    OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device="cpu")
+    assert preloads == [] and ort_backend.PRELOADED == set()

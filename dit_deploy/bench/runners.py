@@ -115,7 +115,11 @@ class RuntimeRunner:
         layout: str | None,
         precision: str,
         threads: int | None,
+        max_batch: int = 8,
     ) -> None:
+        """``max_batch``: the largest batch benchmarked (ONNX Runtime's TensorRT provider
+        builds its profile 1 .. max_batch around it; a larger one tunes for batches never
+        timed)."""
         from ..runtime import Predictor
 
         self.predictor = Predictor(
@@ -124,7 +128,7 @@ class RuntimeRunner:
             device=device,
             layout=layout,
             threads=threads,
-            max_batch=64,
+            max_batch=max_batch,
             precision=precision,
         )
         m = self.predictor.manifest

@@ -50,6 +50,7 @@ def _open_runner(req: dict[str, Any]):
         cell.get("layout"),
         cell["precision"],
         req.get("threads"),
+        max(req.get("batches") or [8]),
     )
 
 

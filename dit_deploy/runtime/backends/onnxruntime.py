@@ -91,6 +91,34 @@ def _graph_in_manifest(graph: Path) -> tuple[str, list[TensorSpec] | None]:
     return "fp32", None
 
 
+# what _preload_gpu_libraries has loaded into this process ("cuda", "tensorrt")
+PRELOADED: set[str] = set()
+
+
+def _preload_gpu_libraries(ort: Any, device: str) -> None:
+    """Load the libraries the GPU providers link before a session needs them.
+
+    pip's onnxruntime-gpu provider libraries carry no RUNPATH to the NVIDIA wheels
+    (``site-packages/nvidia/*/lib``: libcudart, libcublasLt, libcudnn) nor to TensorRT's
+    (libnvinfer): ``onnxruntime.preload_dlls()`` loads the CUDA/cuDNN ones from the wheels,
+    and importing ``tensorrt`` loads libnvinfer, after which ``dlopen`` of the providers
+    resolves them. Failures are left to the provider check after the session starts, which
+    names the library that does not load."""
+    if device in ("cuda", "tensorrt") and "cuda" not in PRELOADED and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+            PRELOADED.add("cuda")
+        except Exception:  # noqa: BLE001 - reported by the provider check, by library
+            pass
+    if device == "tensorrt" and "tensorrt" not in PRELOADED:
+        try:
+            import tensorrt  # noqa: F401 - loads libnvinfer for the TensorRT provider
+
+            PRELOADED.add("tensorrt")
+        except ImportError:
+            pass
+
+
 def _provider_failure(provider: str) -> str:
     """Why ONNX Runtime could not create ``provider``: the loader's error for its library
     (a missing libnvinfer/libcudart), or that this onnxruntime has none."""
@@ -141,6 +169,7 @@ class OnnxRuntimeBackend(Backend):
                 f"unknown device {device!r}; choose one of {list(_PROVIDERS)}"
             )
         wanted = _PROVIDERS[device]
+        _preload_gpu_libraries(ort, device)
         available = ort.get_available_providers()
         if wanted[0] not in available:
             raise BackendUnavailableError(
