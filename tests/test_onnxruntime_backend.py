@@ -148,4 +148,4 @@ def test_the_cpu_loads_no_gpu_library(export_dir, monkeypatch):
     monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append("cuda"), raising=False)
     monkeypatch.setattr(ort_backend, "PRELOADED", set())
     OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device="cpu")
-    assert preloads == [] and ort_backend.PRELOADED == set()
+    assert preloads == [] and not ort_backend.PRELOADED
