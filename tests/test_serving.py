@@ -544,7 +544,12 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
 
 
 def _fake_engine(
-    export: Path, precision: str, max_batch: int, sha256: str | None = None, min_batch: int = 1
+    export: Path,
+    precision: str,
+    max_batch: int,
+    sha256: str | None = None,
+    min_batch: int = 1,
+    version_compatible: bool = False,
 ) -> None:
     """A plan file (bytes, never run here) and the sidecar export/to_trt.py writes beside it."""
     from dit_deploy.runtime import read_manifest
@@ -572,6 +577,7 @@ def _fake_engine(
             },
             inputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.inputs],
             outputs=[{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in spec.outputs],
+            version_compatible=version_compatible,
         ),
     )
 
@@ -595,6 +601,10 @@ def test_triton_repo_refuses_what_it_cannot_write(export, tmp_path, capsys):
     _fake_engine(src, "fp32", max_batch=8, min_batch=2)
     assert main(argv) == 1
     assert "Triton sends batches of 1" in capsys.readouterr().err
+    _fake_engine(src, "fp32", max_batch=8, version_compatible=True)
+    assert main([*argv, "--force"]) == 0
+    assert "--backend-config=tensorrt,version-compatible=true" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "r")
     assert not (tmp_path / "r").exists()  # nothing half-written
     (tmp_path / "r").mkdir()
     assert main(["triton-repo", str(export), str(tmp_path / "r")]) == 1

@@ -221,6 +221,12 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
             # ensemble still maps only low_res_logits
             sidecar = read_sidecar(_checked_engine(opts, manifest))
             graph_out = [_tensor(t.name, _TYPES[t.dtype], _dims(t.shape)) for t in sidecar.outputs]
+            if sidecar.version_compatible:
+                log(
+                    "triton-repo: the engine is version-compatible: start tritonserver with "
+                    "--backend-config=tensorrt,version-compatible=true, or its TensorRT "
+                    "backend refuses to deserialize it (a plan carrying host code)"
+                )
         platform = "onnxruntime_onnx" if opts.backend == "onnxruntime" else "tensorrt_plan"
         configs["dit_model"] = _model_config(
             "dit_model", f'platform: "{platform}"', graph_in, graph_out, opts, opts.kind
