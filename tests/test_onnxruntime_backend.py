@@ -104,7 +104,7 @@ def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(export_d
     assert options["trt_engine_cache_path"] == str(export_dir / "ort_trt_cache")
     # TF32 off in the CUDA provider: an fp32 cell computes FP32, like our own engines
     assert seen["providers"][1:] == [
-        ("CUDAExecutionProvider", {"use_tf32": "0"}),
+        ("CUDAExecutionProvider", {"use_tf32": "0", "device_id": "0"}),
         "CPUExecutionProvider",
     ]
 
@@ -149,3 +149,34 @@ def test_the_cpu_loads_no_gpu_library(export_dir, monkeypatch):
     monkeypatch.setattr(ort_backend, "PRELOADED", set())
     OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device="cpu")
     assert preloads == [] and not ort_backend.PRELOADED
+
+
+def test_cuda_n_reaches_both_gpu_providers(export_dir, monkeypatch):
+    seen = {}
+    real_session = ort.InferenceSession
+
+    def recording_session(path, sess_options=None, providers=None):
+        seen["providers"] = providers
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    ])  # fmt: skip
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    with pytest.raises(BackendUnavailableError, match="did not start"):
+        OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device="tensorrt:1")
+    (trt, trt_options), (cuda, cuda_options), cpu = seen["providers"]
+    assert trt_options["device_id"] == 1 and cuda_options["device_id"] == "1"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "cpu:0", "CUDA"])
+def test_bad_device_strings_are_refused_naming_the_forms(export_dir, device):
+    from dit_deploy.errors import InputError
+    from dit_deploy.runtime import Predictor
+    from dit_deploy.runtime.devices import parse_device
+
+    assert parse_device("cuda:3") == ("cuda", 3) and parse_device("cpu") == ("cpu", 0)
+    with pytest.raises(InputError, match="use cpu, cuda, cuda:N"):
+        parse_device(device)
+    with pytest.raises(InputError, match="use cpu, cuda, cuda:N"):
+        Predictor(export_dir, device=device)

@@ -500,8 +500,8 @@ def test_onnxruntime_tensorrt_options_exist_in_onnxruntime_gpu(tmp_path):
                 raise AssertionError(f"an option this test does not know: {key}")
         assert options["trt_int8_enable"] == (precision == "int8")
         assert options["trt_fp16_enable"] == (precision == "fp16")
-    # the CUDA provider option the backend sets (TF32 off)
-    assert "use_tf32" in cuda
+    # the options the backend adds: TF32 off (CUDA), the GPU of cuda:N / tensorrt:N (both)
+    assert {"use_tf32", "device_id"} <= cuda and b"\0device_id\0" in data
     # the gpu-trt10 extra pairs it with TensorRT 10 and CUDA 13 (see pyproject.toml)
     assert b"libnvinfer.so.10\0" in data and b"libcudart.so.13\0" in data
     assert b"libnvinfer.so.11\0" not in data

@@ -37,11 +37,13 @@ class FakeCudart(types.SimpleNamespace):
         self.live: set[int] = set()  # allocated and not freed
         self.streams = 0  # created and not destroyed
         self.device_free: int | None = None
+        self.devices_set: list[int] = []
 
     def cudaGetErrorString(self, err):
         return 0, b"out of memory" if err == 2 else b"stream capture invalidated"
 
     def cudaSetDevice(self, device):
+        self.devices_set.append(device)
         return (0,)
 
     def _alloc(self, nbytes):
@@ -332,3 +334,9 @@ def test_out_of_gpu_memory_is_typed_leaks_nothing_and_recovers(make_backend):
     np.testing.assert_array_equal(out, _image(2).sum(axis=1, keepdims=True))
     b.close()
     assert not cudart.live and cudart.streams == 0
+
+
+def test_cuda_n_selects_that_gpu(make_backend):
+    b, _, cudart = make_backend(device="cuda:1")
+    b.run({"image": _image(1)})
+    assert b.device_id == 1 and set(cudart.devices_set) == {1}

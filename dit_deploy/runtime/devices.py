@@ -71,6 +71,24 @@ class GpuInfo:
     compute_capability: str  # "9.0"
 
 
+DEVICE_KINDS = ("cpu", "cuda", "tensorrt")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``"cuda:1"`` -> ``("cuda", 1)``; ``"cpu"``, ``"cuda"``, ``"tensorrt"`` -> index 0.
+
+    The one reading of a device string for every entry point (Predictor, serve, batch,
+    bench, the Triton python model); a bad one is an :class:`InputError` naming the forms."""
+    from ..errors import InputError
+
+    kind, colon, index = str(device).partition(":")
+    if kind not in DEVICE_KINDS or (colon and (not index.isdigit() or kind == "cpu")):
+        raise InputError(
+            f"device {device!r}: use cpu, cuda, cuda:N or tensorrt, tensorrt:N (N: a GPU index)"
+        )
+    return kind, int(index or 0)
+
+
 def gpu_info(device: int = 0) -> GpuInfo:
     """Name and compute capability of CUDA device ``device`` (through cuda-python)."""
     cudart = import_cudart()

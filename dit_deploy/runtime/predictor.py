@@ -26,6 +26,7 @@ from ..inputs import model_inputs
 from ..postprocess import MaskResult, postprocess_batch
 from ..preprocess import ImageSource, Letterbox
 from .backends import Backend, check_execution, open_backend
+from .devices import parse_device
 from .engine_sidecar import engine_file
 from .graph_chain import GraphChain
 from .manifest import Manifest, open_tokenizer, read_manifest, verify_files
@@ -82,6 +83,7 @@ class Predictor:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+        parse_device(device)  # cpu, cuda, cuda:N, tensorrt[:N]; anything else is refused here
         self.export_dir = Path(export_dir)
         self.manifest: Manifest = read_manifest(self.export_dir)
         available = self.manifest.layouts

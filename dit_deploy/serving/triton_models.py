@@ -108,10 +108,13 @@ class Model:
 
         self.pb = pb
         params = _parameters(args)
+        device = params.get("device", "cpu")
+        if device != "cpu":  # each GPU instance on the GPU Triton placed it on, not GPU 0
+            device = f"{device.split(':')[0]}:{int(args.get('model_instance_device_id', 0))}"
         self.predictor = Predictor(
             _version_dir(args) / EXPORT_SUBDIR,
             backend="onnxruntime",
-            device=params.get("device", "cpu"),
+            device=device,
             precision=params.get("precision", "fp32"),
             layout=params.get("layout") or None,
             max_batch=int(params.get("max_batch", 8)),

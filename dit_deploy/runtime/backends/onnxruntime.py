@@ -164,10 +164,9 @@ class OnnxRuntimeBackend(Backend):
                 "onnxruntime is not installed: pip install 'dit-deploy[cpu]' "
                 "(or onnxruntime-gpu for CUDA/TensorRT)"
             ) from exc
-        if device not in _PROVIDERS:
-            raise BackendUnavailableError(
-                f"unknown device {device!r}; choose one of {list(_PROVIDERS)}"
-            )
+        from ..devices import parse_device
+
+        device, device_id = parse_device(device)  # "cuda:1" -> the CUDA provider on GPU 1
         wanted = _PROVIDERS[device]
         _preload_gpu_libraries(ort, device)
         available = ort.get_available_providers()
@@ -196,11 +195,13 @@ class OnnxRuntimeBackend(Backend):
             self.tensorrt_options = tensorrt_provider_options(
                 precision or found_precision, inputs, cache, max_batch
             )
+            self.tensorrt_options["device_id"] = device_id
             providers[0] = ("TensorrtExecutionProvider", self.tensorrt_options)
         if "CUDAExecutionProvider" in providers:
             # TF32 off: our FP32 engines clear it too, so an "fp32" cell is FP32 everywhere
             index = providers.index("CUDAExecutionProvider")
-            providers[index] = ("CUDAExecutionProvider", {"use_tf32": "0"})
+            cuda = {"use_tf32": "0", "device_id": str(device_id)}
+            providers[index] = ("CUDAExecutionProvider", cuda)
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=providers

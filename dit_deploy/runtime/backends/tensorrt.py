@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError, InputError
-from ..devices import cuda_call, gpu_info, import_cudart, installed_tensorrt_version
+from ..devices import (
+    cuda_call,
+    gpu_info,
+    import_cudart,
+    installed_tensorrt_version,
+    parse_device,
+)
 from ..engine_sidecar import EngineSidecar, check_sidecar, read_sidecar
 from .base import Backend
 
@@ -96,10 +102,12 @@ class TensorRTBackend(Backend):
         device_id: int = 0,
     ) -> None:
         del threads  # CPU threads do not apply to a GPU engine
-        if device not in ("cuda", "tensorrt"):
+        kind, index = parse_device(device)
+        if kind == "cpu":
             raise BackendUnavailableError(
-                f"the tensorrt backend runs on device 'cuda', not {device!r}"
+                f"the tensorrt backend runs on device 'cuda' or 'cuda:N', not {device!r}"
             )
+        device_id = index or device_id
         self.path = Path(engine_path)
         self.sidecar: EngineSidecar = read_sidecar(self.path)
         self._check_before_import(source_sha256, device_id)
