@@ -180,3 +180,24 @@ def test_bad_device_strings_are_refused_naming_the_forms(export_dir, device):
         parse_device(device)
     with pytest.raises(InputError, match="use cpu, cuda, cuda:N"):
         Predictor(export_dir, device=device)
+
+
+def test_tensorrt_options_are_the_shared_table():
+    """The C++ runtime builds the same options from the same table (cpp/tests/
+    test_ort_options.cpp): booleans as the C API takes them, "1"/"0"."""
+    import json
+    from pathlib import Path
+
+    table = json.loads(
+        (Path(__file__).parent / "fixtures" / "ort_tensorrt_options.json").read_text()
+    )
+    inputs = [TensorSpec(**t) for t in table["inputs"]]
+    assert len(table["cases"]) == 6
+    for case in table["cases"]:
+        got = tensorrt_provider_options(
+            case["precision"], inputs, case["cache"], max_batch=case["max_batch"]
+        )
+        as_c_api = {
+            k: ("1" if v is True else "0" if v is False else str(v)) for k, v in got.items()
+        }
+        assert as_c_api == case["options"], case["precision"]

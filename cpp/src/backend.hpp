@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dit/manifest.hpp"
 #include "dit/predictor.hpp"
 
 namespace dit {
@@ -37,8 +38,10 @@ class Backend {
   virtual std::string description() const = 0;
 };
 
-/// ONNX Runtime session over one .onnx graph (device: cpu, cuda, tensorrt).
-std::unique_ptr<Backend> open_onnxruntime(const std::string& graph_path, const Options& options);
+/// ONNX Runtime session over one .onnx graph (device: cpu, cuda[:N], tensorrt[:N]); `inputs`
+/// (the manifest's specs) size the TensorRT provider's batch profile.
+std::unique_ptr<Backend> open_onnxruntime(const std::string& graph_path, const Options& options,
+                                          const std::vector<TensorSpec>& inputs = {});
 
 /// Native TensorRT engine `<graph stem>.engine` with its `.engine.json` sidecar, refused when
 /// the sidecar does not match this machine or `source_sha256` (the manifest's hash of the graph;

@@ -8,6 +8,7 @@
 
 #include "backend.hpp"
 #include "dit/errors.hpp"
+#include "ort_options.hpp"
 
 namespace dit {
 
@@ -44,6 +45,11 @@ std::size_t Tensor::bytes() const {
 
 namespace {
 
+std::string parent_dir(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
+}
+
 Ort::Env& ort_env() {
   static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "dit");
   return env;
@@ -57,7 +63,9 @@ std::string join(const std::vector<std::string>& v) {
 
 class OnnxRuntimeBackend : public Backend {
  public:
-  OnnxRuntimeBackend(const std::string& path, const Options& options) : path_(path) {
+  OnnxRuntimeBackend(const std::string& path, const Options& options,
+                     const std::vector<TensorSpec>& inputs)
+      : path_(path) {
     std::vector<std::string> available;
     try {
       available = Ort::GetAvailableProviders();
@@ -71,31 +79,54 @@ class OnnxRuntimeBackend : public Backend {
     so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
     if (options.threads > 0) so.SetIntraOpNumThreads(options.threads);
     providers_ = "CPUExecutionProvider";
+    // "cuda:1" / "tensorrt:1": the provider on GPU 1 (as the Python runtime's parse_device)
+    const auto colon = options.device.find(':');
+    const std::string kind = options.device.substr(0, colon);
+    const std::string device_id =
+        colon == std::string::npos ? std::string("0") : options.device.substr(colon + 1);
+    if (device_id.empty() ||
+        !std::all_of(device_id.begin(), device_id.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        (kind == "cpu" && colon != std::string::npos)) {
+      throw InputError("device '" + options.device +
+                       "': use cpu, cuda, cuda:N or tensorrt, tensorrt:N (N: a GPU index)");
+    }
     try {
-      if (options.device == "tensorrt") {
+      if (kind == "tensorrt") {
         if (!has("TensorrtExecutionProvider")) unavailable("TensorrtExecutionProvider", available);
         OrtTensorRTProviderOptionsV2* trt = nullptr;
         Ort::ThrowOnError(Ort::GetApi().CreateTensorRTProviderOptions(&trt));
         std::unique_ptr<OrtTensorRTProviderOptionsV2, void (*)(OrtTensorRTProviderOptionsV2*)>
             guard(trt, Ort::GetApi().ReleaseTensorRTProviderOptions);
+        // the graph's precision, its batch profile and the engine cache: the one table the
+        // Python runtime uses too (ort_options.hpp)
+        const std::string cache = options.trt_cache_dir.empty()
+                                      ? parent_dir(path) + "/ort_trt_cache"
+                                      : options.trt_cache_dir;
+        auto table = tensorrt_provider_options(options.precision, inputs, cache, options.max_batch);
+        table.emplace_back("device_id", device_id);
         std::vector<const char*> keys, values;
-        if (!options.trt_cache_dir.empty()) {
-          keys = {"trt_engine_cache_enable", "trt_engine_cache_path", "trt_timing_cache_enable"};
-          values = {"1", options.trt_cache_dir.c_str(), "1"};
+        for (const auto& [k, v] : table) {
+          keys.push_back(k.c_str());
+          values.push_back(v.c_str());
         }
-        if (!keys.empty()) {
-          Ort::ThrowOnError(Ort::GetApi().UpdateTensorRTProviderOptions(
-              trt, keys.data(), values.data(), keys.size()));
-        }
+        Ort::ThrowOnError(Ort::GetApi().UpdateTensorRTProviderOptions(
+            trt, keys.data(), values.data(), keys.size()));
         so.AppendExecutionProvider_TensorRT_V2(*trt);
         providers_ = "TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider";
       }
-      if (options.device == "cuda" || options.device == "tensorrt") {
+      if (kind == "cuda" || kind == "tensorrt") {
         if (!has("CUDAExecutionProvider")) unavailable("CUDAExecutionProvider", available);
-        OrtCUDAProviderOptions cuda{};
-        so.AppendExecutionProvider_CUDA(cuda);
-        if (options.device == "cuda") providers_ = "CUDAExecutionProvider, CPUExecutionProvider";
-      } else if (options.device != "cpu") {
+        OrtCUDAProviderOptionsV2* cuda = nullptr;
+        Ort::ThrowOnError(Ort::GetApi().CreateCUDAProviderOptions(&cuda));
+        std::unique_ptr<OrtCUDAProviderOptionsV2, void (*)(OrtCUDAProviderOptionsV2*)> guard(
+            cuda, Ort::GetApi().ReleaseCUDAProviderOptions);
+        // TF32 off: an fp32 cell computes FP32, as the native engines and the Python runtime
+        const char* keys[] = {"device_id", "use_tf32"};
+        const char* values[] = {device_id.c_str(), "0"};
+        Ort::ThrowOnError(Ort::GetApi().UpdateCUDAProviderOptions(cuda, keys, values, 2));
+        so.AppendExecutionProvider_CUDA_V2(*cuda);
+        if (kind == "cuda") providers_ = "CUDAExecutionProvider, CPUExecutionProvider";
+      } else if (kind != "cpu") {
         throw BackendUnavailableError("unknown device '" + options.device +
                                       "'; choose one of cpu, cuda, tensorrt");
       }
@@ -197,8 +228,9 @@ class OnnxRuntimeBackend : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> open_onnxruntime(const std::string& graph_path, const Options& options) {
-  return std::make_unique<OnnxRuntimeBackend>(graph_path, options);
+std::unique_ptr<Backend> open_onnxruntime(const std::string& graph_path, const Options& options,
+                                          const std::vector<TensorSpec>& inputs) {
+  return std::make_unique<OnnxRuntimeBackend>(graph_path, options, inputs);
 }
 
 #ifndef DIT_HAVE_TENSORRT

@@ -99,7 +99,7 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
                                      " --precision " + options.precision));
     }
   }
-  if (options.backend == "onnxruntime" && options.device == "cpu") {
+  if (options.backend == "onnxruntime" && options.device == "cpu") {  // CPU kernels' numerics
     // the verified-on rule (cpu_numerics.hpp); without the stored-pair check of Python
     const auto found = impl_->manifest.verified.find(options.precision);
     const VerifiedRecord record =
@@ -113,7 +113,7 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
   for (const auto& role : roles) {
     const std::string path = impl_->manifest.path(impl_->specs.at(role).file);
     if (options.backend == "onnxruntime") {
-      impl_->graphs[role] = open_onnxruntime(path, options);
+      impl_->graphs[role] = open_onnxruntime(path, options, impl_->specs.at(role).inputs);
     } else if (options.backend == "tensorrt") {
       impl_->graphs[role] = open_tensorrt(path, options, impl_->specs.at(role).sha256);
     } else {
