@@ -73,13 +73,11 @@ def test_cuda_provider_that_did_not_start_is_refused_with_its_reason(export_dir,
     assert "this onnxruntime has no libonnxruntime_providers_cuda.so" in text
 
 
-def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(export_dir, monkeypatch):
-    from dit_deploy.runtime.backends import onnxruntime as ort_backend
-
-    preloads = []
-    monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append("cuda"), raising=False)
-    monkeypatch.setattr(ort_backend, "PRELOADED", set())
-    seen = {}
+@pytest.fixture
+def gpu_onnxruntime(monkeypatch) -> dict:
+    """ONNX Runtime as onnxruntime-gpu would be: GPU providers listed, sessions created on
+    the CPU with the providers they were asked for recorded under ``"providers"``."""
+    seen: dict = {}
     real_session = ort.InferenceSession
 
     def recording_session(path, sess_options=None, providers=None):
@@ -90,6 +88,18 @@ def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(export_d
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
     ])  # fmt: skip
     monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    return seen
+
+
+def test_tensorrt_provider_gets_precision_and_profile_from_the_manifest(
+    export_dir, monkeypatch, gpu_onnxruntime
+):
+    from dit_deploy.runtime.backends import onnxruntime as ort_backend
+
+    preloads = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append("cuda"), raising=False)
+    monkeypatch.setattr(ort_backend, "PRELOADED", set())
+    seen = gpu_onnxruntime
     with pytest.raises(BackendUnavailableError, match="did not start TensorrtExecutionProvider"):
         OnnxRuntimeBackend(export_dir / "dit_fused.fp16.onnx", device="tensorrt", max_batch=8)
     # the NVIDIA wheels' CUDA/cuDNN libraries were loaded before the session (the providers
@@ -151,21 +161,10 @@ def test_the_cpu_loads_no_gpu_library(export_dir, monkeypatch):
     assert preloads == [] and not ort_backend.PRELOADED
 
 
-def test_cuda_n_reaches_both_gpu_providers(export_dir, monkeypatch):
-    seen = {}
-    real_session = ort.InferenceSession
-
-    def recording_session(path, sess_options=None, providers=None):
-        seen["providers"] = providers
-        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(ort, "get_available_providers", lambda: [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-    ])  # fmt: skip
-    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+def test_cuda_n_reaches_both_gpu_providers(export_dir, gpu_onnxruntime):
     with pytest.raises(BackendUnavailableError, match="did not start"):
         OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device="tensorrt:1")
-    (trt, trt_options), (cuda, cuda_options), cpu = seen["providers"]
+    (_, trt_options), (_, cuda_options), _ = gpu_onnxruntime["providers"]
     assert trt_options["device_id"] == 1 and cuda_options["device_id"] == "1"
 
 

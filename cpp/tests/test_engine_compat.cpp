@@ -1,22 +1,16 @@
 // The engine compatibility rules against the table the Python runtime is tested with
 // (tests/fixtures/engine_compat_cases.json), and typed errors for malformed sidecars.
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "check.hpp"
+#include "fixture.hpp"
 #include "dit/errors.hpp"
 #include "engine_compat.hpp"
 
 namespace {
 
-nlohmann::json table() {
-  std::ifstream in(std::string(DIT_REPO_ROOT) + "/tests/fixtures/engine_compat_cases.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return nlohmann::json::parse(ss.str());
-}
+nlohmann::json table() { return dit_test::fixture("engine_compat_cases.json"); }
 
 nlohmann::json sidecar(const nlohmann::json& defaults, const nlohmann::json& engine) {
   nlohmann::json s = defaults;

@@ -1,21 +1,15 @@
 // ONNX Runtime's TensorRT provider options against the table the Python runtime is tested
 // with (tests/fixtures/ort_tensorrt_options.json): one option table for both.
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "check.hpp"
+#include "fixture.hpp"
 #include "ort_options.hpp"
 
 namespace {
 
-nlohmann::json table() {
-  std::ifstream in(std::string(DIT_REPO_ROOT) + "/tests/fixtures/ort_tensorrt_options.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return nlohmann::json::parse(ss.str());
-}
+nlohmann::json table() { return dit_test::fixture("ort_tensorrt_options.json"); }
 
 }  // namespace
 

@@ -1,21 +1,15 @@
 // The verified-on rule of CPU precisions against the table the Python runtime is tested with
 // (tests/fixtures/precision_compat_cases.json): C++ refuses wherever Python would re-verify.
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "check.hpp"
+#include "fixture.hpp"
 #include "cpu_numerics.hpp"
 
 namespace {
 
-nlohmann::json table() {
-  std::ifstream in(std::string(DIT_REPO_ROOT) + "/tests/fixtures/precision_compat_cases.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return nlohmann::json::parse(ss.str());
-}
+nlohmann::json table() { return dit_test::fixture("precision_compat_cases.json"); }
 
 dit::CpuMachine machine(const nlohmann::json& m) {
   dit::CpuMachine out;
