@@ -121,15 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=30, help="calls per cell per round")
     p.add_argument("--agreement-only", nargs="+", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pairs < 1 or args.calib < 1 or args.rounds < 1 or args.calls < 1:
+        p.error("--pairs, --calib, --rounds and --calls take positive numbers")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out {args.out}: cannot create it ({exc.strerror})")
     data = args.out / "data"
     if args.agreement_only:  # the emulated side: print JSON only
         print("RESULT " + json.dumps(agreement(args.agreement_only, data, args.pairs)))
         return 0
+    from dit_deploy.atomic import write_text_atomic
     from dit_deploy.data.synthetic import generate
     from dit_deploy.exporters.onnx_export import export_pretrained
     from dit_deploy.runtime.cpu_numerics import this_machine
 
-    args.out.mkdir(parents=True, exist_ok=True)
     if not (data / "synthetic").exists():
         generate(data, n_train=args.calib, n_val=max(args.pairs, 16), seed=2024, size=128)
     export_pretrained("dit-tiny-synthetic", args.out / "fp32", log=lambda *_: None)
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
         report["agreement"]["x86-avx2 (qemu -cpu Haswell)"] = json.loads(line[7:])
     report["latency_ms"] = latency(exports, data, args.rounds, args.calls)
-    (args.out / "int8_isa.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out / "int8_isa.json", json.dumps(report, indent=2) + "\n")
     print(f"machine: {report['machine']}; load at start {report['load_at_start']:.2f}")
     print("| CPU | scheme | ORT split | ORT fused | OpenVINO split | OpenVINO fused |")
     print("|---|---|---|---|---|---|")

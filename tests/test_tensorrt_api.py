@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from dit_deploy.atomic import write_bytes_atomic, write_text_atomic
 from tests.conftest import pypi_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -469,9 +470,9 @@ def test_onnxruntime_tensorrt_options_exist_in_onnxruntime_gpu(tmp_path):
     if not lib.is_file() or not cuda_names.is_file():
         wheel = _wheel(f"onnxruntime-gpu=={ORT_GPU}", f"onnxruntime_gpu-{ORT_GPU}-{PY_TAG}-*.whl")
         with zipfile.ZipFile(wheel) as z:
-            lib.write_bytes(z.read(f"onnxruntime/capi/{lib_name}"))
+            write_bytes_atomic(lib, z.read(f"onnxruntime/capi/{lib_name}"))
             found = re.findall(rb"\0([a-z][a-z0-9_]{2,48})(?=\0)", z.read(CUDA_LIB))
-        cuda_names.write_text("\n".join(sorted({n.decode() for n in found})) + "\n")
+        write_text_atomic(cuda_names, "\n".join(sorted({n.decode() for n in found})) + "\n")
         wheel.unlink()  # 250 MB; the provider libraries are all this test needs
     data = lib.read_bytes()
     cuda = set(cuda_names.read_text().split())
