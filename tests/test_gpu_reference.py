@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from gpu_boundary import gpu_boundary  # noqa: E402
 from test_training import tiny_bert_fixture, tiny_config, tiny_data_fixture  # noqa: E402,F401
 
 SAMPLES = Path(__file__).resolve().parents[1] / "dit_deploy" / "assets" / "samples"
@@ -29,6 +30,7 @@ def reference():
 @pytest.mark.cuda
 def test_cuda_fp32_matches_cpu(reference):
     model, feeds, cpu = reference
+    gpu_boundary(need_tensorrt=False)
     gpu = model.to("cuda").low_res_logits(feeds)
     model.to("cpu")
     assert np.abs(gpu - cpu).max() < 1e-2
@@ -38,8 +40,10 @@ def test_cuda_fp32_matches_cpu(reference):
 @pytest.mark.parametrize(("dtype", "tol"), [("float16", 0.15), ("bfloat16", 0.5)])
 def test_cuda_autocast_stays_close_to_fp32(reference, dtype, tol):
     model, feeds, cpu = reference
+    autocast_dtype = getattr(torch, dtype)
+    gpu_boundary(need_tensorrt=False)
     model.to("cuda")
-    with torch.autocast("cuda", dtype=getattr(torch, dtype)):
+    with torch.autocast("cuda", dtype=autocast_dtype):
         low = model.low_res_logits(feeds)
     model.to("cpu")
     assert np.isfinite(low).all() and np.abs(low - cpu).max() < tol
@@ -52,6 +56,7 @@ def test_amp_training_steps_with_nccl_on_one_gpu(tiny_data, tiny_bert, tmp_path)
     cfg = tiny_config(
         tiny_data, tiny_bert, tmp_path / "run", **{"optim.amp": "bf16", "device": "cuda"}
     )
+    gpu_boundary(need_tensorrt=False)
     [result] = spawn(cfg, nprocs=1, result_dir=tmp_path / "results")
     losses = result["losses"]
     assert len(losses) >= 4 and all(np.isfinite(losses))

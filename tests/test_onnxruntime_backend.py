@@ -8,9 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_boundary import gpu_boundary
 
 from dit_deploy.errors import BackendUnavailableError
-from dit_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend, tensorrt_provider_options
+from dit_deploy.runtime.backends.onnxruntime import (
+    OnnxRuntimeBackend,
+    session_providers,
+    tensorrt_provider_options,
+)
 from dit_deploy.runtime.manifest import GraphSpec, Manifest, TensorSpec
 
 ort = pytest.importorskip("onnxruntime")
@@ -141,10 +146,17 @@ def test_gpu_providers_start_and_match_the_cpu(export_dir, device):
     import onnxruntime
 
     provider = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[device]
-    if provider not in onnxruntime.get_available_providers():  # gpu_check.sh's other extras
-        pytest.skip(f"this onnxruntime has no {provider} (the gpu-trt10 extra installs it)")
     image = np.random.default_rng(0).normal(size=(3, 3, 2, 2)).astype(np.float32)
     cpu = OnnxRuntimeBackend(export_dir / "dit_fused.onnx").run({"image": image})["logits"]
+    # what the session will get, from this graph's manifest entry: no device needed
+    providers = dict(session_providers(export_dir / "dit_fused.onnx", device, max_batch=4))
+    assert list(providers)[0] == provider and providers["CUDAExecutionProvider"]["use_tf32"] == "0"
+    if device == "tensorrt":
+        assert providers[provider]["trt_profile_max_shapes"] == "image:4x3x2x2"
+        assert not providers[provider]["trt_fp16_enable"]  # the fp32 graph
+    gpu_boundary(need_tensorrt=device == "tensorrt")
+    if provider not in onnxruntime.get_available_providers():  # gpu_check.sh's other extras
+        pytest.skip(f"this onnxruntime has no {provider} (the gpu-trt10 extra installs it)")
     b = OnnxRuntimeBackend(export_dir / "dit_fused.onnx", device=device, max_batch=4)
     assert b.providers[0] == {"cuda": "CUDAExecutionProvider",
                               "tensorrt": "TensorrtExecutionProvider"}[device]  # fmt: skip

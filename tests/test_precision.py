@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from cpu_kinds import INT8_MAX_REL_LOGIT_ERROR, INT8_MIN_MASK_IOU, threshold
+from gpu_boundary import gpu_boundary
 from onnx import TensorProto, numpy_helper
 
 from dit_deploy.errors import ArtifactError, ConfigError
@@ -246,15 +247,23 @@ def test_to_trt_without_gpu_exits_1_with_the_command(quantized, monkeypatch, cap
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_engine_matches_onnxruntime_cpu(quantized, precision):
     from dit_deploy.engines import EngineOptions, build_engines
+    from dit_deploy.engines.build import plan
 
     out, _ = quantized
-    build_engines(EngineOptions(out, (precision,), max_batch=4))
+    options = EngineOptions(out, (precision,), max_batch=4)
+    _, jobs = plan(options)  # every graph of this precision, both layouts, found
+    assert {p for p, _, _ in jobs} == {precision} and len(jobs) == 4, jobs  # 3 split + fused
     pairs = [(p.image, p.text) for p in PairSource(None, "val", 3)]
+    expected = {}
     for layout in ("split", "fused"):
         cpu = Predictor(out, precision=precision, layout=layout)
-        gpu = Predictor(out, backend="tensorrt", device="cuda", precision=precision, layout=layout)
         feeds, _ = cpu.prepare(*zip(*pairs, strict=True))
-        a, b = cpu.low_res_logits(feeds), gpu.low_res_logits(feeds)
+        expected[layout] = feeds, cpu.low_res_logits(feeds)
+    gpu_boundary()
+    build_engines(options)
+    for layout, (feeds, a) in expected.items():
+        gpu = Predictor(out, backend="tensorrt", device="cuda", precision=precision, layout=layout)
+        b = gpu.low_res_logits(feeds)
         if precision == "int8":
             # two INT8 implementations of one Q/DQ graph (not yet measured on a GPU): their
             # masks agree as each agrees with FP32 (tests/cpu_kinds.py), logits within the

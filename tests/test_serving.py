@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_boundary import gpu_boundary
 from PIL import Image
 
 from tests.conftest import skip_or_require
@@ -656,21 +657,28 @@ def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, ba
     the onnxruntime and tensorrt backends, on a GPU machine; the plan is built here first."""
     import shutil
 
+    from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
+
+    from dit_deploy.serving.triton_repo import parse_config
+
+    src, precision = export, "fp16" if backend == "tensorrt" else "fp32"
+    if backend == "tensorrt":
+        from dit_deploy.engines.cli import main as trt_main
+
+        src = tmp_path / "export"
+        shutil.copytree(export, src)
+        gpu_boundary()
+        assert trt_main([str(src), "--precision", "fp16", "--layout", "fused"]) == 0
+    repo = _repo(src, tmp_path / "repo", "--backend", backend, "--precision", precision)
+    model = parse_config((repo / "dit_model" / "config.pbtxt").read_text())
+    assert model.instance_group[0].kind == ModelInstanceGroup.KIND_GPU
+    gpu_boundary(need_tensorrt=backend == "tensorrt")
     binary = Path(os.environ.get("TRITONSERVER", "/opt/tritonserver/bin/tritonserver"))
     if not (binary.parent.parent / "backends" / backend).is_dir():
         skip_or_require(
             "DIT_REQUIRE_TRITONSERVER",
             f"no full tritonserver with the {backend} backend at {binary}",
         )
-    src = export
-    if backend == "tensorrt":
-        from dit_deploy.engines.cli import main as trt_main
-
-        src = tmp_path / "export"
-        shutil.copytree(export, src)
-        assert trt_main([str(src), "--precision", "fp16", "--layout", "fused"]) == 0
-    precision = "fp16" if backend == "tensorrt" else "fp32"
-    repo = _repo(src, tmp_path / "repo", "--backend", backend, "--precision", precision)
     ports = _free_ports(3)
     server = Server(
         [str(binary), f"--model-repository={repo}", f"--http-port={ports[0]}",

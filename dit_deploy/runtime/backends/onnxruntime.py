@@ -139,6 +139,36 @@ def _provider_failure(provider: str) -> str:
     return f"{library} loads, but the provider did not start (see ONNX Runtime's warning above)"
 
 
+def session_providers(
+    graph: Path,
+    device: str,
+    device_id: int = 0,
+    available: Sequence[str] | None = None,
+    precision: str | None = None,
+    cache_dir: str | Path | None = None,
+    max_batch: int = 8,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The (provider, options) list a session over ``graph`` on ``device`` gets: needs no
+    device, so the whole GPU set-up runs (and is tested) on any machine. ``available``
+    (default: every provider of ``device``) drops the ones this onnxruntime lacks."""
+    providers = [p for p in _PROVIDERS[device] if available is None or p in available]
+    out: list[tuple[str, dict[str, Any]]] = []
+    for provider in providers:
+        options: dict[str, Any] = {}
+        if provider == "TensorrtExecutionProvider":
+            found_precision, inputs = _graph_in_manifest(graph)
+            cache = Path(cache_dir) if cache_dir else graph.parent / "ort_trt_cache"
+            options = tensorrt_provider_options(
+                precision or found_precision, inputs, cache, max_batch
+            )
+            options["device_id"] = device_id
+        elif provider == "CUDAExecutionProvider":
+            # TF32 off: our FP32 engines clear it too, so an "fp32" cell is FP32 everywhere
+            options = {"use_tf32": "0", "device_id": str(device_id)}
+        out.append((provider, options))
+    return out
+
+
 def _spec(arg) -> TensorSpec:
     shape = [d if isinstance(d, int) else "batch" for d in arg.shape]
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
@@ -187,21 +217,13 @@ class OnnxRuntimeBackend(Backend):
         self.path = Path(graph)
         if not self.path.is_file():
             raise ArtifactError(f"graph not found: {self.path}; re-export the model")
-        providers: list = [p for p in wanted if p in available]
-        self.tensorrt_options: dict[str, Any] | None = None
-        if providers[0] == "TensorrtExecutionProvider":
-            found_precision, inputs = _graph_in_manifest(self.path)
-            cache = Path(cache_dir) if cache_dir else self.path.parent / "ort_trt_cache"
-            self.tensorrt_options = tensorrt_provider_options(
-                precision or found_precision, inputs, cache, max_batch
-            )
-            self.tensorrt_options["device_id"] = device_id
-            providers[0] = ("TensorrtExecutionProvider", self.tensorrt_options)
-        if "CUDAExecutionProvider" in providers:
-            # TF32 off: our FP32 engines clear it too, so an "fp32" cell is FP32 everywhere
-            index = providers.index("CUDAExecutionProvider")
-            cuda = {"use_tf32": "0", "device_id": str(device_id)}
-            providers[index] = ("CUDAExecutionProvider", cuda)
+        planned = session_providers(
+            self.path, device, device_id, available, precision, cache_dir, max_batch
+        )
+        self.tensorrt_options: dict[str, Any] | None = dict(planned).get(
+            "TensorrtExecutionProvider"
+        )
+        providers = [(name, opts) if opts else name for name, opts in planned]
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=providers
