@@ -126,6 +126,9 @@ def test_ctest_suite(cpp_build: Path) -> None:
     r = _run(["ctest", "--test-dir", str(cpp_build), "--output-on-failure"], timeout=120)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "100% tests passed" in r.stdout
+    for table_test in ("test_engine_compat", "test_precision_compat", "test_ort_options",
+                       "test_device_buffer"):  # fmt: skip
+        assert f" {table_test} " in r.stdout, table_test
 
 
 # ------------------------------------------------------------------------- tokens

@@ -2,12 +2,11 @@
 
 CUDA's runtime headers come from PyPI (``nvidia-cuda-runtime-cu12`` and the ``crt/`` headers
 of ``nvidia-cuda-nvcc-cu12``, cached like the binding wheels of ``tests/test_tensorrt_api.py``).
-TensorRT's C++ headers are not published on PyPI (NVIDIA's ``tensorrt-cu*-libs`` packages
-hold libraries and are fetched from NVIDIA's own index), so they come from the machine:
-``DIT_TENSORRT_INCLUDE`` (include directories separated by ``:``, e.g. one per TensorRT
-version, such as the ``include/`` of the TensorRT OSS release tags), ``$TENSORRT_ROOT/include``
-or the system's. Without any, the test skips and says so. The sidecar rules the backend
-applies are tested without TensorRT by the ctest ``test_engine_compat`` (run by
+TensorRT's C++ headers are not published on PyPI, so those of the lowest supported 10.x and
+of 11.x are vendored (``tests/fixtures/tensorrt_headers``, Apache-2.0) and every machine
+compiles against both; ``DIT_TENSORRT_INCLUDE`` (directories separated by ``:``),
+``$TENSORRT_ROOT/include`` or the system's add more. The sidecar rules the backend applies
+are tested without TensorRT by the ctest ``test_engine_compat`` (run by
 tests/test_cpp_runtime.py).
 """
 
@@ -34,8 +33,12 @@ CUDA_WHEELS = (
 )
 
 
+VENDORED = Path(__file__).parent / "fixtures" / "tensorrt_headers"
+
+
 def _tensorrt_includes() -> list[Path]:
-    candidates = [Path(p) for p in os.environ.get("DIT_TENSORRT_INCLUDE", "").split(":") if p]
+    candidates = sorted(d for d in VENDORED.iterdir() if d.is_dir())
+    candidates += [Path(p) for p in os.environ.get("DIT_TENSORRT_INCLUDE", "").split(":") if p]
     if os.environ.get("TENSORRT_ROOT"):
         candidates.append(Path(os.environ["TENSORRT_ROOT"]) / "include")
     candidates += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include")]
@@ -94,18 +97,14 @@ def _version(include: Path) -> str:
 
 def test_backend_tensorrt_compiles_against_tensorrt_headers():
     includes = _tensorrt_includes()
-    if not includes:
-        skip_or_require(
-            "DIT_REQUIRE_TENSORRT_HEADERS",
-            "no TensorRT C++ headers here (they are not on PyPI): set DIT_TENSORRT_INCLUDE to "
-            "TensorRT include directories (NvInfer.h), or TENSORRT_ROOT",
-        )
+    versions = [_version(i) for i in includes]
+    assert {"10.13.0", "11.1.0"} <= set(versions), versions  # the vendored pair, always
     cxx = shutil.which("c++") or shutil.which("g++")
     if cxx is None:
-        pytest.skip("no C++ compiler")
+        skip_or_require("DIT_REQUIRE_CPP", "no C++ compiler")
     json_ok = Path("/usr/include/nlohmann/json.hpp").is_file()
     if not json_ok:
-        pytest.skip("nlohmann/json.hpp missing (bash scripts/install_cpp_deps.sh)")
+        skip_or_require("DIT_REQUIRE_CPP", "no nlohmann/json.hpp (scripts/install_cpp_deps.sh)")
     cuda = _cuda_include()
     for include in includes:
         cmd = [

@@ -22,6 +22,7 @@
 
 #include "backend.hpp"
 #include "dit/errors.hpp"
+#include "device_buffer.hpp"
 #include "engine_compat.hpp"
 
 namespace dit {
@@ -59,20 +60,16 @@ std::size_t element_size(nvinfer1::DataType t) {
   }
 }
 
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  std::size_t bytes = 0;
-  ~DeviceBuffer() {
-    if (ptr) cudaFree(ptr);
+struct CudaAllocator {
+  std::string allocate(void** ptr, std::size_t bytes) {
+    const cudaError_t status = cudaMalloc(ptr, bytes);
+    if (status == cudaSuccess) return "";
+    cudaGetLastError();  // also recorded as the last error: clear it, it is reported here
+    return cudaGetErrorString(status);
   }
-  void reserve(std::size_t n) {
-    if (n <= bytes) return;
-    if (ptr) cudaFree(ptr);
-    ptr = nullptr;
-    cuda_check(cudaMalloc(&ptr, n), "cudaMalloc");
-    bytes = n;
-  }
+  void release(void* ptr) { cudaFree(ptr); }
 };
+using DeviceBuffer = GrowingBuffer<CudaAllocator>;
 
 class TensorRtBackend : public Backend {
  public:
@@ -176,10 +173,11 @@ class TensorRtBackend : public Backend {
                          "with a larger --max-batch");
       }
       DeviceBuffer& buf = buffers[name];
-      buf.reserve(t.bytes());
-      cuda_check(cudaMemcpyAsync(buf.ptr, t.data(), t.bytes(), cudaMemcpyHostToDevice, stream_),
-                 "cudaMemcpyAsync");
-      context_->setTensorAddress(name.c_str(), buf.ptr);
+      buf.reserve(t.bytes(), name, engine_path_);
+      cuda_check(
+          cudaMemcpyAsync(buf.data(), t.data(), t.bytes(), cudaMemcpyHostToDevice, stream_),
+          "cudaMemcpyAsync");
+      context_->setTensorAddress(name.c_str(), buf.data());
     }
     std::vector<std::pair<std::string, nvinfer1::Dims>> out_dims;
     for (const auto& name : outputs_) {
@@ -191,8 +189,8 @@ class TensorRtBackend : public Backend {
       std::size_t n = 1;
       for (int d = 0; d < dims.nbDims; ++d) n *= static_cast<std::size_t>(dims.d[d]);
       DeviceBuffer& buf = buffers[name];
-      buf.reserve(n * element_size(dt));
-      context_->setTensorAddress(name.c_str(), buf.ptr);
+      buf.reserve(n * element_size(dt), name, engine_path_);
+      context_->setTensorAddress(name.c_str(), buf.data());
       out_dims.emplace_back(name, dims);
     }
     if (!context_->enqueueV3(stream_)) {
@@ -204,7 +202,7 @@ class TensorRtBackend : public Backend {
       std::size_t n = 1;
       for (int64_t d : shape) n *= static_cast<std::size_t>(d);
       std::vector<float> host(n);
-      cuda_check(cudaMemcpyAsync(host.data(), buffers[name].ptr, n * sizeof(float),
+      cuda_check(cudaMemcpyAsync(host.data(), buffers[name].data(), n * sizeof(float),
                                  cudaMemcpyDeviceToHost, stream_),
                  "cudaMemcpyAsync");
       out[name] = Tensor::floats(std::move(shape), std::move(host));
