@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 import pytest
+from gpu_boundary import gpu_boundary
 from PIL import Image
 
 from dit_deploy.preprocess import preprocess_batch
@@ -316,14 +317,21 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def _compare_masks(build, export_dir, pairs, out_dir, layout, precision="fp32") -> dict:
-    """dit_infer vs Predictor.predict_batch on `pairs`: IoU >= 0.999 per mask, scores within
-    1e-4; returns {"min_iou", "max_score_diff", "masks", "nonempty"} for the record."""
+def _compare_masks(
+    build, export_dir, pairs, out_dir, layout, precision="fp32", backend="onnxruntime"
+) -> dict:
+    """dit_infer vs Predictor.predict_batch on `pairs` (same backend): IoU >= 0.999 per mask,
+    scores within 1e-4; returns {"min_iou", "max_score_diff", "masks", "nonempty"}."""
     from dit_deploy.runtime import Predictor
 
     extra = [] if precision == "fp32" else ["--precision", precision]
+    device = "cpu"
+    if backend == "tensorrt":
+        extra, device = [*extra, "--backend", "tensorrt", "--device", "cuda"], "cuda"
     doc = _cpp_infer(build, export_dir, pairs, out_dir, layout, extra)
-    predictor = Predictor(export_dir, layout=layout, precision=precision)
+    predictor = Predictor(
+        export_dir, layout=layout, precision=precision, backend=backend, device=device
+    )
     want = predictor.predict_batch([(str(p), t) for p, t in pairs])
     assert doc["layout"] == layout
     assert doc["precision"] == precision
@@ -402,3 +410,29 @@ def test_cli_errors_are_clear_and_do_not_crash(cpp_build, export_dir, tmp_path) 
         r = _run([infer, *args], timeout=60)
         assert r.returncode == code, (args, r.returncode, r.stderr)
         assert needle in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_engines_in_cpp_match_the_python_tensorrt_backend(
+    quantized_export, images, tmp_path, precision
+) -> None:
+    """``dit_infer --backend tensorrt`` (a build with -DDIT_WITH_TENSORRT=ON, given as
+    $DIT_CPP_TRT_BUILD by scripts/gpu_check.sh) runs the engines Python built, and its masks
+    match the Python TensorRT backend's."""
+    from dit_deploy.engines import EngineOptions, build_engines
+
+    export = tmp_path / "export"
+    shutil.copytree(quantized_export, export)
+    options = EngineOptions(export, (precision,), max_batch=8)
+    pairs = [(p, TEXTS[i % len(TEXTS)]) for i, p in enumerate(images)]
+    gpu_boundary()
+    build = Path(os.environ.get("DIT_CPP_TRT_BUILD", ""))
+    if not (build / "dit_infer").is_file():
+        pytest.skip("set DIT_CPP_TRT_BUILD to a cmake build of cpp/ with -DDIT_WITH_TENSORRT=ON")
+    build_engines(options)
+    out = tmp_path / "masks"
+    out.mkdir()
+    for layout in ("fused", "split"):
+        stats = _compare_masks(build, export, pairs, out, layout, precision, backend="tensorrt")
+        print(f"C++ TensorRT {precision} {layout}: {stats}")

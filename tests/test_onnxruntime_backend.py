@@ -193,6 +193,23 @@ def test_bad_device_strings_are_refused_naming_the_forms(export_dir, device):
         Predictor(export_dir, device=device)
 
 
+def test_device_strings_are_the_shared_table():
+    """The C++ runtime reads device strings by the same table (cpp/tests/test_devices.cpp)."""
+    import json
+
+    from dit_deploy.errors import InputError
+    from dit_deploy.runtime.devices import parse_device
+
+    table = json.loads((Path(__file__).parent / "fixtures" / "device_strings.json").read_text())
+    assert len(table["cases"]) >= 14
+    for case in table["cases"]:
+        if case.get("error"):
+            with pytest.raises(InputError, match="use cpu, cuda, cuda:N"):
+                parse_device(case["device"])
+        else:
+            assert parse_device(case["device"]) == (case["kind"], case["index"]), case
+
+
 def test_tensorrt_options_are_the_shared_table():
     """The C++ runtime builds the same options from the same table (cpp/tests/
     test_ort_options.cpp): booleans as the C API takes them, "1"/"0"."""

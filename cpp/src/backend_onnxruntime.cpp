@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "backend.hpp"
+#include "devices.hpp"
 #include "dit/errors.hpp"
 #include "ort_options.hpp"
 
@@ -79,17 +80,10 @@ class OnnxRuntimeBackend : public Backend {
     so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
     if (options.threads > 0) so.SetIntraOpNumThreads(options.threads);
     providers_ = "CPUExecutionProvider";
-    // "cuda:1" / "tensorrt:1": the provider on GPU 1 (as the Python runtime's parse_device)
-    const auto colon = options.device.find(':');
-    const std::string kind = options.device.substr(0, colon);
-    const std::string device_id =
-        colon == std::string::npos ? std::string("0") : options.device.substr(colon + 1);
-    if (device_id.empty() ||
-        !std::all_of(device_id.begin(), device_id.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-        (kind == "cpu" && colon != std::string::npos)) {
-      throw InputError("device '" + options.device +
-                       "': use cpu, cuda, cuda:N or tensorrt, tensorrt:N (N: a GPU index)");
-    }
+    // "cuda:1" / "tensorrt:1": the provider on GPU 1
+    const DeviceChoice choice = parse_device(options.device);
+    const std::string& kind = choice.kind;
+    const std::string device_id = std::to_string(choice.index);
     try {
       if (kind == "tensorrt") {
         if (!has("TensorrtExecutionProvider")) unavailable("TensorrtExecutionProvider", available);

@@ -23,6 +23,7 @@
 #include "backend.hpp"
 #include "dit/errors.hpp"
 #include "device_buffer.hpp"
+#include "devices.hpp"
 #include "engine_compat.hpp"
 
 namespace dit {
@@ -102,8 +103,14 @@ class TensorRtBackend : public Backend {
     // the sidecar is judged with the same rules as the Python runtime (engine_compat.hpp)
     const EngineFacts facts = engine_facts(sidecar, sidecar_path);
     const std::string running = inferlib_version_string(getInferLibVersion());
-    int device = 0;
-    cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+    const DeviceChoice choice = parse_device(options.device);
+    if (choice.kind != "cuda") {
+      throw InputError("the tensorrt backend runs on a GPU: use --device cuda or cuda:N, not '" +
+                       options.device + "'");
+    }
+    device_ = choice.index;
+    const int device = device_;
+    cuda_check(cudaSetDevice(device), "cudaSetDevice");
     cudaDeviceProp prop{};
     cuda_check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
     const std::string cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
@@ -149,6 +156,7 @@ class TensorRtBackend : public Backend {
 
   TensorMap run(const TensorMap& feeds) const override {
     std::lock_guard<std::mutex> lock(mutex_);
+    cuda_check(cudaSetDevice(device_), "cudaSetDevice");  // the calling thread's current GPU
     std::map<std::string, DeviceBuffer>& buffers = buffers_;
     for (const auto& name : inputs_) {
       auto it = feeds.find(name);
@@ -221,6 +229,7 @@ class TensorRtBackend : public Backend {
   std::unique_ptr<nvinfer1::ICudaEngine> engine_;
   std::unique_ptr<nvinfer1::IExecutionContext> context_;
   cudaStream_t stream_ = nullptr;
+  int device_ = 0;  // the GPU of "cuda:N": engine, stream and buffers live there
   std::vector<std::string> inputs_, outputs_;
   mutable std::mutex mutex_;
   mutable std::map<std::string, DeviceBuffer> buffers_;

@@ -82,7 +82,9 @@ def parse_device(device: str) -> tuple[str, int]:
     from ..errors import InputError
 
     kind, colon, index = str(device).partition(":")
-    if kind not in DEVICE_KINDS or (colon and (not index.isdigit() or kind == "cpu")):
+    if kind not in DEVICE_KINDS or (
+        colon and (not (index.isascii() and index.isdigit()) or kind == "cpu")
+    ):
         raise InputError(
             f"device {device!r}: use cpu, cuda, cuda:N or tensorrt, tensorrt:N (N: a GPU index)"
         )
