@@ -15,7 +15,11 @@
 # TensorRT SDK headers for C++, ...): never a silent pass.
 #
 # Options:
-#   --dry-run          print the plan and check the prerequisites; write nothing
+#   --dry-run          print the plan and check the prerequisites; write nothing. Where PyPI
+#                      answers, it also resolves what the install step would install (pip
+#                      install --dry-run, metadata only) and prints every version, or exits 1
+#                      naming why it does not resolve
+#   --no-resolve       with --dry-run: skip that resolution (offline planning)
 #   --extra NAME       gpu-trt10 (default: TensorRT 10 + onnxruntime-gpu, CUDA 13), gpu
 #                      (TensorRT 11, CUDA 13) or gpu-cu12 (TensorRT 11, CUDA 12 drivers)
 #   --out DIR          working directory (default: runs/gpu_check)
@@ -31,7 +35,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0 EXTRA=gpu-trt10 OUT=runs/gpu_check VENV=.venv-gpu SKIP_INSTALL=0 VIT_B=1
+DRY=0 EXTRA=gpu-trt10 OUT=runs/gpu_check VENV=.venv-gpu SKIP_INSTALL=0 VIT_B=1 RESOLVE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -40,6 +44,7 @@ while [ $# -gt 0 ]; do
     --venv) VENV="$2"; shift ;;
     --skip-install) SKIP_INSTALL=1 ;;
     --no-vit-b) VIT_B=0 ;;
+    --no-resolve) RESOLVE=0 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -144,7 +149,31 @@ if [ "$DRY" = 1 ]; then
     echo "       $ ${CMD[$s]}"
   done
   echo "report: $OUT/report.md"
-  exit 0
+  # the install step's requirement set, resolved as pip would install it (nothing written
+  # but pip's own cache): an extra that cannot resolve fails here, not on the GPU machine
+  [ "$RESOLVE" = 1 ] || exit 0
+  if [ -n "$NO_PY" ] || ! "$PYTHON3" -c 'import socket; socket.create_connection(("pypi.org", 443), 5)' 2>/dev/null; then
+    echo "resolves: not checked (${NO_PY:-PyPI is unreachable})"
+    exit 0
+  fi
+  "$PYTHON3" - ".[torch,export,dev,$EXTRA]" <<'PY'
+import json, subprocess, sys
+
+r = subprocess.run(
+    [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+     "--report", "-", sys.argv[1]], capture_output=True, text=True,
+)
+if r.returncode != 0:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+    print(f"resolves: FAIL ({' '.join(lines[-3:])[:600]})")
+    sys.exit(1)
+found = sorted(
+    (i["metadata"]["name"].lower().replace("_", "-"), i["metadata"]["version"])
+    for i in json.loads(r.stdout)["install"]
+)
+print(f"resolves ({len(found)} packages): " + " ".join(f"{n}=={v}" for n, v in found))
+PY
+  exit $?
 fi
 
 # ----------------------------------------------------------------------------- run

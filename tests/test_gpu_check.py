@@ -22,8 +22,16 @@ STEPS = (
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash not found")
 
 
-def _run(tmp_path: Path, *args: str, gpu: tuple[str, str] | None = None) -> tuple[int, str]:
-    """Run the dry run with only /usr/bin:/bin (+ a fake nvidia-smi for ``gpu``)."""
+def _run(
+    tmp_path: Path,
+    *args: str,
+    gpu: tuple[str, str] | None = None,
+    find_links: Path | None = None,
+    **env_extra: str,
+) -> tuple[int, str]:
+    """Run the dry run with only /usr/bin:/bin (+ a fake nvidia-smi for ``gpu``). Without
+    ``find_links`` (the stand-ins for NVIDIA's libs, tests/test_gpu_extras.py) it plans
+    offline (``--no-resolve``)."""
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     for tool in ("python3", "cmake", "c++"):
@@ -41,10 +49,15 @@ def _run(tmp_path: Path, *args: str, gpu: tuple[str, str] | None = None) -> tupl
         smi.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("TENSORRT_ROOT",)}
     env["PATH"] = f"{bindir}:/usr/bin:/bin"
+    if find_links is None:
+        args = (*args, "--no-resolve")
+    else:
+        env["PIP_FIND_LINKS"] = str(find_links)
+    env.update(env_extra)
     out = tmp_path / "out"
     r = subprocess.run(
         ["bash", str(SCRIPT), "--dry-run", "--out", str(out), *args],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
     )  # fmt: skip
     assert not out.exists(), "a dry run must write nothing"
     return r.returncode, r.stdout + r.stderr

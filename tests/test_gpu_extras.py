@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import subprocess
 import sys
@@ -97,20 +96,20 @@ def stand_ins(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("extra", GPU_EXTRAS)
-def test_extra_resolves_to_one_tensorrt_and_cuda_major(extra, stand_ins, tmp_path):
-    """Together with ``dev``, as scripts/gpu_check.sh installs it (dev once pinned
-    cuda-python >= 13, which made gpu-cu12 unresolvable)."""
+def test_gpu_check_dry_run_resolves_each_extra_to_one_tensorrt_and_cuda_major(
+    extra, stand_ins, tmp_path
+):
+    """``scripts/gpu_check.sh --dry-run --extra X`` resolves what its install step installs
+    (``.[torch,export,dev,X]``: dev once pinned cuda-python >= 13, which made gpu-cu12
+    unresolvable) and prints every version."""
+    from test_gpu_check import _run
+
     trt, trt_major, cuda_major, with_ort = GPU_EXTRAS[extra]
-    report = tmp_path / "report.json"
-    r = _pip(
-        "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-        "--find-links", str(stand_ins), *EXTRAS[extra], *EXTRAS["dev"],
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    found = {
-        item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
-        for item in json.loads(report.read_text())["install"]
-    }
+    rc, text = _run(tmp_path, "--extra", extra, find_links=stand_ins)
+    assert rc == 0, text[-2000:]
+    [line] = [ln for ln in text.splitlines() if ln.startswith("resolves (")]
+    found = dict(item.split("==") for item in line.split(": ", 1)[1].split())
+    assert found["dit-deploy"] and found["torch"]
     for package in (trt, f"{trt}-bindings", f"{trt}-libs"):
         assert found[package].startswith(f"{trt_major}."), (package, found)
     assert found["cuda-bindings"].startswith(f"{cuda_major}."), found
@@ -122,3 +121,16 @@ def test_extra_resolves_to_one_tensorrt_and_cuda_major(extra, stand_ins, tmp_pat
         assert found["nvidia-cublas"].startswith("13."), found
     else:
         assert "onnxruntime-gpu" not in found
+
+
+def test_gpu_check_dry_run_fails_on_a_set_that_cannot_resolve(stand_ins, tmp_path):
+    """Planted: the old ``dev`` pin (cuda-python >= 13) beside gpu-cu12, as a constraint."""
+    from test_gpu_check import _run
+
+    constraint = tmp_path / "constraint.txt"
+    constraint.write_text("cuda-python>=13\n")
+    rc, text = _run(
+        tmp_path, "--extra", "gpu-cu12", find_links=stand_ins, PIP_CONSTRAINT=str(constraint)
+    )
+    assert rc == 1, text[-2000:]
+    assert "resolves: FAIL (" in text and "cuda-python" in text
