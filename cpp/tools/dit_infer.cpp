@@ -31,7 +31,8 @@ const char* kUsage =
     "  --precision P         fp32 (default) | fp16 | int8: run <role>.<P>.onnx (or .engine),\n"
     "                        made by python export/quantize.py EXPORT_DIR --precision P\n"
     "  --backend B           onnxruntime (default) | tensorrt (native engines)\n"
-    "  --device D            cpu (default) | cuda | tensorrt  (ONNX Runtime providers)\n"
+    "  --device D            cpu (default) | cuda[:N] | tensorrt[:N] (ONNX Runtime providers\n"
+    "                        on GPU N); with --backend tensorrt: cuda[:N] (default cuda)\n"
     "  --threads N           intra-op threads (default: ONNX Runtime's)\n"
     "  --max-batch N         pairs run together (default 8)\n"
     "  --unicode-version V   tokenizer Unicode version (default: the manifest's, else ICU's)\n"
@@ -48,6 +49,7 @@ struct Usage {
 int main(int argc, char** argv) {
   std::vector<std::string> positional;
   std::string out, out_dir, dump_input;
+  bool device_given = false;
   bool as_json = false;
   dit::Options options;
   try {
@@ -92,6 +94,7 @@ int main(int argc, char** argv) {
         options.backend = value("--backend");
       } else if (a == "--device") {
         options.device = value("--device");
+        device_given = true;
       } else if (a == "--threads") {
         options.threads = number("--threads");
       } else if (a == "--max-batch") {
@@ -108,6 +111,8 @@ int main(int argc, char** argv) {
         positional.push_back(a);
       }
     }
+    // native engines run on a GPU: "--backend tensorrt" alone means GPU 0
+    if (options.backend == "tensorrt" && !device_given) options.device = "cuda";
     if (positional.size() < 3 || positional.size() % 2 == 0) {
       throw Usage{"expected EXPORT_DIR followed by IMAGE TEXT pairs"};
     }
