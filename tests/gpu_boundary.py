@@ -15,6 +15,7 @@ first GPU user. ``tests/test_gpu_boundary.py`` plants each defect and checks it 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
@@ -31,9 +32,12 @@ def _missing(need_tensorrt: bool) -> str | None:
 
 def gpu_boundary(need_tensorrt: bool = True) -> None:
     """Return where the device (and TensorRT when ``need_tensorrt``) is usable, else skip: the
-    test's set-up ran, only the device part is left."""
+    test's set-up ran, only the device part is left. With ``DIT_REQUIRE_GPU=1`` (set by
+    scripts/gpu_check.sh) a missing piece fails instead: a GPU run must not pass by skipping."""
     reason = _missing(need_tensorrt)
     if reason is not None:
+        if os.environ.get("DIT_REQUIRE_GPU") == "1":
+            pytest.fail(f"DIT_REQUIRE_GPU=1 but this test cannot reach the GPU: {reason}")
         pytest.skip(f"{BOUNDARY}; needs an NVIDIA GPU: {reason}")
 
 

@@ -427,9 +427,10 @@ def test_tensorrt_engines_in_cpp_match_the_python_tensorrt_backend(
     options = EngineOptions(export, (precision,), max_batch=8)
     pairs = [(p, TEXTS[i % len(TEXTS)]) for i, p in enumerate(images)]
     gpu_boundary()
-    build = Path(os.environ.get("DIT_CPP_TRT_BUILD", ""))
-    if not (build / "dit_infer").is_file():
+    if not os.environ.get("DIT_CPP_TRT_BUILD"):
         pytest.skip("set DIT_CPP_TRT_BUILD to a cmake build of cpp/ with -DDIT_WITH_TENSORRT=ON")
+    build = Path(os.environ["DIT_CPP_TRT_BUILD"])
+    assert (build / "dit_infer").is_file(), f"no dit_infer in DIT_CPP_TRT_BUILD={build}"
     build_engines(options)
     out = tmp_path / "masks"
     out.mkdir()

@@ -66,11 +66,8 @@ from gpu_boundary import pytest_runtest_makereport  # noqa: E402,F401
 """
 
 
-def test_planted_defects_fail_and_only_the_boundary_skips(tmp_path):
-    (tmp_path / "conftest.py").write_text(CONFTEST)
-    (tmp_path / "test_planted.py").write_text(PLANTED)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: g\n    cuda: c\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+def _run_planted(tmp_path: Path, env: dict) -> tuple[dict, subprocess.CompletedProcess]:
+    """pytest on the planted file: {test name: PASSED/FAILED/SKIPPED}, and the run."""
     report = tmp_path / "report.xml"
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider",
@@ -82,6 +79,16 @@ def test_planted_defects_fail_and_only_the_boundary_skips(tmp_path):
     for case in ElementTree.parse(report).getroot().iter("testcase"):
         kinds = [word[child.tag] for child in case if child.tag in word]
         outcomes[case.get("name")] = kinds[0] if kinds else "PASSED"
+    return outcomes, r
+
+
+def test_planted_defects_fail_and_only_the_boundary_skips(tmp_path):
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_planted.py").write_text(PLANTED)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: g\n    cuda: c\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+    env.pop("DIT_REQUIRE_GPU", None)
+    outcomes, r = _run_planted(tmp_path, env)
     assert outcomes == {
         "test_stale_import": "FAILED",
         "test_wrong_argument": "FAILED",
@@ -97,3 +104,15 @@ def test_planted_defects_fail_and_only_the_boundary_skips(tmp_path):
     assert "GPU boundary reached, set-up ran; needs an NVIDIA GPU: no NVIDIA GPU (planted)" in (
         r.stdout
     )
+
+
+def test_a_gpu_run_fails_instead_of_skipping_at_the_boundary(tmp_path):
+    """``DIT_REQUIRE_GPU=1`` (scripts/gpu_check.sh): a GPU run must not pass by skipping."""
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_planted.py").write_text(PLANTED)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: g\n    cuda: c\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+           "DIT_REQUIRE_GPU": "1"}  # fmt: skip
+    outcomes, r = _run_planted(tmp_path, env)
+    assert outcomes["test_set_up_runs_then_stops_at_the_boundary"] == "FAILED", r.stdout
+    assert "DIT_REQUIRE_GPU=1 but this test cannot reach the GPU" in r.stdout
