@@ -134,7 +134,8 @@ def test_logits_to_mask_resizes_to_original() -> None:
     logits = np.full((8, 8), -10.0, np.float32)
     logits[3, 1] = 10.0
     res = logits_to_mask(logits, lb, keep_logits=True)
-    assert res.mask.shape == (10, 20) and res.logits is not None
+    assert res.mask.shape == (10, 20)
+    np.testing.assert_array_equal(res.logits, logits)  # kept as given: (S, S), input resolution
     rows, cols = np.nonzero(res.mask)
     # src = (r + 0.5) * 0.4 - 0.5 gives crop row 1 a positive weight iff src in (0, 2):
     # r = 0 -> -0.3 (clamped, no), r = 1 -> 0.1, ..., r = 5 -> 1.7, r = 6 -> 2.1 (no).

@@ -403,7 +403,8 @@ def test_gates_are_in_stated_units(tmp_path):
     assert int8.floor == AUTO_FLOORS["int8"] == Floor(0.99, 0.002)
     bf16 = quantize_cli._options(_parse([str(tmp_path), "--precision", "bf16"]))
     assert bf16.floor == Floor(0.99, 0.005)
-    assert auto.calib is not None and auto.search is not None
+    assert (auto.calib.split, auto.calib.size) == ("train", 64)  # --auto calibrates fp16 too
+    assert (auto.search.split, auto.search.size) == ("val", 32)
     assert auto.search.seed != auto.eval.seed  # search pairs are not the verdict's pairs
     with pytest.raises(SystemExit):
         _parse([str(tmp_path), "--precision", "int8", "--max-miou-drop", "150"])

@@ -526,7 +526,8 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
     assert [i.name for i in ens.input] == ["IMAGE", "TEXT"]
     assert [o.name for o in ens.output] == ["MASK_PNG", "MASK_RLE", "SCORE"]
     model = configs["dit_model"]
-    assert model.instance_group[0].count == 2 and model.HasField("dynamic_batching")
+    assert model.instance_group[0].count == 2
+    assert model.dynamic_batching.max_queue_delay_microseconds == 2000  # the serve default
     expected = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
     assert (repo / "dit_model" / "1" / expected[backend]).is_file()
     if backend == "onnxruntime":
