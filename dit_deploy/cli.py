@@ -29,7 +29,7 @@ VERBS_OF = {
     "dit_deploy.engines.cli": ("engines",),
     "dit_deploy.bench.cli": ("bench",),
     "dit_deploy.training.cli": ("train", "evaluate"),
-    "dit_deploy.serving.cli": ("serve", "client", "triton-repo"),
+    "dit_deploy.serving.cli": ("serve", "client", "triton-repo", "perf-data"),
     "dit_deploy.batch.cli": ("batch",),
 }
 VERB_MODULES = tuple(VERBS_OF)

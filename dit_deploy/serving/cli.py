@@ -1,4 +1,4 @@
-"""``dit-deploy serve | client | triton-repo``: the serving verbs."""
+"""``dit-deploy serve | client | triton-repo | perf-data``: the serving verbs."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ from pathlib import Path
 
 from ..cli_types import HelpFormatter, port, positive_int
 from ..errors import ConfigError
-from ..preprocess import DEFAULT_MAX_PIXELS
+from ..runtime.backends import BACKENDS
+from . import contract as c
 
 SERVE_EPILOG = """examples:
   dit-deploy serve runs/dit-deploy/export                                # fp32, ONNX Runtime, CPU
-  dit-deploy serve runs/dit-deploy/export --precision int8 --max-batch 8
-  dit-deploy serve EXPORT --host 0.0.0.0 --instances 2 --max-queue-delay-us 5000
+  dit-deploy serve runs/dit-deploy/export --precision int8 --backend openvino
+  dit-deploy serve EXPORT --device cuda:1 --backend tensorrt --precision fp16
+  dit-deploy serve EXPORT --host 0.0.0.0 --api-token "$SECRET"          # a public bind
 then:
   curl -s http://127.0.0.1:8000/v2/health/ready && curl -s http://127.0.0.1:8002/metrics
+  curl -s http://127.0.0.1:8000/v2/models/dit/stats                      # Triton's statistics
   dit-deploy client http://127.0.0.1:8000 horse.jpg "gray horse with blue halter" --out mask.png
+  dit-deploy perf-data load.json horse.jpg "the horse" && \
+    perf_analyzer -m dit -u 127.0.0.1:8001 -i grpc --input-data load.json --concurrency-range 1:8
+batching (defaults per device, measured in docs/benchmarks.md): CPU: one instance per core
+with 1 thread, no queue delay (for one stream of requests on a big model, --instances 1 uses
+every core per request); GPU: 2 instances, 2 ms delay. --instances, --threads and
+--max-queue-delay-us override it.
 """
 
 CLIENT_EPILOG = """examples:
@@ -28,7 +37,8 @@ CLIENT_EPILOG = """examples:
 REPO_EPILOG = """examples:
   dit-deploy triton-repo runs/dit-deploy/export models/ --backend onnxruntime --kind cpu
   dit-deploy triton-repo runs/dit-deploy/export models/ --backend tensorrt --precision fp16
-  dit-deploy triton-repo runs/dit-deploy/export models/ --backend python   # python backend only
+  dit-deploy triton-repo runs/dit-deploy/export models/ --backend python --runtime openvino \
+      --kind cpu                               # one python model, what 'dit-deploy serve' runs
 then, on a GPU machine (the python models need dit-deploy inside the container):
   docker run --gpus all --rm -p 8000-8002:8000-8002 -v $PWD/models:/models -v $PWD:/src \\
     nvcr.io/nvidia/tritonserver:24.10-py3 \\
@@ -36,32 +46,59 @@ then, on a GPU machine (the python models need dit-deploy inside the container):
 """
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
+PERF_EPILOG = """examples:
+  dit-deploy perf-data load.json horse.jpg "the gray horse" cat.png "the cat on the left"
+  dit-deploy perf-data load.json --bundled          # the bundled sample photographs
+then:
+  perf_analyzer -m dit -u 127.0.0.1:8001 -i grpc --input-data load.json \
+      --concurrency-range 1:8:2 --measurement-interval 5000
+"""
+
+
+def _model_options(p: argparse.ArgumentParser, instances_default: int | None = 1) -> None:
     p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory")
     p.add_argument(
         "--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="graph precision"
     )
     p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch Triton forms")
-    p.add_argument("--instances", type=positive_int, default=1, help="model instances")
+    p.add_argument(
+        "--instances",
+        type=positive_int,
+        default=instances_default,
+        help="model instances" + (" (None: the device's batching policy)" if instances_default
+                                  is None else ""),  # fmt: skip
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=c.SERVE_MAX_PIXELS,
+        help="per-request budget: refuse images with more pixels (read from the header)",
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=positive_int,
+        default=c.MAX_IMAGE_BYTES,
+        help="per-request budget: refuse larger encoded images",
+    )
 
 
 def register(subparsers) -> None:
     """Add ``serve``, ``client`` and ``triton-repo``."""
     p = subparsers.add_parser(
         "serve",
-        help="serve an export behind Triton Inference Server (PyTriton)",
+        help="serve an export behind Triton Inference Server",
         description=(
-            "Serve model 'dit' (IMAGE + TEXT bytes -> MASK_PNG, MASK_RLE, SCORE, ERROR) on a "
-            "real Triton server: KServe v2 HTTP and gRPC, dynamic batching, Prometheus "
-            "metrics, strict readiness; SIGTERM drains in-flight requests."
+            "Serve model 'dit' (IMAGE + TEXT bytes -> MASK_PNG, MASK_RLE, SCORE) on Triton "
+            "Inference Server (the tritonserver PyTriton bundles, running the repository of "
+            "'triton-repo --backend python'): KServe v2 HTTP and gRPC, dynamic batching, "
+            "Prometheus metrics, the statistics API, strict readiness. A bad request is "
+            "Triton's 400 / INVALID_ARGUMENT for that request alone. SIGTERM drains."
         ),
         epilog=SERVE_EPILOG,
         formatter_class=HelpFormatter,
     )
-    _model_options(p)
-    p.add_argument(
-        "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"), help="runtime"
-    )
+    _model_options(p, instances_default=None)
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="runtime backend")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
         "--layout", choices=("fused", "split"), default=None, help="graphs (None: fused if any)"
@@ -71,20 +108,26 @@ def register(subparsers) -> None:
     p.add_argument("--grpc-port", type=port, default=8001, help="KServe v2 gRPC")
     p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus /metrics")
     p.add_argument(
-        "--max-queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch"
+        "--max-queue-delay-us",
+        type=int,
+        default=None,
+        help="how long Triton waits to fill a batch (None: the device's batching policy)",
     )
     p.add_argument(
         "--threads",
         type=positive_int,
         default=None,
-        help="CPU threads per instance (None: cores/N)",
-    )
-    p.add_argument(
-        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+        help="CPU threads per instance (None: cores / instances)",
     )
     p.add_argument("--drain-s", type=positive_int, default=20, help="SIGTERM: wait for in-flight")
     p.add_argument(
         "--log-file", type=Path, default=None, help="tritonserver's log (None: a temp file)"
+    )
+    p.add_argument(
+        "--api-token",
+        default=None,
+        help="restrict the statistics, repository, trace and logging APIs to requests with "
+        "header dit-api-token: TOKEN (for a public --host; None: open)",
     )
     p.set_defaults(handler=run_serve)
 
@@ -106,10 +149,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "triton-repo",
-        help="write a Triton model repository (ensemble) for a standalone tritonserver",
+        help="write a Triton model repository for a standalone tritonserver",
         description=(
-            "Write an ensemble 'dit' = dit_preprocess (python) -> dit_model (onnxruntime, "
-            "tensorrt or python) -> dit_postprocess (python), same contract as 'serve'."
+            "Write model 'dit' with the contract of 'serve': with --backend onnxruntime or "
+            "tensorrt an ensemble dit_preprocess (python) -> dit_model (Triton's backend) -> "
+            "dit_postprocess (python); with --backend python one python model running the "
+            "Predictor on --runtime (what 'serve' runs)."
         ),
         epilog=REPO_EPILOG,
         formatter_class=HelpFormatter,
@@ -121,8 +166,31 @@ def register(subparsers) -> None:
     )
     p.add_argument("--kind", default="gpu", choices=("gpu", "cpu"), help="instance kind")
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument(
+        "--runtime", default="onnxruntime", choices=BACKENDS, help="--backend python: runtime"
+    )
+    p.add_argument(
+        "--layout", choices=("fused", "split"), default=None, help="--backend python: graphs"
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="--backend python: CPU")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(handler=run_triton_repo)
+
+    p = subparsers.add_parser(
+        "perf-data",
+        help="write perf_analyzer's --input-data file from images and expressions",
+        description=(
+            "Write real input data for NVIDIA's perf_analyzer against model 'dit' "
+            "(IMAGE and TEXT as length-prefixed BYTES, base64, shape [1]); each pair is "
+            "checked as the server would check it."
+        ),
+        epilog=PERF_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("out", type=Path, metavar="OUT", help="the JSON file to write")
+    p.add_argument("pairs", nargs="*", metavar="IMAGE TEXT", help="image files and expressions")
+    p.add_argument("--bundled", action="store_true", help="add the bundled sample pairs")
+    p.set_defaults(handler=run_perf_data)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -144,8 +212,10 @@ def run_serve(args: argparse.Namespace) -> int:
             instances=args.instances,
             threads=args.threads,
             max_pixels=args.max_pixels,
+            max_image_bytes=args.max_image_bytes,
             drain_s=args.drain_s,
             log_file=args.log_file,
+            api_token=args.api_token,
         ),
         log=lambda line: print(line, flush=True),
     )
@@ -208,7 +278,35 @@ def run_triton_repo(args: argparse.Namespace) -> int:
         instances=args.instances,
         kind=args.kind,
         max_queue_delay_us=args.max_queue_delay_us,
+        max_pixels=args.max_pixels,
+        max_image_bytes=args.max_image_bytes,
+        runtime=args.runtime,
+        layout=args.layout,
+        threads=args.threads,
         force=args.force,
     )
     write_repository(opts, log=print)
+    return 0
+
+
+def run_perf_data(args: argparse.Namespace) -> int:
+    from .perf_data import write_perf_input_data
+
+    if len(args.pairs) % 2:
+        raise ConfigError("pairs come as IMAGE TEXT; the last IMAGE has no TEXT")
+    pairs = []
+    for image, text in zip(args.pairs[::2], args.pairs[1::2], strict=True):
+        path = Path(image)
+        if not path.is_file():
+            raise ConfigError(f"no image file {path}")
+        pairs.append((path.read_bytes(), text))
+    if args.bundled:
+        from ..bench.server_load import bundled_pairs
+
+        pairs += bundled_pairs()
+    out = write_perf_input_data(pairs, args.out)
+    print(
+        f"perf-data: {len(pairs)} pair(s) -> {out}; run: perf_analyzer -m {c.MODEL_NAME} "
+        f"-u 127.0.0.1:8001 -i grpc --input-data {out} --concurrency-range 1:8"
+    )
     return 0

@@ -214,8 +214,8 @@ class DITClient:
     def infer_raw(self, image: ImageInput, text: str, outputs: Sequence[str]) -> dict:
         """One request (one row): ``{output name: value}`` for the outputs asked for.
 
-        Raises :class:`RequestError` when the server refused the row (Triton's error or the
-        ``ERROR`` output), and the other :class:`ServerError` types as :func:`classify`.
+        Raises :class:`RequestError` when the server refused the row (Triton's 400 /
+        INVALID_ARGUMENT), and the other :class:`ServerError` types as :func:`classify`.
         """
         tc = self._module()
         data = image_bytes(image)
@@ -223,8 +223,6 @@ class DITClient:
         inputs[0].set_data_from_numpy(np.array([[data]], dtype=object))
         inputs[1].set_data_from_numpy(np.array([[str(text).encode("utf-8")]], dtype=object))
         names = list(outputs)
-        if c.ERROR in self.outputs() and c.ERROR not in names:
-            names.append(c.ERROR)
         if self.protocol == "http":
             wanted = [tc.InferRequestedOutput(n, binary_data=True) for n in names]
         else:
@@ -237,15 +235,7 @@ class DITClient:
             array = result.as_numpy(n)
             if array is None:
                 raise ServerError(f"{self.url} sent no {n} output", url=self.url)
-            value = array.reshape(-1)[0]
-            values[n] = value.decode("utf-8", "replace") if n == c.ERROR else value
-        if values.get(c.ERROR):
-            raise RequestError(
-                f"{self.url} refused the request: {values[c.ERROR]}",
-                url=self.url,
-                status="ERROR",
-                server_message=values[c.ERROR],
-            )
+            values[n] = array.reshape(-1)[0]
         return values
 
     def predict(self, image: ImageInput, text: str) -> MaskResult:

@@ -10,18 +10,19 @@ TEXT     BYTES   [1]   the referring expression, UTF-8
 MASK_PNG BYTES   [1]   the mask at the ORIGINAL image size, 8-bit PNG (0 / 255)
 MASK_RLE BYTES   [1]   the same mask as COCO compressed RLE, JSON (pycocotools reads it)
 SCORE    FP32    [1]   :attr:`dit_deploy.postprocess.MaskResult.score`
-ERROR    BYTES   [1]   ``dit-deploy serve`` only: empty, or why this row failed
 ======== ======= ===== ==========================================================
 
-Per-request errors. A bad row (undecodable image, empty text, too many pixels) must fail
-alone while the rest of its batch succeeds. PyTriton fails every request of a batch when its
-inference function raises, so ``dit-deploy serve`` validates each row first, runs the good
-rows, and answers a bad row with its message in ``ERROR`` (masks empty, ``SCORE`` NaN). The
-repository of ``dit-deploy triton-repo`` runs on the python backend directly, which has
-per-response errors: a bad row gets Triton's own error response (HTTP 400 /
-``INVALID_ARGUMENT``) instead. :class:`~dit_deploy.serving.client.DITClient` reads both and
-raises :class:`~dit_deploy.serving.errors.RequestError` for that row only. A wrong tensor type
-or shape is refused by Triton itself before the model sees it, for that request only.
+Per-request errors. A bad request (undecodable or oversized image, empty or non-UTF-8 text)
+gets Triton's own error response, HTTP 400 / gRPC ``INVALID_ARGUMENT`` with the reason in the
+message, counted in ``nv_inference_request_failure``, while the requests batched with it
+succeed: every row is validated on its own before the good ones run together. Both
+deployments (``dit-deploy serve`` and a ``triton-repo`` repository) answer the same way, so a
+generic client (tritonclient, curl, perf_analyzer) needs to know nothing of this project. A
+wrong tensor type or shape is refused by Triton itself, for that request only.
+
+Cost bounds. One request may not cost more than :data:`MAX_IMAGE_BYTES` of encoded image and
+``max_pixels`` decoded pixels (served default :data:`SERVE_MAX_PIXELS`), both refused before
+anything is decoded (the pixel count comes from the file's header).
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ from ..preprocess import DEFAULT_MAX_PIXELS, load_image
 
 MODEL_NAME = "dit"
 IMAGE, TEXT = "IMAGE", "TEXT"
-MASK_PNG, MASK_RLE, SCORE, ERROR = "MASK_PNG", "MASK_RLE", "SCORE", "ERROR"
+MASK_PNG, MASK_RLE, SCORE = "MASK_PNG", "MASK_RLE", "SCORE"
 INPUTS = (IMAGE, TEXT)
 OUTPUTS = (MASK_PNG, MASK_RLE, SCORE)
 MAX_TEXT_BYTES = 4096
+# a server's default per-request budget: 16.8 Mpx decode to 50 MB of RGB (the 100 Mpx of the
+# in-process default would let one 88 KB PNG of 9500 x 9500 cost 1.3 GB and 10 s)
+SERVE_MAX_PIXELS = 4096 * 4096
+MAX_IMAGE_BYTES = 32 * 2**20
 
 
 def _as_bytes(value: object, name: str, error: type[InputError]) -> bytes:
@@ -54,16 +59,23 @@ def _as_bytes(value: object, name: str, error: type[InputError]) -> bytes:
     raise error(f"{name} must be BYTES; got a {type(value).__name__}")
 
 
-def decode_image(data: object, max_pixels: int, input_size: int) -> np.ndarray:
+def decode_image(
+    data: object, max_pixels: int, input_size: int, max_bytes: int = MAX_IMAGE_BYTES
+) -> np.ndarray:
     """uint8 RGB (H, W, 3) from an encoded image file, exactly as ``load_image(path)`` reads it.
 
     Raises:
-        ImageError: empty, not an image Pillow can read, truncated, or more than
-            ``max_pixels`` pixels (checked from the header, before decoding).
+        ImageError: empty, more than ``max_bytes``, not an image Pillow can read, truncated,
+            or more than ``max_pixels`` pixels (checked from the header, before decoding).
     """
     raw = _as_bytes(data, IMAGE, ImageError)
     if not raw:
         raise ImageError("IMAGE is empty; send the bytes of an image file (JPEG, PNG, ...)")
+    if len(raw) > max_bytes:
+        raise ImageError(
+            f"IMAGE has {len(raw)} bytes, more than this server's {max_bytes}; send a smaller "
+            "file (the server's --max-image-bytes sets the limit)"
+        )
     try:
         im = Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError as exc:
@@ -111,6 +123,7 @@ def validate_rows(
     input_size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_text=None,
+    max_bytes: int = MAX_IMAGE_BYTES,
 ) -> list[Row]:
     """Decode every row on its own, so that one bad row cannot fail the others.
 
@@ -124,21 +137,19 @@ def validate_rows(
             t = decode_text(text)
             if check_text is not None:
                 check_text(t)
-            rows.append(Row(decode_image(image, max_pixels, input_size), t))
+            rows.append(Row(decode_image(image, max_pixels, input_size, max_bytes), t))
         except InputError as exc:
             rows.append(Row(error=str(exc)))
     return rows
 
 
-def encode_outputs(result: MaskResult | None, want: Iterable[str], error: str = "") -> dict:
+def encode_outputs(result: MaskResult, want: Iterable[str]) -> dict:
     """One row's outputs: only the encodings in ``want`` are computed; the others stay empty."""
     want = set(want)
-    ok = result is not None
     return {
-        MASK_PNG: encode_png(result.mask) if ok and MASK_PNG in want else b"",
-        MASK_RLE: rle_json(result.mask).encode("ascii") if ok and MASK_RLE in want else b"",
-        SCORE: np.float32(result.score if ok else np.nan),
-        ERROR: error.encode("utf-8"),
+        MASK_PNG: encode_png(result.mask) if MASK_PNG in want else b"",
+        MASK_RLE: rle_json(result.mask).encode("ascii") if MASK_RLE in want else b"",
+        SCORE: np.float32(result.score),
     }
 
 

@@ -1,38 +1,79 @@
-"""``dit-deploy serve EXPORT_DIR``: the export behind a real Triton Inference Server (PyTriton).
+"""``dit-deploy serve EXPORT_DIR``: the export behind a real Triton Inference Server.
 
-PyTriton starts the ``tritonserver`` binary it bundles (KServe v2 over HTTP and gRPC,
-Prometheus metrics, dynamic batching) and binds model ``dit`` (see :mod:`.contract`) to one
-:class:`~dit_deploy.runtime.Predictor` per instance. Readiness is strict (``/v2/health/ready``
-turns true once ``dit`` is loaded); SIGTERM and Ctrl-C stop accepting work, let in-flight
-requests finish (up to ``drain_s``), then exit 0.
+``serve`` writes the python-backend repository of ``dit-deploy triton-repo --backend python``
+(one model ``dit``, :class:`~.triton_models.Pipeline`, reading the export in place) and runs
+the ``tritonserver`` binary that PyTriton's wheel bundles on it: KServe v2 over HTTP and gRPC,
+Prometheus metrics, dynamic batching, the statistics API. So ``serve`` and a generated
+repository are one deployment with one contract: a bad request is Triton's own error
+(HTTP 400 / gRPC INVALID_ARGUMENT) for that request alone, which PyTriton's own model
+binding cannot do (an error there fails every request of the batch).
+
+Readiness is strict (``/v2/health/ready`` turns true once ``dit`` is loaded); SIGTERM and
+Ctrl-C stop accepting work, let in-flight requests finish (up to ``drain_s``), then exit 0.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
-from collections.abc import Callable, Sequence
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
-from ..preprocess import DEFAULT_MAX_PIXELS
 from . import contract as c
 
-LOG = logging.getLogger(__name__)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+START_TIMEOUT_S = 600  # a ViT-B INT8 session on 2 cores takes tens of seconds to load
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """How Triton schedules ``dit`` on a device, and why (printed at start)."""
+
+    instances: int
+    threads: int | None  # CPU threads per instance (None: the runtime's own)
+    max_queue_delay_us: int
+    why: str
+
+
+def batching_policy(device: str, cores: int | None = None) -> BatchingPolicy:
+    """The default per device, from measurement (docs/benchmarks.md, "Serving").
+
+    CPU: one instance per core, one thread each, no queue delay. Measured on 2 cores (the
+    bundled model, 8 concurrent clients): 360 requests/s against 234 for one instance of 2
+    threads, whose batches of 4 bought nothing; a queue delay only adds to every request's
+    latency (1 ms at concurrency 1). For one stream of requests on a big model, one instance
+    with every core (``--instances 1``) answers each request faster. GPU (Triton's usual
+    advice, not yet measured here): two instances (one copies while the other computes) and
+    a short delay, so concurrent requests meet in one batch.
+    """
+    if device == "cpu":
+        n = cores or os.cpu_count() or 1
+        return BatchingPolicy(n, 1, 0, f"CPU: {n} instance(s) x 1 thread, no queue delay")
+    return BatchingPolicy(
+        2, None, 2000, "GPU: 2 instances, 2 ms queue delay to form batches (not yet measured)"
+    )
 
 
 @dataclass
 class ServeOptions:
-    """Everything ``dit-deploy serve`` needs; checked by :meth:`check` before any work."""
+    """Everything ``dit-deploy serve`` needs; checked by :meth:`check` before any work.
+
+    ``instances``, ``threads`` and ``max_queue_delay_us`` left None take
+    :func:`batching_policy`'s value for the device.
+    """
 
     export_dir: Path
     backend: str = "onnxruntime"
@@ -44,85 +85,57 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch: int = 8
-    max_queue_delay_us: int = 2000
-    instances: int = 1
+    max_queue_delay_us: int | None = None
+    instances: int | None = None
     threads: int | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = c.SERVE_MAX_PIXELS
+    max_image_bytes: int = c.MAX_IMAGE_BYTES
     drain_s: int = 20
     log_file: Path | None = None
+    api_token: str | None = None
 
     def check(self) -> None:
+        from ..runtime.backends import BACKENDS
+        from ..runtime.devices import parse_device
+
         ports = {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
         if len(set(ports.values())) != 3:
             raise ConfigError(f"ports must differ; got {ports}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {BACKENDS}; got {self.backend!r}")
+        kind, _ = parse_device(self.device)
+        if kind == "tensorrt":
+            raise ConfigError("--device takes cpu, cuda or cuda:N (the backend picks TensorRT)")
+        if self.backend == "tensorrt" and kind != "cuda":
+            raise ConfigError("--backend tensorrt runs on a GPU: add --device cuda (or cuda:N)")
         for name, value in (
             ("max_batch", self.max_batch),
             ("instances", self.instances),
+            ("threads", self.threads),
             ("drain_s", self.drain_s),
             ("max_pixels", self.max_pixels),
+            ("max_image_bytes", self.max_image_bytes),
         ):
-            if value < 1:
+            if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
-        if self.max_queue_delay_us < 0:
+        if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
             raise ConfigError(f"--max-queue-delay-us must be >= 0; got {self.max_queue_delay_us}")
-        # PyTriton's own stop() waits 30 s for tritonserver before killing it
-        if self.drain_s > 28:
-            raise ConfigError(
-                f"--drain-s must be <= 28 (PyTriton kills tritonserver after 30 s); "
-                f"got {self.drain_s}"
-            )
+        if self.api_token is not None and not self.api_token.strip():
+            raise ConfigError("--api-token is empty; give a secret, or leave the option out")
 
-
-class DITInferFunc:
-    """PyTriton inference callable: a batch of requests -> one response dict per request.
-
-    Each request holds ``n >= 1`` rows (IMAGE, TEXT each ``(n, 1)``). Rows are validated one by
-    one (:func:`.contract.validate_rows`); the good rows of all requests run through the
-    Predictor together; a bad row is answered with its message in ``ERROR``. Anything else
-    (a backend failure) raises, and PyTriton fails the batch: that is a server error.
-    """
-
-    def __init__(self, predictor, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.predictor = predictor
-        self.max_pixels = max_pixels
-        self.input_size = predictor.manifest.input_size
-
-    def _check_text(self, text: str) -> None:
-        self.predictor.tokenizer.encode(text)
-
-    def __call__(self, requests: Sequence) -> list[dict[str, np.ndarray]]:
-        rows: list[c.Row] = []
-        spans = []
-        for request in requests:
-            images = np.asarray(request[c.IMAGE]).reshape(-1)
-            texts = np.asarray(request[c.TEXT]).reshape(-1)
-            start = len(rows)
-            if len(images) != len(texts):
-                msg = f"IMAGE has {len(images)} rows but TEXT has {len(texts)}; send one per pair"
-                rows += [c.Row(error=msg)] * max(len(images), len(texts))
-            else:
-                rows += c.validate_rows(
-                    images, texts, self.input_size, self.max_pixels, self._check_text
-                )
-            spans.append((start, len(rows)))
-        good = [i for i, row in enumerate(rows) if not row.error]
-        results = dict(
-            zip(
-                good,
-                self.predictor.predict_batch([(rows[i].image, rows[i].text) for i in good])
-                if good
-                else [],
-                strict=True,
-            )
+    def policy(self) -> BatchingPolicy:
+        """The batching policy with this command line's overrides applied."""
+        base = batching_policy("cpu" if self.device == "cpu" else "cuda")
+        instances = self.instances or base.instances
+        threads = self.threads
+        if threads is None and self.device == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // instances)
+        delay = base.max_queue_delay_us if self.max_queue_delay_us is None else (
+            self.max_queue_delay_us
         )
-        responses = []
-        for request, (start, stop) in zip(requests, spans, strict=True):
-            want = getattr(request, "requested_output_names", None) or c.OUTPUTS
-            encoded = [
-                c.encode_outputs(results.get(i), want, rows[i].error) for i in range(start, stop)
-            ]
-            responses.append(c.stack_outputs(encoded, (*c.OUTPUTS, c.ERROR)))
-        return responses
+        overridden = (self.instances, self.threads, self.max_queue_delay_us) != (None,) * 3
+        why = "from the command line" if overridden else base.why
+        return BatchingPolicy(instances, threads, delay, why)
 
 
 def fix_python_backend_env(environ: dict | None = None) -> str | None:
@@ -184,28 +197,70 @@ def urls(opts: ServeOptions) -> dict[str, str]:
     }
 
 
-def _predictors(opts: ServeOptions) -> list:
-    from ..runtime import Predictor
+def tritonserver_args(opts: ServeOptions, repo: Path, log_file: Path) -> list[str]:
+    """tritonserver's arguments after the binary and ``--backend-directory``.
 
-    threads = opts.threads
-    if threads is None and opts.device == "cpu":
-        threads = max(1, (os.cpu_count() or 1) // opts.instances)
-    return [
-        Predictor(
-            opts.export_dir,
-            backend=opts.backend,
-            device=opts.device,
-            layout=opts.layout,
-            threads=threads,
-            max_batch=opts.max_batch,
+    On a loopback bind every API is open (perf_analyzer, ``/v2/models/stats``,
+    ``/v2/repository/index`` need no secret). ``--api-token`` restricts the statistics,
+    repository, trace and logging APIs to requests carrying header ``dit-api-token``: set it
+    for a public bind, and pass it to perf_analyzer with ``-H dit-api-token:SECRET``.
+    """
+    args = [f"--model-repository={repo}", "--strict-readiness=true",
+            f"--exit-timeout-secs={opts.drain_s}", f"--log-file={log_file}"]  # fmt: skip
+    for name, port in (("http", opts.http_port), ("grpc", opts.grpc_port),
+                       ("metrics", opts.metrics_port)):  # fmt: skip
+        args += [f"--{name}-address={opts.host}", f"--{name}-port={port}"]
+    if opts.api_token:
+        apis = "model-repository,statistics,trace,logging"
+        args += [f"--http-restricted-api={apis}:dit-api-token={opts.api_token}",
+                 f"--grpc-restricted-protocol={apis}:dit-api-token={opts.api_token}"]  # fmt: skip
+    return args
+
+
+def write_serving_repository(opts: ServeOptions, out: Path, policy: BatchingPolicy) -> Path:
+    """The python-backend repository ``serve`` runs, reading ``opts.export_dir`` in place."""
+    from .triton_repo import RepoOptions, write_repository
+
+    gpus = None
+    if opts.device != "cpu":
+        from ..runtime.devices import parse_device
+
+        gpus = (parse_device(opts.device)[1],)
+    return write_repository(
+        RepoOptions(
+            export_dir=opts.export_dir,
+            out=out,
+            backend="python",
             precision=opts.precision,
-        )
-        for _ in range(opts.instances)
-    ]
+            max_batch=opts.max_batch,
+            instances=policy.instances,
+            kind="cpu" if opts.device == "cpu" else "gpu",
+            gpus=gpus,
+            max_queue_delay_us=policy.max_queue_delay_us,
+            max_pixels=opts.max_pixels,
+            max_image_bytes=opts.max_image_bytes,
+            runtime=opts.backend,
+            layout=opts.layout,
+            threads=policy.threads,
+            link_export=True,
+        ),
+        log=lambda *_: None,
+    )
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
     """Run the server until SIGTERM/SIGINT (then drain and return 0) or until Triton dies (1)."""
+    from ..runtime import read_manifest
+    from .triton_repo import bundled_tritonserver
+
     opts.check()
     check_python_backend()
     for what, port in (
@@ -214,81 +269,79 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
         ("metrics", opts.metrics_port),
     ):
         _check_port_free(opts.host, port, what)
-    predictors = _predictors(opts)  # typed errors (no export, no precision) before Triton starts
-    fix_python_backend_env()
-
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
-
-    logging.getLogger("pytriton").setLevel(logging.WARNING)
-    # tritonserver's own log goes to a file: the terminal keeps our one-line status
+    manifest = read_manifest(opts.export_dir)  # typed errors before anything starts
+    policy = opts.policy()
+    work = Path(tempfile.mkdtemp(prefix="dit-deploy-serve-"))
     log_file = opts.log_file or Path(tempfile.gettempdir()) / f"dit-deploy-serve-{os.getpid()}.log"
-    config = TritonConfig(
-        http_address=opts.host,
-        http_port=opts.http_port,
-        grpc_address=opts.host,
-        grpc_port=opts.grpc_port,
-        metrics_address=opts.host,
-        metrics_port=opts.metrics_port,
-        exit_timeout_secs=opts.drain_s,
-        strict_readiness=True,
-        log_file=log_file,
-    )
-    stopping = threading.Event()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    stopping: list[int] = []
 
     def _on_signal(signum, _frame):
-        if stopping.is_set():
-            return
-        stopping.set()
-        log(f"dit-deploy serve: {signal.Signals(signum).name}: draining (up to {opts.drain_s} s)")
-        raise KeyboardInterrupt  # PyTriton's serve() loop stops Triton on it, which drains
+        stopping.append(signum)
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    proc = None
     try:
-        with Triton(config=config) as triton:
-            triton.bind(
-                model_name=c.MODEL_NAME,
-                infer_func=[DITInferFunc(p, opts.max_pixels) for p in predictors],
-                inputs=[Tensor(name=n, dtype=bytes, shape=(1,)) for n in c.INPUTS],
-                outputs=[
-                    Tensor(name=c.MASK_PNG, dtype=bytes, shape=(1,)),
-                    Tensor(name=c.MASK_RLE, dtype=bytes, shape=(1,)),
-                    Tensor(name=c.SCORE, dtype=np.float32, shape=(1,)),
-                    Tensor(name=c.ERROR, dtype=bytes, shape=(1,)),
-                ],
-                config=ModelConfig(
-                    max_batch_size=opts.max_batch,
-                    batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us),
-                ),
-                strict=True,
-            )
-            triton.run()
-            p = predictors[0]
+        repo = write_serving_repository(opts, work / "repo", policy)
+        argv, env = bundled_tritonserver(work / "bin")
+        proc = subprocess.Popen(
+            [*argv, *tritonserver_args(opts, repo, log_file)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        probe = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}"
+        probe += f":{opts.http_port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _ready(probe):
+            if proc.poll() is not None:
+                raise BackendUnavailableError(
+                    f"tritonserver exited ({proc.returncode}) while loading 'dit'; "
+                    f"{_log_tail(log_file, 6)}"
+                )
+            if stopping:
+                break
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"'dit' was not ready after {START_TIMEOUT_S} s; {_log_tail(log_file)}"
+                )
+            time.sleep(0.2)
+        if not stopping:
             u = urls(opts)
+            layout = opts.layout or ("fused" if "fused" in manifest.layouts else "split")
             log(
-                f"dit-deploy serve: ready: model '{c.MODEL_NAME}' ({opts.backend} {p.precision} "
-                f"{p.layout}, {opts.device}, max batch {opts.max_batch}, "
-                f"{opts.instances} instance(s)) | HTTP {u['http']} | gRPC {u['grpc']} | "
-                f"metrics {u['metrics']} | pid {os.getpid()} | log {log_file}"
+                f"dit-deploy serve: ready: model '{c.MODEL_NAME}' ({opts.backend} "
+                f"{opts.precision} {layout}, {opts.device}, max batch {opts.max_batch}; "
+                f"{policy.why}) | HTTP {u['http']} | gRPC {u['grpc']} | metrics {u['metrics']}"
+                f" | pid {os.getpid()} | log {log_file}"
             )
             sys.stdout.flush()
-            triton.serve(monitoring_period_s=1.0)
-    except KeyboardInterrupt:
-        stopping.set()
-    except Exception as exc:  # PyTriton's start-up errors (stub, ports, time-outs) in one line
-        if stopping.is_set():
-            raise
-        raise BackendUnavailableError(
-            f"Triton did not start ({type(exc).__name__}: {exc}); {_log_tail(log_file)}"
-        ) from exc
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if stopping.is_set():
+        while not stopping and proc.poll() is None:
+            time.sleep(0.2)
+        if not stopping:
+            log(f"dit-deploy serve: error: tritonserver exited unexpectedly; {_log_tail(log_file)}")
+            return 1
+        log(
+            f"dit-deploy serve: {signal.Signals(stopping[0]).name}: draining "
+            f"(up to {opts.drain_s} s)"
+        )
+        proc.send_signal(signal.SIGTERM)  # tritonserver stops accepting, then drains
+        try:
+            proc.wait(opts.drain_s + 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
         log("dit-deploy serve: stopped")
         return 0
-    log(f"dit-deploy serve: error: tritonserver exited unexpectedly; {_log_tail(log_file)}")
-    return 1
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _log_tail(log_file: Path, lines: int = 3) -> str:

@@ -1,4 +1,5 @@
-"""Python-backend models of the ``dit-deploy triton-repo`` ensemble (run inside tritonserver).
+"""Python-backend models of ``dit-deploy triton-repo`` and ``dit-deploy serve`` (run inside
+tritonserver).
 
 Each repository ``model.py`` is one line, ``from dit_deploy.serving.triton_models import
 X as TritonPythonModel``, so the logic lives (and is tested) here. Only the torch-free runtime
@@ -8,7 +9,8 @@ so it is imported in ``initialize``.
 - :class:`Preprocess` (``dit_preprocess``): IMAGE, TEXT -> image (3, S, S) f32, input_ids and
   attention_mask (L) i64, LETTERBOX (7) i64; a request with a bad row gets Triton's own error
   response (INVALID_ARG: HTTP 400 / gRPC INVALID_ARGUMENT); the others go on.
-- :class:`Model` (``dit_model`` with ``--backend python``): the Predictor's graphs.
+- :class:`Pipeline` (``dit`` alone, for ``--backend python`` and ``dit-deploy serve``): all of
+  it in one model, on any runtime backend of the Predictor.
 - :class:`Postprocess` (``dit_postprocess``): low_res_logits + LETTERBOX -> MASK_PNG, MASK_RLE,
   SCORE, encoding only what the request asked for.
 """
@@ -20,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..preprocess import DEFAULT_MAX_PIXELS, Letterbox
+from ..preprocess import Letterbox
 from . import contract as c
 
 LETTERBOX = "LETTERBOX"
 LETTERBOX_FIELDS = ("orig_h", "orig_w", "new_h", "new_w", "top", "left", "size")
 EXPORT_SUBDIR = "export"
+EXPORT_LINK = "export.path"  # instead of export/: the path of an export read in place (serve)
 
 
 def _parameters(args: dict) -> dict[str, str]:
@@ -35,6 +38,11 @@ def _parameters(args: dict) -> dict[str, str]:
 
 def _version_dir(args: dict) -> Path:
     return Path(args["model_repository"]) / str(args["model_version"])
+
+
+def _export_dir(args: dict) -> Path:
+    link = _version_dir(args) / EXPORT_LINK
+    return Path(link.read_text().strip()) if link.is_file() else _version_dir(args) / EXPORT_SUBDIR
 
 
 def _input(pb, request, name: str) -> np.ndarray:
@@ -58,7 +66,9 @@ class Preprocess:
         self.tokenizer = WordPieceTokenizer.from_vocab_file(
             export / tok["vocab_file"], lowercase=tok["lowercase"], max_tokens=tok["max_tokens"]
         )
-        self.max_pixels = int(_parameters(args).get("max_pixels", DEFAULT_MAX_PIXELS))
+        params = _parameters(args)
+        self.max_pixels = int(params.get("max_pixels") or c.SERVE_MAX_PIXELS)
+        self.max_bytes = int(params.get("max_image_bytes") or c.MAX_IMAGE_BYTES)
 
     def execute(self, requests):
         from ..inputs import model_inputs
@@ -66,21 +76,11 @@ class Preprocess:
         pb, m = self.pb, self.manifest
         responses = []
         for request in requests:
-            rows = c.validate_rows(
-                _input(pb, request, c.IMAGE).reshape(-1),
-                _input(pb, request, c.TEXT).reshape(-1),
-                m.input_size,
-                self.max_pixels,
-                self.tokenizer.encode,
+            rows = _checked_rows(
+                pb, request, m.input_size, self.max_pixels, self.max_bytes, self.tokenizer.encode
             )
-            bad = [
-                f"row {i}: {r.error}" if len(rows) > 1 else r.error
-                for i, r in enumerate(rows)
-                if r.error
-            ]
-            if bad:
-                error = pb.TritonError("; ".join(bad), pb.TritonError.INVALID_ARG)
-                responses.append(pb.InferenceResponse(output_tensors=[], error=error))
+            if not isinstance(rows, list):
+                responses.append(pb.InferenceResponse(output_tensors=[], error=rows))
                 continue
             feeds, boxes = model_inputs(
                 [r.image for r in rows],
@@ -98,8 +98,15 @@ class Preprocess:
         return responses
 
 
-class Model:
-    """The Predictor's graphs (fused or split) on ONNX Runtime: feeds -> low_res_logits."""
+class Pipeline:
+    """The whole served model in one python model (``dit`` of ``--backend python`` and of
+    ``dit-deploy serve``): validate each row, run the good rows of every request together
+    through the Predictor (any runtime backend), encode only the requested outputs.
+
+    A request with a bad row gets Triton's error response (INVALID_ARG: HTTP 400 / gRPC
+    INVALID_ARGUMENT, counted as a failure) and the others of the batch go on. A backend
+    failure fails the batch's requests with INTERNAL: a server error, not the client's.
+    """
 
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb
@@ -111,24 +118,70 @@ class Model:
         device = params.get("device", "cpu")
         if device != "cpu":  # each GPU instance on the GPU Triton placed it on, not GPU 0
             device = f"{device.split(':')[0]}:{int(args.get('model_instance_device_id', 0))}"
+        threads = int(params.get("threads") or 0) or None
         self.predictor = Predictor(
-            _version_dir(args) / EXPORT_SUBDIR,
-            backend="onnxruntime",
+            _export_dir(args),
+            backend=params.get("runtime", "onnxruntime"),
             device=device,
             precision=params.get("precision", "fp32"),
             layout=params.get("layout") or None,
+            threads=threads,
             max_batch=int(params.get("max_batch", 8)),
         )
+        self.max_pixels = int(params.get("max_pixels") or c.SERVE_MAX_PIXELS)
+        self.max_bytes = int(params.get("max_image_bytes") or c.MAX_IMAGE_BYTES)
 
     def execute(self, requests):
-        pb = self.pb
-        names = ("image", "input_ids", "attention_mask")
-        feeds = [{n: _input(pb, r, n) for n in names} for r in requests]
-        sizes = [f["image"].shape[0] for f in feeds]
-        batch = {n: np.concatenate([f[n] for f in feeds]) for n in names}
-        logits = self.predictor.low_res_logits(batch)
-        parts = np.split(logits, np.cumsum(sizes)[:-1])
-        return [pb.InferenceResponse([pb.Tensor("low_res_logits", p)]) for p in parts]
+        pb, predictor = self.pb, self.predictor
+        checked = [
+            _checked_rows(
+                pb, request, predictor.manifest.input_size, self.max_pixels, self.max_bytes,
+                predictor.tokenizer.encode,
+            )
+            for request in requests
+        ]  # fmt: skip
+        good = [(i, row) for i, rows in enumerate(checked) if isinstance(rows, list)
+                for row in rows]  # fmt: skip
+        try:
+            results = predictor.predict_batch([(r.image, r.text) for _, r in good]) if good else []
+        except Exception as exc:  # noqa: BLE001 - the batch failed on the server's side
+            error = pb.TritonError(f"inference failed: {exc}", pb.TritonError.INTERNAL)
+            return [pb.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        per_request: dict[int, list] = {}
+        for (i, _), result in zip(good, results, strict=True):
+            per_request.setdefault(i, []).append(result)
+        responses = []
+        for i, (request, rows) in enumerate(zip(requests, checked, strict=True)):
+            if not isinstance(rows, list):
+                responses.append(pb.InferenceResponse(output_tensors=[], error=rows))
+                continue
+            responses.append(_encoded_response(pb, request, per_request[i]))
+        return responses
+
+
+def _checked_rows(pb, request, input_size, max_pixels, max_bytes, check_text):
+    """The request's validated rows, or the TritonError (INVALID_ARG) naming its bad rows."""
+    images = _input(pb, request, c.IMAGE).reshape(-1)
+    texts = _input(pb, request, c.TEXT).reshape(-1)
+    if len(images) != len(texts):
+        return pb.TritonError(
+            f"IMAGE has {len(images)} rows but TEXT has {len(texts)}; send one per pair",
+            pb.TritonError.INVALID_ARG,
+        )
+    rows = c.validate_rows(images, texts, input_size, max_pixels, check_text, max_bytes)
+    bad = [f"row {i}: {r.error}" if len(rows) > 1 else r.error
+           for i, r in enumerate(rows) if r.error]  # fmt: skip
+    if bad:
+        return pb.TritonError("; ".join(bad), pb.TritonError.INVALID_ARG)
+    return rows
+
+
+def _encoded_response(pb, request, results):
+    """The requested outputs (all three when none is named) of one request's results."""
+    want = request.requested_output_names() or c.OUTPUTS
+    rows = [c.encode_outputs(r, want) for r in results]
+    out = c.stack_outputs(rows, [n for n in c.OUTPUTS if n in want])
+    return pb.InferenceResponse([pb.Tensor(k, v) for k, v in out.items()])
 
 
 class Postprocess:
@@ -152,8 +205,5 @@ class Postprocess:
                 for row in _input(pb, request, LETTERBOX)
             ]
             results = postprocess_batch(logits, boxes, self.threshold)
-            want = request.requested_output_names() or c.OUTPUTS
-            rows = [c.encode_outputs(r, want) for r in results]
-            out = c.stack_outputs(rows, [n for n in c.OUTPUTS if n in want])
-            responses.append(pb.InferenceResponse([pb.Tensor(k, v) for k, v in out.items()]))
+            responses.append(_encoded_response(pb, request, results))
         return responses

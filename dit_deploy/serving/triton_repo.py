@@ -1,16 +1,23 @@
 """``dit-deploy triton-repo EXPORT_DIR OUT``: a Triton model repository for a standalone server.
 
-Layout (``S`` = input size, ``L`` = max tokens, ``h = S/4``)::
+Layout with ``--backend onnxruntime`` or ``tensorrt`` (Triton's native backends run the
+graph; ``S`` = input size, ``L`` = max tokens, ``h = S/4``)::
 
     OUT/
       dit/config.pbtxt               ensemble, the served contract (see .contract), 1/ empty
       dit_preprocess/config.pbtxt    python: IMAGE, TEXT -> image, input_ids, attention_mask,
       dit_preprocess/1/model.py        LETTERBOX; 1/export/ = manifest.json + vocabulary
       dit_model/config.pbtxt         onnxruntime_onnx: 1/model.onnx (the fused graph), or
-      dit_model/1/...                  tensorrt_plan: 1/model.plan (+ its .json sidecar), or
-                                       python: 1/model.py + 1/export/ (Predictor's graphs)
+      dit_model/1/...                  tensorrt_plan: 1/model.plan (+ its .json sidecar)
       dit_postprocess/config.pbtxt   python: low_res_logits, LETTERBOX -> MASK_PNG, MASK_RLE,
       dit_postprocess/1/model.py       SCORE
+
+With ``--backend python`` (what ``dit-deploy serve`` runs): one python model, no ensemble::
+
+    OUT/
+      dit/config.pbtxt               python: IMAGE, TEXT -> MASK_PNG, MASK_RLE, SCORE
+      dit/1/model.py                   (triton_models.Pipeline: the Predictor on --runtime)
+      dit/1/export/                    the export, trimmed to one layout and precision
 
 Every ``config.pbtxt`` is parsed against Triton's ``ModelConfig`` protobuf (from
 ``tritonclient``) before the repository is moved into place. The python models need
@@ -32,6 +39,7 @@ from ..errors import ArtifactError, ConfigError, DITError
 from ..runtime.engine_sidecar import engine_file, read_sidecar, sidecar_path
 from ..runtime.manifest import Manifest, read_manifest
 from . import contract as c
+from .triton_models import EXPORT_LINK
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 ROLES = {"fused": ("dit_fused",), "split": ("text_encoder", "dit_encoder", "mask_decoder")}
@@ -58,7 +66,14 @@ class RepoOptions:
     kind: str = "gpu"
     max_queue_delay_us: int = 2000
     max_pixels: int | None = None
+    max_image_bytes: int | None = None
     force: bool = False
+    # --backend python: the Predictor's runtime backend, layout and threads per instance
+    runtime: str = "onnxruntime"
+    layout: str | None = None
+    threads: int | None = None
+    link_export: bool = False  # --backend python: read the export in place (serve), no copy
+    gpus: tuple[int, ...] | None = None  # KIND_GPU instances on these GPUs (None: every GPU)
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -67,6 +82,8 @@ class RepoOptions:
             raise ConfigError(f"--kind must be gpu or cpu; got {self.kind!r}")
         if self.backend == "tensorrt" and self.kind == "cpu":
             raise ConfigError("TensorRT engines run on GPUs only; use --kind gpu")
+        if self.backend == "python" and self.runtime == "tensorrt" and self.kind == "cpu":
+            raise ConfigError("--runtime tensorrt runs on GPUs only; use --kind gpu")
         if self.max_batch < 1 or self.instances < 1 or self.max_queue_delay_us < 0:
             raise ConfigError("--max-batch and --instances must be >= 1, the delay >= 0")
         if self.out.exists() and not self.force:
@@ -94,11 +111,14 @@ def _model_config(
     kind: str,
     parameters: dict[str, str] | None = None,
 ) -> str:
+    gpus = ""
+    if kind == "gpu" and opts.gpus:
+        gpus = " gpus: [ " + ", ".join(str(g) for g in opts.gpus) + " ]"
     text = f'name: "{name}"\n{header}\nmax_batch_size: {opts.max_batch}\n'
     text += _io("input", inputs) + _io("output", outputs)
     text += (
         f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}\n"
-        f"instance_group [ {{ count: {opts.instances} kind: KIND_{kind.upper()} }} ]\n"
+        f"instance_group [ {{ count: {opts.instances} kind: KIND_{kind.upper()}{gpus} }} ]\n"
     )
     for key, value in (parameters or {}).items():
         text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
@@ -165,73 +185,37 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
             f"{''.join(', ' + p for p in manifest.precisions)}); make them with: "
             f"dit-deploy run --only quantize"
         )
-    s, length = manifest.input_size, manifest.max_tokens
-    feeds = [
-        _tensor("image", "TYPE_FP32", f"[ 3, {s}, {s} ]"),
-        _tensor("input_ids", "TYPE_INT64", f"[ {length} ]"),
-        _tensor("attention_mask", "TYPE_INT64", f"[ {length} ]"),
-    ]
-    letterbox = _tensor("LETTERBOX", "TYPE_INT64", "[ 7 ]")
-    logits = _tensor("low_res_logits", "TYPE_FP32", f"[ 1, {s // 4}, {s // 4} ]")
     image_text = [_tensor(n, "TYPE_STRING", "[ 1 ]") for n in c.INPUTS]
     served = [
         _tensor(c.MASK_PNG, "TYPE_STRING", "[ 1 ]"),
         _tensor(c.MASK_RLE, "TYPE_STRING", "[ 1 ]"),
         _tensor(c.SCORE, "TYPE_FP32", "[ 1 ]"),
     ]
+    limits = {
+        "max_pixels": str(opts.max_pixels or c.SERVE_MAX_PIXELS),
+        "max_image_bytes": str(opts.max_image_bytes or c.MAX_IMAGE_BYTES),
+    }
     configs: dict[str, str] = {}
-    pre_params = {"max_pixels": str(opts.max_pixels)} if opts.max_pixels else {}
-    configs["dit_preprocess"] = _model_config(
-        "dit_preprocess",
-        'backend: "python"',
-        image_text,
-        [*feeds, letterbox],
-        opts,
-        "cpu",
-        pre_params,
-    )
-    configs["dit_postprocess"] = _model_config(
-        "dit_postprocess",
-        'backend: "python"',
-        [logits, letterbox],
-        served,
-        opts,
-        "cpu",
-        {"mask_threshold": repr(float(manifest.mask_threshold))},
-    )
     if opts.backend == "python":
-        configs["dit_model"] = _model_config(
-            "dit_model",
+        configs[c.MODEL_NAME] = _model_config(
+            c.MODEL_NAME,
             'backend: "python"',
-            feeds,
-            [logits],
+            image_text,
+            served,
             opts,
             opts.kind,
             {
+                **limits,
+                "runtime": opts.runtime,
                 "precision": opts.precision,
                 "device": "cuda" if opts.kind == "gpu" else "cpu",
+                "layout": opts.layout or "",
+                "threads": str(opts.threads or ""),
                 "max_batch": str(opts.max_batch),
             },
         )
     else:
-        graph_in, graph_out, _ = _graph_io(manifest, opts.precision)
-        if opts.backend == "tensorrt":
-            # Triton's TensorRT backend refuses a config that leaves out an output the engine
-            # has ("expected configuration for output ..."): every one, from the sidecar; the
-            # ensemble still maps only low_res_logits
-            sidecar = read_sidecar(_checked_engine(opts, manifest))
-            graph_out = [_tensor(t.name, _TYPES[t.dtype], _dims(t.shape)) for t in sidecar.outputs]
-            if sidecar.version_compatible:
-                log(
-                    "triton-repo: the engine is version-compatible: start tritonserver with "
-                    "--backend-config=tensorrt,version-compatible=true, or its TensorRT "
-                    "backend refuses to deserialize it (a plan carrying host code)"
-                )
-        platform = "onnxruntime_onnx" if opts.backend == "onnxruntime" else "tensorrt_plan"
-        configs["dit_model"] = _model_config(
-            "dit_model", f'platform: "{platform}"', graph_in, graph_out, opts, opts.kind
-        )
-    configs["dit"] = _ensemble_config(opts.max_batch, image_text, served)
+        configs.update(_ensemble_configs(opts, manifest, image_text, served, limits, log))
     for name, text in configs.items():
         parse_config(text, f"{name}/config.pbtxt")
 
@@ -241,46 +225,102 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
         for name, text in configs.items():
             (tmp / name / "1").mkdir(parents=True)
             (tmp / name / "config.pbtxt").write_text(text)
-        python_models = {
-            "dit_preprocess": ("decode, letterbox, tokenize", "Preprocess"),
-            "dit_postprocess": ("un-letterbox, threshold, PNG/RLE", "Postprocess"),
-        }
+        layout = opts.layout or ("fused" if "fused" in manifest.layouts else "split")
         if opts.backend == "python":
-            python_models["dit_model"] = ("the Predictor's graphs", "Model")
-        for name, (what, cls) in python_models.items():
-            (tmp / name / "1" / "model.py").write_text(MODEL_PY.format(what=what, cls=cls))
-        layout = "fused" if "fused" in manifest.layouts else "split"
-        _copy_export(
-            opts.export_dir,
-            manifest,
-            opts.precision,
-            layout,
-            tmp / "dit_preprocess" / "1" / "export",
-            graphs=False,
-        )
-        model_dir = tmp / "dit_model" / "1"
-        if opts.backend == "python":
-            _copy_export(opts.export_dir, manifest, opts.precision, layout, model_dir / "export")
-        elif opts.backend == "onnxruntime":
-            _, _, graph = _graph_io(manifest, opts.precision)
-            shutil.copy2(opts.export_dir / graph, model_dir / "model.onnx")
-            if (opts.export_dir / f"{graph}.data").is_file():
-                shutil.copy2(opts.export_dir / f"{graph}.data", model_dir / f"{graph}.data")
+            model = tmp / c.MODEL_NAME / "1"
+            what = "decode, the Predictor, encode"
+            (model / "model.py").write_text(MODEL_PY.format(what=what, cls="Pipeline"))
+            if opts.link_export:  # dit-deploy serve: the export where it is, read in place
+                (model / EXPORT_LINK).write_text(str(opts.export_dir.resolve()))
+            else:
+                _copy_export(opts.export_dir, manifest, opts.precision, layout, model / "export")
         else:
-            engine = _checked_engine(opts, manifest)
-            shutil.copy2(engine, model_dir / "model.plan")
-            shutil.copy2(sidecar_path(engine), model_dir / "model.plan.json")
+            for name, (what, cls) in {
+                "dit_preprocess": ("decode, letterbox, tokenize", "Preprocess"),
+                "dit_postprocess": ("un-letterbox, threshold, PNG/RLE", "Postprocess"),
+            }.items():
+                (tmp / name / "1" / "model.py").write_text(MODEL_PY.format(what=what, cls=cls))
+            _copy_export(
+                opts.export_dir,
+                manifest,
+                opts.precision,
+                layout,
+                tmp / "dit_preprocess" / "1" / "export",
+                graphs=False,
+            )
+            model_dir = tmp / "dit_model" / "1"
+            if opts.backend == "onnxruntime":
+                _, _, graph = _graph_io(manifest, opts.precision)
+                shutil.copy2(opts.export_dir / graph, model_dir / "model.onnx")
+                if (opts.export_dir / f"{graph}.data").is_file():
+                    shutil.copy2(opts.export_dir / f"{graph}.data", model_dir / f"{graph}.data")
+            else:
+                engine = _checked_engine(opts, manifest)
+                shutil.copy2(engine, model_dir / "model.plan")
+                shutil.copy2(sidecar_path(engine), model_dir / "model.plan.json")
         if opts.out.exists():
             shutil.rmtree(opts.out)
         os.replace(tmp, opts.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(
-        f"triton-repo: wrote {opts.out} (ensemble '{c.MODEL_NAME}': dit_preprocess -> "
-        f"dit_model [{opts.backend}, {opts.precision}, {opts.kind}] -> dit_postprocess)"
-    )
+    if opts.backend == "python":
+        what = f"python model '{c.MODEL_NAME}' [{opts.runtime}, {opts.precision}, {opts.kind}]"
+    else:
+        what = (
+            f"ensemble '{c.MODEL_NAME}': dit_preprocess -> dit_model [{opts.backend}, "
+            f"{opts.precision}, {opts.kind}] -> dit_postprocess"
+        )
+    log(f"triton-repo: wrote {opts.out} ({what})")
     return opts.out
+
+
+def _ensemble_configs(
+    opts: RepoOptions,
+    manifest: Manifest,
+    image_text: list[str],
+    served: list[str],
+    limits: dict[str, str],
+    log: Callable[[str], None],
+) -> dict[str, str]:
+    """The four configs of the ensemble over a native backend (onnxruntime, tensorrt)."""
+    s, length = manifest.input_size, manifest.max_tokens
+    feeds = [
+        _tensor("image", "TYPE_FP32", f"[ 3, {s}, {s} ]"),
+        _tensor("input_ids", "TYPE_INT64", f"[ {length} ]"),
+        _tensor("attention_mask", "TYPE_INT64", f"[ {length} ]"),
+    ]
+    letterbox = _tensor("LETTERBOX", "TYPE_INT64", "[ 7 ]")
+    logits = _tensor("low_res_logits", "TYPE_FP32", f"[ 1, {s // 4}, {s // 4} ]")
+    configs = {
+        "dit_preprocess": _model_config(
+            "dit_preprocess", 'backend: "python"', image_text, [*feeds, letterbox], opts, "cpu",
+            limits,
+        ),
+        "dit_postprocess": _model_config(
+            "dit_postprocess", 'backend: "python"', [logits, letterbox], served, opts, "cpu",
+            {"mask_threshold": repr(float(manifest.mask_threshold))},
+        ),
+    }  # fmt: skip
+    graph_in, graph_out, _ = _graph_io(manifest, opts.precision)
+    if opts.backend == "tensorrt":
+        # Triton's TensorRT backend refuses a config that leaves out an output the engine
+        # has ("expected configuration for output ..."): every one, from the sidecar; the
+        # ensemble still maps only low_res_logits
+        sidecar = read_sidecar(_checked_engine(opts, manifest))
+        graph_out = [_tensor(t.name, _TYPES[t.dtype], _dims(t.shape)) for t in sidecar.outputs]
+        if sidecar.version_compatible:
+            log(
+                "triton-repo: the engine is version-compatible: start tritonserver with "
+                "--backend-config=tensorrt,version-compatible=true, or its TensorRT "
+                "backend refuses to deserialize it (a plan carrying host code)"
+            )
+    platform = "onnxruntime_onnx" if opts.backend == "onnxruntime" else "tensorrt_plan"
+    configs["dit_model"] = _model_config(
+        "dit_model", f'platform: "{platform}"', graph_in, graph_out, opts, opts.kind
+    )
+    configs[c.MODEL_NAME] = _ensemble_config(opts.max_batch, image_text, served)
+    return configs
 
 
 def _checked_engine(opts: RepoOptions, manifest: Manifest) -> Path:
