@@ -113,14 +113,31 @@ class Server:
         self.proc.wait(10)
 
 
-def serve(export: Path, log_dir: Path, *extra: str) -> Server:
+def serve(export: Path, log_dir: Path, *extra: str, limits: bool = True) -> Server:
+    """``dit-deploy serve`` on free ports; ``limits``: the tests' small pixel budget."""
     ports = _free_ports(3)
     argv = [sys.executable, "-m", "dit_deploy.cli", "serve", str(export),
             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-            "--metrics-port", str(ports[2]), "--threads", "1", "--drain-s", "10",
-            "--max-pixels", str(MAX_PIXELS), "--log-file", str(log_dir / f"triton-{ports[0]}.log"),
-            *extra]  # fmt: skip
+            "--metrics-port", str(ports[2]), "--drain-s", "10",
+            "--log-file", str(log_dir / f"triton-{ports[0]}.log"),
+            *(("--max-pixels", str(MAX_PIXELS)) if limits else ()), *extra]  # fmt: skip
     return Server(argv, log_dir / f"serve-{ports[0]}.log", ports, f"http://127.0.0.1:{ports[0]}")
+
+
+def repository_server(export: Path, workdir: Path, *extra: str) -> Server:
+    """A ``triton-repo --backend python`` repository in the bundled tritonserver, by hand."""
+    from dit_deploy.serving.triton_repo import bundled_tritonserver
+
+    repo = _repo(export, workdir / "repo", "--backend", "python", "--kind", "cpu", *extra)
+    argv, env = bundled_tritonserver(workdir / "bin")
+    ports = _free_ports(3)
+    names = ("http", "grpc", "metrics")
+    argv += [f"--model-repository={repo}", "--exit-timeout-secs=5",
+             *(f"--{k}-address=127.0.0.1" for k in names),
+             *(f"--{k}-port={v}" for k, v in zip(names, ports, strict=True))]  # fmt: skip
+    return Server(
+        argv, workdir / "tritonserver.log", ports, f"http://127.0.0.1:{ports[0]}", env=env
+    )
 
 
 @pytest.fixture(scope="session")
@@ -147,15 +164,28 @@ def export(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def servers(export, tmp_path_factory):
-    """One ``dit-deploy serve`` per precision, started together; a long queue delay on fp32
-    so that concurrent requests meet in one batch."""
+    """One ``dit-deploy serve`` per precision and the generated python-backend repository in
+    the bundled tritonserver (fp32, "repo"), started together; a long queue delay on both fp32
+    deployments so that concurrent requests meet in one batch; int8 with the default
+    per-request budget."""
     logs = tmp_path_factory.mktemp("logs")
     started: dict[str, Server] = {}
     errors: list[BaseException] = []
 
-    def start(precision: str, *extra: str) -> None:
+    def start(precision: str, *extra: str, limits: bool = True) -> None:
         try:
-            started[precision] = serve(export, logs, "--precision", precision, *extra)
+            started[precision] = serve(
+                export, logs, "--precision", precision, *extra, limits=limits
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    def start_repository() -> None:
+        try:
+            started["repo"] = repository_server(
+                export, logs / "repo", "--max-batch", "16", "--max-queue-delay-us", "100000",
+                "--max-pixels", str(MAX_PIXELS),
+            )  # fmt: skip
         except BaseException as exc:
             errors.append(exc)
 
@@ -163,7 +193,8 @@ def servers(export, tmp_path_factory):
         threading.Thread(target=start, args=("fp32", "--max-batch", "16",
                                               "--max-queue-delay-us", "100000")),
         threading.Thread(target=start, args=("fp16",)),
-        threading.Thread(target=start, args=("int8",)),
+        threading.Thread(target=start, args=("int8",), kwargs={"limits": False}),
+        threading.Thread(target=start_repository),
     ]  # fmt: skip
     for t in threads:
         t.start()
@@ -239,7 +270,7 @@ def test_masks_bit_equal_to_in_process_predictor(servers, reference, precision, 
 def test_outputs_decode_with_pycocotools_and_only_requested_are_sent(servers, reference):
     client = DITClient(servers["fp32"].grpc)
     values = client.infer_raw(*PAIRS[0], (MASK_RLE,))
-    assert set(values) == {MASK_RLE, "ERROR"}
+    assert set(values) == {MASK_RLE}
     rle = json.loads(bytes(values[MASK_RLE]))
     ref = reference["fp32"][0].mask
     assert rle["size"] == list(ref.shape)
@@ -282,10 +313,12 @@ def test_sixteen_concurrent_requests_are_batched(servers, reference):
     assert executions < requests, f"{executions} executions for {requests} requests"
 
 
-def test_bad_requests_fail_alone_and_the_server_keeps_serving(servers, reference):
+@pytest.mark.parametrize("deployment", ["fp32", "repo"])
+def test_bad_requests_fail_alone_and_the_server_keeps_serving(servers, reference, deployment):
+    """``serve`` and a generated repository: one contract, one error behaviour."""
     import tritonclient.http as httpclient
 
-    server = servers["fp32"]
+    server = servers[deployment]
     bad = {
         8: (b"definitely not an image", "the cat", "not an image file"),
         9: (SAMPLES / "chelsea.jpg", "   ", "TEXT is empty"),
@@ -307,10 +340,15 @@ def test_bad_requests_fail_alone_and_the_server_keeps_serving(servers, reference
         if i in bad:
             assert isinstance(r, RequestError), (i, r)
             assert bad[i][2] in str(r) and r.url in str(r)
+            assert r.status in ("400", "StatusCode.INVALID_ARGUMENT"), (i, r.status)
         else:
             assert not isinstance(r, Exception), (i, r)
             assert np.array_equal(r.mask, reference["fp32"][i % 3].mask)
     assert after["exec_count"] - before["exec_count"] < 12  # bad and good shared batches
+    # counted by Triton as failures (its ensemble counts each error response twice in this
+    # version), the others as successes
+    assert after["request_failure"] - before["request_failure"] >= len(bad)
+    assert after["request_success"] - before["request_success"] == 12 - len(bad)
 
     # a wrong tensor type is refused by Triton itself, for that request only
     raw = httpclient.InferenceServerClient(server.http.removeprefix("http://"))
@@ -324,6 +362,98 @@ def test_bad_requests_fail_alone_and_the_server_keeps_serving(servers, reference
 
     assert isinstance(classify(info.value, server.http), RequestError)
     assert np.array_equal(DITClient(server.http).predict(*PAIRS[0]).mask, reference["fp32"][0].mask)
+
+
+@pytest.mark.parametrize("deployment", ["fp32", "repo"])
+def test_a_generic_client_sees_triton_errors_and_reads_the_statistics(servers, deployment):
+    """Plain tritonclient and plain HTTP, knowing nothing of this project: a bad request is
+    HTTP 400 / gRPC INVALID_ARGUMENT with the reason, counted as a failure in the statistics
+    API, which needs no secret (perf_analyzer reads it); no NaN anywhere on the wire."""
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    server = servers[deployment]
+    cat = (SAMPLES / "chelsea.jpg").read_bytes()
+    for module, url, status in (
+        (httpclient, server.http, "400"),
+        (grpcclient, server.grpc, "StatusCode.INVALID_ARGUMENT"),
+    ):
+        client = module.InferenceServerClient(url.split("://")[1])
+        inputs = [module.InferInput("IMAGE", [1, 1], "BYTES"),
+                  module.InferInput("TEXT", [1, 1], "BYTES")]  # fmt: skip
+        inputs[0].set_data_from_numpy(np.array([[b"GIF89a garbage"]], dtype=object))
+        inputs[1].set_data_from_numpy(np.array([[b"the cat"]], dtype=object))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("dit", inputs)
+        assert info.value.status() == status and "not an image file" in info.value.message()
+        inputs[0].set_data_from_numpy(np.array([[cat]], dtype=object))
+        assert client.infer("dit", inputs).as_numpy("SCORE").shape == (1, 1)
+    # the JSON a browser or curl gets: strict JSON, no NaN
+    body = {"inputs": [
+        {"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES", "data": ["not an image"]},
+        {"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["the cat"]}]}  # fmt: skip
+    request = urllib.request.Request(f"{server.http}/v2/models/dit/infer",
+                                     json.dumps(body).encode(), method="POST")  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    assert info.value.code == 400
+    assert "not an image file" in json.loads(info.value.read(), parse_constant=_no_nan)["error"]
+
+    def get(path: str, method: str = "GET") -> dict:
+        req = urllib.request.Request(server.http + path, method=method)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200, path
+            return json.loads(r.read(), parse_constant=_no_nan)
+
+    [stats] = get("/v2/models/dit/stats")["model_stats"]
+    assert stats["name"] == "dit" and stats["inference_stats"]["fail"]["count"] >= 2
+    assert stats["inference_stats"]["success"]["count"] >= 2
+    assert "dit" in [m["name"] for m in get("/v2/models/stats")["model_stats"]]
+    assert {"name": "dit", "version": "1", "state": "READY"} in get("/v2/repository/index", "POST")
+    grpc_stats = grpcclient.InferenceServerClient(server.grpc.split("://")[1])
+    assert grpc_stats.get_inference_statistics("dit").model_stats[0].name == "dit"
+
+
+def _no_nan(token: str):
+    raise AssertionError(f"{token} on the wire: not JSON")
+
+
+def _session_rss_mb(session: int) -> float:
+    """Resident memory of every process of a session (serve, tritonserver, python stubs)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session:  # field 6 of stat: the session id
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss pages
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 2**20
+
+
+def test_one_request_cannot_cost_more_than_the_default_budget(servers, reference):
+    """An 88 KB-class PNG of 9500 x 9500 pixels (90 Mpx, under the in-process 100 Mpx) is
+    refused by default from its header: 400 in under a second, no decoding, no memory."""
+    server = servers["int8"]  # started with the default per-request budget
+    buf = io.BytesIO()
+    Image.new("1", (9500, 9500)).save(buf, format="PNG")
+    client = DITClient(server.http)
+    client.outputs()
+    before = _session_rss_mb(server.proc.pid)
+    start = time.monotonic()
+    with pytest.raises(RequestError, match="max_pixels") as info:
+        client.predict(buf.getvalue(), "the cat")
+    elapsed = time.monotonic() - start
+    grown = _session_rss_mb(server.proc.pid) - before
+    assert info.value.status == "400" and elapsed < 1.0, elapsed
+    assert grown < 100, f"the server grew {grown:.0f} MB"
+    too_big = b"\x89PNG" + bytes(33 * 2**20)
+    with pytest.raises(RequestError, match="more than this server's"):
+        client.predict(too_big, "the cat")
+    assert np.array_equal(client.predict(*PAIRS[0]).mask, reference["int8"][0].mask)
 
 
 def test_unreachable_server_is_a_typed_error_naming_the_url():
@@ -517,6 +647,20 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
     repo = _repo(src, tmp_path / "repo", "--backend", backend, "--precision", "int8",
                  "--max-batch", "4", "--instances", "2")  # fmt: skip
     configs = {p.parent.name: parse_config(p.read_text()) for p in repo.glob("*/config.pbtxt")}
+    if backend == "python":  # one python model with the served contract, behind "dit"
+        assert set(configs) == {"dit", "dit_pipeline"}
+        [step] = configs["dit"].ensemble_scheduling.step
+        assert step.model_name == "dit_pipeline" and dict(step.input_map) == {
+            "IMAGE": "IMAGE", "TEXT": "TEXT"}  # fmt: skip
+        pipe = configs["dit_pipeline"]
+        assert pipe.backend == "python" and pipe.max_batch_size == 4
+        assert [i.name for i in pipe.input] == ["IMAGE", "TEXT"]
+        assert [o.name for o in pipe.output] == ["MASK_PNG", "MASK_RLE", "SCORE"]
+        assert pipe.instance_group[0].count == 2
+        assert pipe.instance_group[0].kind == ModelInstanceGroup.KIND_GPU
+        assert pipe.parameters["precision"].string_value == "int8"
+        assert (repo / "dit_pipeline" / "1" / "model.py").is_file()
+        return
     assert set(configs) == {"dit", "dit_preprocess", "dit_model", "dit_postprocess"}
     ens = configs["dit"]
     assert ens.platform == "ensemble" and ens.max_batch_size == 4
@@ -528,7 +672,7 @@ def test_every_config_parses_against_tritons_model_config(export, tmp_path, back
     model = configs["dit_model"]
     assert model.instance_group[0].count == 2
     assert model.dynamic_batching.max_queue_delay_microseconds == 2000  # the serve default
-    expected = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+    expected = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
     assert (repo / "dit_model" / "1" / expected[backend]).is_file()
     if backend == "onnxruntime":
         assert model.platform == "onnxruntime_onnx"

@@ -1,4 +1,4 @@
-"""Serving pieces that need no server: the per-row error design of the inference function, the
+"""Serving pieces that need no server: the per-request error design of the python model, the
 contract's encodings, URL parsing and error classification, the python-backend environment,
 and the generated repository configs (parsed with Triton's ModelConfig protobuf)."""
 
@@ -24,7 +24,7 @@ from dit_deploy.serving.errors import (
     ServerTimeoutError,
     ServerUnavailableError,
 )
-from dit_deploy.serving.server import DITInferFunc, ServeOptions, fix_python_backend_env
+from dit_deploy.serving.server import ServeOptions, batching_policy, fix_python_backend_env
 
 SAMPLES = Path(__file__).parents[1] / "dit_deploy" / "assets" / "samples"
 
@@ -38,59 +38,119 @@ def export(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
-class FakeRequest(dict):
-    """What PyTriton hands the inference function: inputs by name + the requested outputs."""
+class FakePb:
+    """The parts of Triton's ``triton_python_backend_utils`` the python models use."""
 
-    def __init__(self, images, texts, requested=None):
-        super().__init__(
-            IMAGE=np.array([[x] for x in images], dtype=object),
-            TEXT=np.array([[t.encode() if isinstance(t, str) else t] for t in texts], dtype=object),
-        )
-        self.requested_output_names = requested
+    class TritonError(Exception):
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code="UNKNOWN"):
+            super().__init__(message)
+            self.message, self.code = message, code
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.outputs = {t.name: t.array for t in output_tensors}
+            self.error = error
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return FakePb.Tensor(name, request.inputs[name])
 
 
-def test_infer_function_answers_bad_rows_alone(export):
+class FakeRequest:
+    """A python-backend request: inputs by name + the requested outputs."""
+
+    def __init__(self, images, texts, requested=()):
+        self.inputs = {
+            "IMAGE": np.array([[x] for x in images], dtype=object),
+            "TEXT": np.array([[t.encode() if isinstance(t, str) else t] for t in texts],
+                             dtype=object),
+        }  # fmt: skip
+        self.requested = list(requested)
+
+    def requested_output_names(self):
+        return self.requested
+
+
+def _pipeline(export: Path, monkeypatch, **params: str):
+    import sys
+
+    from dit_deploy.serving.triton_models import Pipeline
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", FakePb)
+    model_dir = export.parent / "repo-dit" / "1"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "export.path").write_text(str(export))
+    config = {"parameters": {k: {"string_value": v} for k, v in params.items()}}
+    pipeline = Pipeline()
+    pipeline.initialize({"model_config": json.dumps(config), "model_version": "1",
+                         "model_repository": str(model_dir.parent)})  # fmt: skip
+    return pipeline
+
+
+def test_pipeline_answers_bad_requests_alone_as_invalid_argument(export, monkeypatch):
+    pipeline = _pipeline(export, monkeypatch, max_pixels="300000", threads="1")
     predictor = Predictor(export)
-    fn = DITInferFunc(predictor, max_pixels=300_000)
     cat = (SAMPLES / "chelsea.jpg").read_bytes()
     big = io.BytesIO()
     Image.new("RGB", (800, 800)).save(big, format="PNG")
     requests = [
         FakeRequest([cat], ["the cat"]),
         FakeRequest([b"\x89PNG broken"], ["the cat"]),
-        FakeRequest([cat, cat], ["", "the cat"], requested=["MASK_RLE", "ERROR"]),
+        FakeRequest([cat, cat], ["the cat", "the cat"], requested=["MASK_RLE"]),
         FakeRequest([big.getvalue()], ["the cat"]),
         FakeRequest([cat], [b"\xff\xfe not utf-8"]),
+        FakeRequest([cat, cat], ["", "the cat"]),
+        FakeRequest([cat, cat], ["a"]),
     ]
-    out = fn(requests)
-    assert len(out) == 5
+    out = pipeline.execute(requests)
+    assert len(out) == 7
     ref = predictor.predict(SAMPLES / "chelsea.jpg", "the cat")
-    for k in (0, 2):
-        row = 0 if k == 0 else 1
-        assert out[k]["ERROR"][row, 0] == b""
-        assert np.array_equal(decode_rle(out[k]["MASK_RLE"][row, 0]), ref.mask)
-        assert out[k]["SCORE"][row, 0] == np.float32(ref.score)
-    assert np.array_equal(decode_png(out[0]["MASK_PNG"][0, 0]), ref.mask)
-    assert out[2]["MASK_PNG"][1, 0] == b""  # not requested: not encoded
+    assert out[0].error is None and out[2].error is None
+    assert np.array_equal(decode_png(out[0].outputs["MASK_PNG"][0, 0]), ref.mask)
+    assert out[0].outputs["SCORE"][0, 0] == np.float32(ref.score)
+    assert set(out[2].outputs) == {"MASK_RLE"}  # only what was asked for is encoded
+    for row in (0, 1):
+        assert np.array_equal(decode_rle(out[2].outputs["MASK_RLE"][row, 0]), ref.mask)
     errors = {
         1: "not an image file",
         3: "max_pixels",
         4: "not UTF-8",
+        5: "row 0: TEXT is empty",
+        6: "IMAGE has 2 rows but TEXT has 1",
     }
     for k, text in errors.items():
-        assert text in out[k]["ERROR"][0, 0].decode() and np.isnan(out[k]["SCORE"][0, 0])
-        assert out[k]["MASK_RLE"][0, 0] == b""
-    assert "TEXT is empty" in out[2]["ERROR"][0, 0].decode()
-    for response in out:
-        assert all(v.shape[1] == 1 for v in response.values())
+        assert out[k].outputs == {} and out[k].error.code == "INVALID_ARG", k
+        assert text in out[k].error.message, (k, out[k].error.message)
 
 
-def test_infer_function_refuses_mismatched_rows(export):
-    fn = DITInferFunc(Predictor(export))
+def test_pipeline_refuses_an_oversized_file_before_decoding(export, monkeypatch):
+    pipeline = _pipeline(export, monkeypatch, max_image_bytes="1000")
     cat = (SAMPLES / "chelsea.jpg").read_bytes()
-    (response,) = fn([FakeRequest([cat, cat], ["a"])])
-    assert response["ERROR"].shape == (2, 1)
-    assert all(b"IMAGE has 2 rows but TEXT has 1" in e for e in response["ERROR"][:, 0])
+    (response,) = pipeline.execute([FakeRequest([cat], ["the cat"])])
+    assert response.error.code == "INVALID_ARG"
+    assert f"IMAGE has {len(cat)} bytes, more than this server's 1000" in response.error.message
+
+
+def test_pipeline_backend_failure_is_internal_for_the_batch(export, monkeypatch):
+    pipeline = _pipeline(export, monkeypatch)
+
+    def broken(pairs):
+        raise RuntimeError("session lost")
+
+    monkeypatch.setattr(pipeline.predictor, "predict_batch", broken)
+    cat = (SAMPLES / "chelsea.jpg").read_bytes()
+    out = pipeline.execute([FakeRequest([cat], ["the cat"]), FakeRequest([b""], ["x"])])
+    assert [r.error.code for r in out] == ["INTERNAL", "INTERNAL"]
+    assert "inference failed: session lost" in out[0].error.message
 
 
 def test_decoders_name_the_problem():
@@ -174,8 +234,12 @@ def test_serve_options_are_checked():
     for kw, text in (
         ({"grpc_port": 8000}, "ports must differ"),
         ({"max_batch": 0}, "--max-batch"),
-        ({"drain_s": 60}, "--drain-s"),
+        ({"drain_s": 0}, "--drain-s"),
         ({"max_queue_delay_us": -1}, "--max-queue-delay-us"),
+        ({"backend": "tensorrt"}, "add --device cuda"),
+        ({"device": "tensorrt"}, "the backend picks TensorRT"),
+        ({"backend": "nope"}, "--backend must be one of"),
+        ({"api_token": " "}, "--api-token is empty"),
     ):
         with pytest.raises(ConfigError, match=text):
             ServeOptions(Path("x"), **kw).check()
@@ -186,11 +250,31 @@ def test_repository_configs_parse_and_match_the_export(export, tmp_path):
     from dit_deploy.runtime import read_manifest
     from dit_deploy.serving.triton_repo import RepoOptions, parse_config, write_repository
 
+    m = read_manifest(export)
+    # --backend python: one model with the served contract, its export copied and valid
     repo = write_repository(
-        RepoOptions(export, tmp_path / "repo", backend="python", kind="cpu"), log=lambda *_: None
+        RepoOptions(export, tmp_path / "repo", backend="python", kind="cpu", runtime="openvino"),
+        log=lambda *_: None,
     )
     configs = {p.parent.name: parse_config(p.read_text()) for p in repo.glob("*/config.pbtxt")}
-    m = read_manifest(export)
+    assert set(configs) == {"dit", "dit_pipeline"} and configs["dit"].platform == "ensemble"
+    dit = configs["dit_pipeline"]
+    assert dit.backend == "python" and [o.name for o in dit.output] == list(c.OUTPUTS)
+    params = {k: v.string_value for k, v in dit.parameters.items()}
+    assert params["runtime"] == "openvino" and params["device"] == "cpu"
+    assert int(params["max_pixels"]) == c.SERVE_MAX_PIXELS
+    assert int(params["max_image_bytes"]) == c.MAX_IMAGE_BYTES
+    copy = repo / "dit_pipeline" / "1" / "export"
+    assert json.loads((copy / "manifest.json").read_text())["graphs"].keys() == {"dit_fused"}
+    Predictor(copy).predict(SAMPLES / "chelsea.jpg", "the cat")
+    model_py = (repo / "dit_pipeline" / "1" / "model.py").read_text()
+    assert "import Pipeline as TritonPythonModel" in model_py
+    # the ensemble over ONNX Runtime: pre- and post-processing carry the manifest's values
+    ens = write_repository(
+        RepoOptions(export, tmp_path / "ens", backend="onnxruntime", kind="cpu"),
+        log=lambda *_: None,
+    )
+    configs = {p.parent.name: parse_config(p.read_text()) for p in ens.glob("*/config.pbtxt")}
     pre = configs["dit_preprocess"]
     dims = {o.name: list(o.dims) for o in pre.output}
     assert dims == {
@@ -199,17 +283,62 @@ def test_repository_configs_parse_and_match_the_export(export, tmp_path):
         "attention_mask": [m.max_tokens],
         "LETTERBOX": [7],
     }
+    assert int(pre.parameters["max_pixels"].string_value) == c.SERVE_MAX_PIXELS
     post = configs["dit_postprocess"]
     assert float(post.parameters["mask_threshold"].string_value) == m.mask_threshold
-    # the python dit_model's copy is a valid export: the Predictor opens it
-    copy = repo / "dit_model" / "1" / "export"
-    assert json.loads((copy / "manifest.json").read_text())["graphs"].keys() == {"dit_fused"}
-    Predictor(copy).predict(SAMPLES / "chelsea.jpg", "the cat")
-    for model in ("dit_preprocess", "dit_postprocess", "dit_model"):
-        text = (repo / model / "1" / "model.py").read_text()
+    for model in ("dit_preprocess", "dit_postprocess"):
+        text = (ens / model / "1" / "model.py").read_text()
         assert "from dit_deploy.serving.triton_models import" in text
     with pytest.raises(Exception, match="does not parse"):
         parse_config('name: "x"\nmax_batch_size: "eight"\n')
+
+
+def test_batching_policy_per_device():
+    cpu = batching_policy("cpu", cores=4)
+    assert (cpu.instances, cpu.threads, cpu.max_queue_delay_us) == (4, 1, 0)
+    gpu = batching_policy("cuda")
+    assert (gpu.instances, gpu.max_queue_delay_us) == (2, 2000) and "not yet measured" in gpu.why
+    own = ServeOptions(Path("x"), instances=1).policy()
+    assert own.instances == 1 and own.why == "from the command line"
+    assert own.threads >= 1 and own.max_queue_delay_us == 0
+
+
+def test_serve_runs_tritonserver_with_open_statistics_unless_a_token_is_set(tmp_path):
+    from dit_deploy.serving.server import tritonserver_args
+
+    args = tritonserver_args(ServeOptions(Path("x")), tmp_path / "repo", tmp_path / "log")
+    assert f"--model-repository={tmp_path / 'repo'}" in args
+    assert "--strict-readiness=true" in args and "--http-address=127.0.0.1" in args
+    assert not any("restricted" in a for a in args)  # perf_analyzer needs no secret
+    args = tritonserver_args(
+        ServeOptions(Path("x"), host="0.0.0.0", api_token="s3"), tmp_path, tmp_path / "l"
+    )
+    apis = "model-repository,statistics,trace,logging"
+    assert f"--http-restricted-api={apis}:dit-api-token=s3" in args
+    assert f"--grpc-restricted-protocol={apis}:dit-api-token=s3" in args
+
+
+def test_perf_data_is_what_tritonclient_serializes(tmp_path):
+    import base64
+
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    from dit_deploy.errors import InputError
+    from dit_deploy.serving.perf_data import write_perf_input_data
+
+    cat = (SAMPLES / "chelsea.jpg").read_bytes()
+    out = write_perf_input_data([(cat, "the cat"), (cat, "café")], tmp_path / "load.json")
+    data = json.loads(out.read_text())["data"]
+    assert len(data) == 2
+    for entry, text in zip(data, ("the cat", "café"), strict=True):
+        assert entry["IMAGE"]["shape"] == [1] and entry["TEXT"]["shape"] == [1]
+        image = deserialize_bytes_tensor(base64.b64decode(entry["IMAGE"]["content"]["b64"]))
+        assert list(image) == [cat]
+        words = deserialize_bytes_tensor(base64.b64decode(entry["TEXT"]["content"]["b64"]))
+        assert list(words) == [text.encode()]
+    with pytest.raises(InputError, match="pair 1: IMAGE"):
+        write_perf_input_data([(cat, "a"), (b"junk", "b")], tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_a_silent_server_is_a_time_out_naming_the_url():

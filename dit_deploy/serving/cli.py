@@ -65,8 +65,10 @@ def _model_options(p: argparse.ArgumentParser, instances_default: int | None = 1
         "--instances",
         type=positive_int,
         default=instances_default,
-        help="model instances" + (" (None: the device's batching policy)" if instances_default
-                                  is None else ""),  # fmt: skip
+        help="model instances"
+        + (
+            " (None: the device's batching policy)" if instances_default is None else ""
+        ),  # fmt: skip
     )
     p.add_argument(
         "--max-pixels",

@@ -277,6 +277,10 @@ def read_metrics(metrics_url: str, model: str = c.MODEL_NAME, timeout_s: float =
     Keys drop the ``nv_inference_`` prefix: ``request_success``, ``request_failure``,
     ``count`` (inferences = rows), ``exec_count`` (model executions = batches),
     ``queue_duration_us``, ``compute_infer_duration_us``, ``request_duration_us``, ...
+
+    ``dit`` is an ensemble whose requests are what clients see; the rows, batches and
+    queue/compute times are those of the model that batches inside it (``dit_pipeline``
+    for ``serve`` and ``--backend python``, ``dit_model`` over a native backend).
     """
     try:
         with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:
@@ -287,10 +291,23 @@ def read_metrics(metrics_url: str, model: str = c.MODEL_NAME, timeout_s: float =
             "metrics URL (http://HOST:METRICS_PORT/metrics)",
             url=metrics_url,
         ) from None
-    out: dict[str, float] = {}
+    per_model: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         m = _METRIC.match(line.strip())
-        if m and f'model="{model}"' in m.group(2):
+        name = _MODEL_LABEL.search(m.group(2)) if m else None
+        if name:
+            counters = per_model.setdefault(name.group(1), {})
             key = m.group(1).removeprefix("nv_inference_")
-            out[key] = out.get(key, 0.0) + float(m.group(3))
+            counters[key] = counters.get(key, 0.0) + float(m.group(3))
+    out = dict(per_model.get(model, {}))
+    if model == c.MODEL_NAME:
+        inner = next((per_model[n] for n in _BATCHING_MODELS if n in per_model), None)
+        if inner is not None:
+            out.update({k: v for k, v in inner.items() if k in _BATCH_KEYS})
     return out
+
+
+_MODEL_LABEL = re.compile(r'model="([^"]+)"')
+_BATCHING_MODELS = ("dit_pipeline", "dit_model")
+_BATCH_KEYS = ("count", "exec_count", "queue_duration_us", "compute_input_duration_us",
+               "compute_infer_duration_us", "compute_output_duration_us")  # fmt: skip

@@ -130,8 +130,10 @@ class ServeOptions:
         threads = self.threads
         if threads is None and self.device == "cpu":
             threads = max(1, (os.cpu_count() or 1) // instances)
-        delay = base.max_queue_delay_us if self.max_queue_delay_us is None else (
-            self.max_queue_delay_us
+        delay = (
+            base.max_queue_delay_us
+            if self.max_queue_delay_us is None
+            else (self.max_queue_delay_us)
         )
         overridden = (self.instances, self.threads, self.max_queue_delay_us) != (None,) * 3
         why = "from the command line" if overridden else base.why

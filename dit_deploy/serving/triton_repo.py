@@ -12,12 +12,14 @@ graph; ``S`` = input size, ``L`` = max tokens, ``h = S/4``)::
       dit_postprocess/config.pbtxt   python: low_res_logits, LETTERBOX -> MASK_PNG, MASK_RLE,
       dit_postprocess/1/model.py       SCORE
 
-With ``--backend python`` (what ``dit-deploy serve`` runs): one python model, no ensemble::
+With ``--backend python`` (what ``dit-deploy serve`` runs): one python model behind a
+one-step ensemble (for Triton's failure accounting, see :func:`_ensemble_config`)::
 
     OUT/
-      dit/config.pbtxt               python: IMAGE, TEXT -> MASK_PNG, MASK_RLE, SCORE
-      dit/1/model.py                   (triton_models.Pipeline: the Predictor on --runtime)
-      dit/1/export/                    the export, trimmed to one layout and precision
+      dit/config.pbtxt               ensemble: IMAGE, TEXT -> MASK_PNG, MASK_RLE, SCORE
+      dit_pipeline/config.pbtxt      python, the same tensors (triton_models.Pipeline: the
+      dit_pipeline/1/model.py          Predictor on --runtime)
+      dit_pipeline/1/export/         the export, trimmed to one layout and precision
 
 Every ``config.pbtxt`` is parsed against Triton's ``ModelConfig`` protobuf (from
 ``tritonclient``) before the repository is moved into place. The python models need
@@ -42,6 +44,7 @@ from . import contract as c
 from .triton_models import EXPORT_LINK
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
+PIPELINE = "dit_pipeline"  # --backend python: the one python model behind ensemble "dit"
 ROLES = {"fused": ("dit_fused",), "split": ("text_encoder", "dit_encoder", "mask_decoder")}
 _TYPES = {
     "float32": "TYPE_FP32",
@@ -197,8 +200,9 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
     }
     configs: dict[str, str] = {}
     if opts.backend == "python":
-        configs[c.MODEL_NAME] = _model_config(
-            c.MODEL_NAME,
+        configs[c.MODEL_NAME] = _ensemble_config(opts.max_batch, image_text, served, True)
+        configs[PIPELINE] = _model_config(
+            PIPELINE,
             'backend: "python"',
             image_text,
             served,
@@ -227,7 +231,7 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
             (tmp / name / "config.pbtxt").write_text(text)
         layout = opts.layout or ("fused" if "fused" in manifest.layouts else "split")
         if opts.backend == "python":
-            model = tmp / c.MODEL_NAME / "1"
+            model = tmp / PIPELINE / "1"
             what = "decode, the Predictor, encode"
             (model / "model.py").write_text(MODEL_PY.format(what=what, cls="Pipeline"))
             if opts.link_export:  # dit-deploy serve: the export where it is, read in place
@@ -265,7 +269,10 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if opts.backend == "python":
-        what = f"python model '{c.MODEL_NAME}' [{opts.runtime}, {opts.precision}, {opts.kind}]"
+        what = (
+            f"ensemble '{c.MODEL_NAME}': {PIPELINE} [python: {opts.runtime}, {opts.precision}, "
+            f"{opts.kind}]"
+        )
     else:
         what = (
             f"ensemble '{c.MODEL_NAME}': dit_preprocess -> dit_model [{opts.backend}, "
@@ -363,7 +370,15 @@ def _checked_engine(opts: RepoOptions, manifest: Manifest) -> Path:
     return engine
 
 
-def _ensemble_config(max_batch: int, inputs: list[str], outputs: list[str]) -> str:
+def _ensemble_config(
+    max_batch: int, inputs: list[str], outputs: list[str], pipeline: bool = False
+) -> str:
+    """Ensemble ``dit``: pre-process -> graph -> post-process, or (``pipeline``) one step,
+    the python Pipeline. The one-step ensemble is there for Triton's accounting: the python
+    backend reports every request of an execution as a success even when its response is an
+    error, while the ensemble counts an error response as a failure
+    (``nv_inference_request_failure``, the statistics API)."""
+
     def maps(kind: str, pairs: dict[str, str]) -> str:
         return "".join(f'      {kind} {{ key: "{k}" value: "{v}" }}\n' for k, v in pairs.items())
 
@@ -377,6 +392,8 @@ def _ensemble_config(max_batch: int, inputs: list[str], outputs: list[str]) -> s
             {n: n for n in c.OUTPUTS},
         ),
     ]
+    if pipeline:
+        steps = [(PIPELINE, {n: n for n in c.INPUTS}, {n: n for n in c.OUTPUTS})]
     text = f'name: "{c.MODEL_NAME}"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
     text += _io("input", inputs) + _io("output", outputs)
     text += "ensemble_scheduling {\n  step [\n"
