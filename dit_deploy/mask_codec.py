@@ -119,7 +119,10 @@ def rle_json(mask: np.ndarray) -> str:
 def encode_png(mask: np.ndarray) -> bytes:
     """A (H, W) bool mask as an 8-bit grayscale PNG (0 background, 255 foreground)."""
     buf = io.BytesIO()
-    Image.fromarray(_as_mask(mask).astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+    # zlib level 1: a two-valued mask compresses well anyway, and a server encodes one per
+    # request (0.48 ms instead of 0.66 for a 300 x 451 mask)
+    image = Image.fromarray(_as_mask(mask).astype(np.uint8) * 255, mode="L")
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -1,0 +1,200 @@
+"""Served against in-process, one run: what ``dit-deploy serve`` costs over the Predictor.
+
+    .venv/bin/python benchmarks/serving.py                       # the main job's export
+    .venv/bin/python benchmarks/serving.py EXPORT --duration 10 --out runs/serving
+
+On one machine, in one run, alternating in-process and served rounds:
+
+- in-process: one ``Predictor`` with every core, one request at a time (latency, p50), and
+  one ``Predictor`` of 1 thread per core, as many callers as cores (the best in-process
+  throughput on a CPU); once more encoding the mask as the server must (PNG and RLE: the
+  server's ensemble always produces every output of the contract);
+- served: ``dit-deploy serve`` with its default batching policy, driven over gRPC by the
+  load generator of ``dit-bench --server`` at concurrency 1 and 8 (p50, throughput);
+- policies: the same server with ``--instances 1`` (every core per request) and with a
+  2 ms queue delay, at the same concurrencies.
+
+Every request decodes its image from the file's bytes, in process as in the server. The
+clients run on the same machine as the server (they cost CPU too: the served numbers are a
+lower bound). Prints a Markdown table (docs/benchmarks.md, "Serving") and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _in_process(export: Path, seconds: float, encode: bool = False) -> dict:
+    from PIL import Image
+
+    from dit_deploy.bench.server_load import bundled_pairs
+    from dit_deploy.mask_codec import encode_png, rle_json
+    from dit_deploy.runtime import Predictor
+
+    pairs = bundled_pairs()
+    cores = os.cpu_count() or 1
+
+    def call(p, i):
+        data, text = pairs[i % len(pairs)]
+        result = p.predict(Image.open(io.BytesIO(data)), text)
+        if encode:  # what the server sends back: every output of the contract
+            encode_png(result.mask), rle_json(result.mask)
+
+    one = Predictor(export, threads=cores)
+    for i in range(5):
+        call(one, i)
+    latencies, i, stop = [], 0, time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        call(one, i)
+        latencies.append((time.perf_counter() - t) * 1e3)
+        i += 1
+    workers = [Predictor(export, threads=1) for _ in range(cores)]
+    counts = [0] * cores
+    stop = time.perf_counter() + seconds
+
+    def work(k: int) -> None:
+        while time.perf_counter() < stop:
+            call(workers[k], counts[k])
+            counts[k] += 1
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(cores)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {
+        "p50_ms": statistics.median(latencies),
+        "single_stream_rps": 1e3 / statistics.mean(latencies),
+        "best_rps": sum(counts) / (time.perf_counter() - start),
+    }
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _served(export: Path, extra: list[str], seconds: float, log_dir: Path) -> dict:
+    import signal
+
+    from dit_deploy.bench import server_load
+    from dit_deploy.serving.client import DITClient
+
+    http, grpc, metrics = _free_ports(3)
+    argv = [sys.executable, "-m", "dit_deploy.cli", "serve", str(export),
+            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+            *extra]  # fmt: skip
+    with open(log_dir / f"serve-{http}.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready, deadline = DITClient(f"http://127.0.0.1:{http}", timeout_s=5), time.time() + 180
+        while not ready.is_ready():
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"serve did not start; see {log_dir / f'serve-{http}.log'}")
+            time.sleep(0.3)
+        opts = server_load.LoadOptions(
+            url=f"grpc://127.0.0.1:{grpc}", concurrency=[1, 8], duration_s=seconds,
+            metrics_url=f"http://127.0.0.1:{metrics}/metrics",
+        )  # fmt: skip
+        report = server_load.run_load(opts, log=lambda *_: None)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out = {}
+    for level in report["levels"]:
+        n = level["concurrency"]
+        out[f"c{n}_p50_ms"] = level["latency_ms"]["p50"]
+        out[f"c{n}_rps"] = level["throughput"]
+        out[f"c{n}_batch"] = level["server"].get("avg_batch")
+        out[f"c{n}_errors"] = level["errors"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("export", type=Path, nargs="?", default=ROOT / "runs" / "dit-deploy" / "export")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians kept)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "serving")
+    args = p.parse_args(argv)
+    if args.duration <= 0 or args.rounds < 1:
+        p.error("--duration must be > 0 and --rounds >= 1")
+    if not (args.export / "manifest.json").is_file():
+        p.error(f"no export at {args.export}; run the main job first (dit-deploy)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    flags = Path("/proc/cpuinfo").read_text()
+    kind = "AVX512-VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "other"
+    policies = {"default": [], "--instances 1": ["--instances", "1"],
+                "2 ms delay": ["--max-queue-delay-us", "2000"]}  # fmt: skip
+    rounds: dict[str, list[dict]] = {"in-process": [], "in-process + encode": []}
+    rounds.update({k: [] for k in policies})
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", flush=True)
+        rounds["in-process"].append(_in_process(args.export, args.duration))
+        rounds["in-process + encode"].append(_in_process(args.export, args.duration, True))
+        for name, extra in policies.items():
+            rounds[name].append(_served(args.export, extra, args.duration, args.out))
+
+    def med(rows: list[dict]) -> dict:
+        return {k: statistics.median(r[k] for r in rows if r.get(k) is not None)
+                for k in rows[0] if any(r.get(k) is not None for r in rows)}  # fmt: skip
+
+    result = {name: med(rows) for name, rows in rounds.items()}
+    inproc = result["in-process"]
+    lines = [
+        f"machine: {cpu} ({kind}), {os.cpu_count()} cores, load {load:.2f} at the start; "
+        f"{args.rounds} alternating rounds of {args.duration:g} s, medians",
+        "",
+        "| | c1 p50 ms | c1 p50 - in-process | c8 req/s | c8 / best in-process | c8 batch |",
+        "|---|---|---|---|---|---|",
+        f"| in-process | {inproc['p50_ms']:.1f} | | {inproc['best_rps']:.0f} (best) | 1.00 | |",
+    ]
+    enc = result["in-process + encode"]
+    lines.append(
+        f"| in-process + PNG/RLE encoding | {enc['p50_ms']:.1f} | "
+        f"{enc['p50_ms'] - inproc['p50_ms']:+.1f} | {enc['best_rps']:.0f} | "
+        f"{enc['best_rps'] / inproc['best_rps']:.2f} | |"
+    )
+    for name in policies:
+        s = result[name]
+        lines.append(
+            f"| serve, {name} | {s['c1_p50_ms']:.1f} | {s['c1_p50_ms'] - inproc['p50_ms']:+.1f} | "
+            f"{s['c8_rps']:.0f} | {s['c8_rps'] / inproc['best_rps']:.2f} | {s['c8_batch']:.2f} |"
+        )
+    print("\n".join(lines))
+    (args.out / "serving.json").write_text(
+        json.dumps({"cpu": cpu, "kind": kind, "load": load, "result": result}, indent=1)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
