@@ -103,6 +103,7 @@ def test_output_directory_refuses_another_job_and_overwrite_clears_it(tmp_path):
     open_output(out, {**job, "input_sha256": "b"}, overwrite=True, log=lines.append)
     assert not part_file(out, 0).exists() and "removed the previous results" in lines[0]
     (tmp_path / "other").mkdir()
+    part_file(tmp_path / "other", 3).parent.mkdir(parents=True)
     part_file(tmp_path / "other", 3).write_text("")
     with pytest.raises(BatchJobError, match="no job.json"):
         open_output(tmp_path / "other", job, overwrite=False, log=print)
@@ -135,7 +136,7 @@ def test_writer_commits_a_shard_when_all_its_rows_are_in(tmp_path):
     assert writer.add(row(1)) is None  # a row delivered twice counts once
     assert writer.add(row(0, error="image file not found: i.png")) == 0
     assert [json.loads(x)["id"] for x in part_file(tmp_path, 0).read_text().splitlines()] == ["r1"]
-    assert "r0" in (tmp_path / "errors-00000.jsonl").read_text()
+    assert "r0" in (tmp_path / "errors" / "errors-00000.jsonl").read_text()
     assert writer.add(row(4)) == 2
     ids = ["r0", "r1", "r2", "r3", "r4"]
     assert done_shards(tmp_path, plan, ids, print) == {0, 2}

@@ -13,6 +13,12 @@ The embedded instance:
   environment for the life of the instance, so nothing is written to ``~/.ray/auth_token``
   (an explicit ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` is respected);
 - has no dashboard, and is stopped when the job ends.
+
+A cluster (``--ray-address``): its address is checked for a listener first (a one-line error
+within seconds instead of Ray's minutes of "Failed to connect to GCS"); a loopback address
+(``127.0.0.1:PORT``, a cluster of processes on this machine) is kept as given, where Ray
+would otherwise replace it with the machine's interface address, on which a loopback-bound
+cluster does not answer.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import importlib.util
 import os
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -28,6 +35,8 @@ from types import ModuleType
 from ..errors import BackendUnavailableError
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+REACH_TIMEOUT_S = 5.0
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 _LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _PROCESS_TOKEN = secrets.token_hex(32)  # one per process: Ray's token loader caches it
@@ -131,15 +140,54 @@ def connect(
             finally:
                 ray.shutdown()
         return
-    ray = import_ray()
-    if ray.is_initialized():
-        yield _info(ray, "existing")
-        return
-    ray.init(address=address, logging_level="WARNING")
+    host_port = gcs_host_port(address)
+    loopback = host_port is not None and host_port[0] in LOOPBACK_NAMES
+    if host_port is not None:
+        check_reachable(address, *host_port)
+    with _environment({_LOCAL_ONLY_VAR: "0"} if loopback else {}):
+        ray = import_ray()
+        if ray.is_initialized():
+            yield _info(ray, "existing")
+            return
+        ray.init(
+            address=address,
+            logging_level="WARNING",
+            **({"_node_ip_address": LOOPBACK} if loopback else {}),
+        )
+        try:
+            yield _info(ray, "cluster", address)
+        finally:
+            ray.shutdown()  # disconnects; the cluster keeps running
+
+
+def gcs_host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` (Ray looks
+    the address up itself).
+
+    Raises:
+        BackendUnavailableError: not one of the forms Ray takes.
+    """
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or "/" in rest:
+        raise BackendUnavailableError(
+            f"--ray-address {address!r} is not a Ray address: use HOST:PORT (the head's GCS "
+            "port, 6379 by default), ray://HOST:10001 (Ray Client) or auto"
+        )
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, host: str, port: int) -> None:
+    """A one-line error when nothing accepts connections at ``host:port``."""
     try:
-        yield _info(ray, "cluster", address)
-    finally:
-        ray.shutdown()  # disconnects; the cluster keeps running
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise BackendUnavailableError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one "
+            f"(ray start --head --port {port}) or pass the head's address"
+        ) from None
 
 
 def _info(ray: ModuleType, mode: str, address: str | None = None) -> RayInfo:

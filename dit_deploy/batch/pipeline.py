@@ -281,26 +281,29 @@ def _run_pipeline(
 
 
 def _check_fits(options: BatchOptions, info: RayInfo, log: Callable[[str], None]) -> None:
-    """A worker that can never be placed would make Ray Data wait forever: say so instead
-    (on a cluster only warn: an autoscaler may still add the nodes)."""
+    """Refuse, before any work, a job whose actor pool cannot be placed whole: Ray Data waits
+    for every worker of a fixed pool, so it would wait forever ("Cluster resources are not
+    enough to run any task"). Each worker takes ``--threads`` CPUs (and its GPUs), and the
+    prepare/finish tasks need one more CPU."""
+    n = options.num_workers
     problems = []
-    if options.gpus_per_worker > info.gpus:
-        problems.append(f"a worker needs {options.gpus_per_worker:g} GPU(s), Ray has {info.gpus:g}")
-    if options.threads + 1 > info.cpus:
+    gpus = n * options.gpus_per_worker
+    if gpus > info.gpus:
         problems.append(
-            f"a worker needs {options.threads} CPU(s) plus 1 for the CPU tasks, Ray has "
-            f"{info.cpus:g}"
+            f"{n} worker(s) x {options.gpus_per_worker:g} GPU(s) = {gpus:g} GPU(s), Ray has "
+            f"{info.gpus:g}"
         )
-    if not problems:
-        return
-    message = "; ".join(problems)
-    if info.mode == "cluster":
-        log(f"batch: warning: {message}; waiting for the cluster to grow")
-        return
-    raise BackendUnavailableError(
-        f"{message}: lower --gpus-per-worker / --threads, or run on a cluster "
-        "(--ray-address) that has them"
-    )
+    cpus = n * options.threads + 1
+    if cpus > info.cpus:
+        problems.append(
+            f"{n} worker(s) x {options.threads} thread(s) + 1 CPU for the prepare/finish tasks "
+            f"= {cpus} CPUs, Ray has {info.cpus:g}"
+        )
+    if problems:
+        raise BackendUnavailableError(
+            f"the job does not fit this Ray ({'; '.join(problems)}): lower --num-workers, "
+            "--threads or --gpus-per-worker, or use a cluster (--ray-address) that has them"
+        )
 
 
 def build_dataset(options: BatchOptions, layout: str, items: list[dict[str, Any]]):

@@ -2,22 +2,24 @@
 
 Shard ``k`` holds the input rows at positions ``[k * shard_size, (k + 1) * shard_size)``, so
 the same input gives the same shards on every run. A shard is *done* when its file
-``part-<k>.jsonl`` exists and names exactly the ids of its input rows (together with
-``errors-<k>.jsonl``, written just before it). Every file is written to a temporary name
+``rows/part-<k>.jsonl`` exists and names exactly the ids of its input rows (together with
+``errors/errors-<k>.jsonl``, written just before it). Every file is written to a temporary name
 and renamed, so a killed job leaves only whole shards behind; the next run of the same
 command skips them and redoes the rest. ``job.json`` records what the results depend on
 (input, export graphs, precision, shard size, PNGs); a different job refuses to resume into
 the same directory.
 
-Layout::
+Layout (``OUT/rows`` holds exactly the result rows, one schema, so a dataset reader takes
+the directory as it is: ``ray.data.read_json("OUT/rows")``, ``pandas.read_json(...,
+lines=True)`` per file, Spark's ``spark.read.json``)::
 
-    OUT/job.json            what this directory holds results of
-    OUT/part-00000.jsonl    {"id", "image", "text", "score", "mask": COCO RLE[, "png", "iou",
-                            "intersection", "union"]} per good row, in input order
-    OUT/errors-00000.jsonl  {"id", "image", "text", "error"} per bad row (only if any)
-    OUT/masks/<id>.png      with --png (the id percent-encoded)
-    OUT/errors.jsonl        every bad row of every shard (written at the end)
-    OUT/summary.json        counts, speed, metrics (written at the end)
+    OUT/rows/part-00000.jsonl      {"id", "image", "text", "score", "mask": COCO RLE[, "png",
+                                   "iou", "intersection", "union"]} per good row, input order
+    OUT/errors/errors-00000.jsonl  {"id", "image", "text", "error"} per bad row (if any)
+    OUT/masks/<id>.png             with --png (the id percent-encoded)
+    OUT/job.json                   what this directory holds results of
+    OUT/errors.jsonl               every bad row of every shard (written at the end)
+    OUT/summary.json               counts, speed, metrics (written at the end)
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from ..errors import DITError
 from .sources import RowError, SourceRows
 
 JOB_FILE = "job.json"
-JOB_FORMAT = 1
+JOB_FORMAT = 2  # 2: rows/ and errors/ (1 had the shards beside job.json)
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
 MASK_DIR = "masks"
+ROWS_DIR = "rows"
+ERRORS_DIR = "errors"
 
 
 class BatchJobError(DITError):
@@ -47,11 +51,17 @@ class BatchJobError(DITError):
 
 
 def part_file(out: Path, shard: int) -> Path:
-    return out / f"part-{shard:05d}.jsonl"
+    return out / ROWS_DIR / f"part-{shard:05d}.jsonl"
 
 
 def errors_file(out: Path, shard: int) -> Path:
-    return out / f"errors-{shard:05d}.jsonl"
+    return out / ERRORS_DIR / f"errors-{shard:05d}.jsonl"
+
+
+def _shard_files(out: Path) -> list[Path]:
+    """Every shard file, of this layout and of format 1's (beside ``job.json``)."""
+    return [*out.glob(f"{ROWS_DIR}/part-*.jsonl"), *out.glob(f"{ERRORS_DIR}/errors-*.jsonl"),
+            *out.glob("part-*.jsonl"), *out.glob("errors-*.jsonl")]  # fmt: skip
 
 
 def mask_file(row_id: str) -> str:
@@ -119,8 +129,9 @@ def open_output(
     if out.exists() and not out.is_dir():
         raise BatchJobError(f"output {out} is a file; pass a directory")
     out.mkdir(parents=True, exist_ok=True)
-    clean_inner_leftovers(out)  # a killed run's half-written files
-    clean_inner_leftovers(out / MASK_DIR)
+    (out / ROWS_DIR).mkdir(exist_ok=True)  # the dataset path exists even if every row fails
+    for directory in (out, out / MASK_DIR, out / ROWS_DIR, out / ERRORS_DIR):
+        clean_inner_leftovers(directory)  # a killed run's half-written files
     path = out / JOB_FILE
     if path.is_file() and not overwrite:
         try:
@@ -141,7 +152,7 @@ def open_output(
         return
     if overwrite:
         _remove_results(out, log)
-    elif any(out.glob("part-*.jsonl")):
+    elif _shard_files(out):
         raise BatchJobError(
             f"{out} holds part-*.jsonl files but no {JOB_FILE}; pass --overwrite to replace "
             "them, or choose another output directory"
@@ -150,7 +161,7 @@ def open_output(
 
 
 def _remove_results(out: Path, log: Callable[[str], None]) -> None:
-    names = [*out.glob("part-*.jsonl"), *out.glob("errors-*.jsonl")]
+    names = _shard_files(out)
     names += [out / n for n in (JOB_FILE, ERRORS_FILE, SUMMARY_FILE) if (out / n).exists()]
     for path in names:
         path.unlink()

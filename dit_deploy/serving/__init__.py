@@ -1,6 +1,9 @@
 """Serving DIT on NVIDIA Triton Inference Server.
 
-- :mod:`.server`: ``dit-deploy serve EXPORT_DIR``, a real Triton server through PyTriton;
+- :mod:`.server`: ``dit-deploy serve EXPORT_DIR``, the bundled tritonserver on the python-backend
+  repository of :mod:`.triton_repo`;
+- :mod:`.triton_models`: the python-backend models (one Pipeline, or the ensemble's steps);
+- :mod:`.perf_data`: ``dit-deploy perf-data``, perf_analyzer's input data;
 - :mod:`.triton_repo`: ``dit-deploy triton-repo``, a model repository (ensemble) for a
   standalone ``tritonserver`` (NGC container, Kubernetes);
 - :mod:`.client`: :class:`~.client.DITClient` on ``tritonclient`` (HTTP and gRPC);
