@@ -128,19 +128,9 @@ if [ -z "$PY" ]; then
   say "then re-run this script so CMake can link the wheel's libonnxruntime.so."
   exit 0
 fi
-lib="$("$PY" - <<'EOF'
-import glob, os, onnxruntime
-libs = sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))
-print(libs[-1] if libs else "")
-EOF
-)"
-if [ -z "$lib" ]; then
-  say "the onnxruntime wheel of $PY has no libonnxruntime.so; reinstall onnxruntime."
-  exit 0
-fi
-if ! { mkdir -p "$ORT/lib" && ln -sfn "$lib" "$ORT/lib/libonnxruntime.so.1" &&
-  ln -sfn "$lib" "$ORT/lib/libonnxruntime.so"; } 2>/dev/null; then
-  say "cannot write $ORT/lib; set DIT_DEPS_DIR to a writable directory and re-run."
+if ! lib="$(bash "$ROOT/scripts/link_onnxruntime.sh" "$PY" "$ORT/lib" 2>&1)"; then
+  say "cannot link the onnxruntime wheel's library into $ORT/lib ($lib); reinstall onnxruntime,"
+  say "or set DIT_DEPS_DIR to a writable directory, and re-run."
   exit 0
 fi
 say "ONNX Runtime library -> $lib ($("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)'))"

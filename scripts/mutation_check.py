@@ -268,6 +268,20 @@ MUTATIONS = (
         ("tests/test_gpu_loading.py::test_our_loading_step_makes_both_providers_load",),
     ),
     Mutation(
+        "C++ ONNX Runtime GPU providers: the loading step",
+        "cpp/src/gpu_libraries.cpp",
+        "  if (site_packages.empty() || !fs::is_directory(root, ec)) return out;",
+        "  return out;",
+        ("tests/test_gpu_loading.py::test_the_cpp_runtime_loading_step_leaves_only_the_driver_missing",),
+    ),
+    Mutation(
+        "C++ install: ONNX Runtime's provider libraries beside the linked libonnxruntime",
+        "scripts/link_onnxruntime.sh",
+        '  [ -e "$provider" ] && ln -sfn "$provider" "$LIBDIR/$(basename "$provider")"\n',
+        "  :\n",
+        ("tests/test_gpu_loading.py::test_the_cpp_runtime_loading_step_leaves_only_the_driver_missing",),
+    ),
+    Mutation(
         "C++ TensorRT buffers: a failed allocation leaves no reservation",
         "cpp/src/device_buffer.hpp",
         "    bytes_ = 0;\n  }",

@@ -11,6 +11,11 @@ here and exporting exactly the symbols the providers import from them. Everythin
 providers link must come from the wheels through our loading step. Without that step the
 same check fails naming the first library it could not find (the planted defect).
 
+The C++ runtime's step (``cpp/src/gpu_libraries.cpp``, run by its ONNX Runtime backend before
+a CUDA or TensorRT session) is checked the same way: a probe linked against that wheel's
+``libonnxruntime`` asks ONNX Runtime for the CUDA provider; after the step, the only library
+missing is the driver's.
+
 The environment is cached beside the binding wheels (``$DIT_WHEEL_CACHE``, about 2.5 GB;
 building it takes about 30 s); skipped only when PyPI cannot be reached.
 """
@@ -172,3 +177,69 @@ def test_without_the_loading_step_the_providers_do_not_load(gpu_env, stand_ins):
         "cannot open shared object file"
         in (report["with_stand_ins"]["libonnxruntime_providers_tensorrt.so"])
     )
+
+
+def _ort_headers() -> Path | None:
+    for d in (ROOT / ".deps" / "onnxruntime" / "include" / "onnxruntime",
+              Path("/usr/include/onnxruntime"), Path("/usr/include")):  # fmt: skip
+        if (d / "onnxruntime_cxx_api.h").is_file():
+            return d
+    return None
+
+
+@pytest.fixture(scope="module")
+def cpp_probe(gpu_env, tmp_path_factory) -> tuple[Path, Path]:
+    """tests/gpu_loading_probe.cpp linked against the extra's onnxruntime-gpu library, laid
+    out by scripts/link_onnxruntime.sh as install_cpp_deps.sh does, and a one-node ONNX graph
+    for it to open."""
+    from conftest import skip_or_require
+
+    cxx, headers = shutil.which("c++"), _ort_headers()
+    if cxx is None or headers is None:
+        skip_or_require("DIT_REQUIRE_CPP", "no C++ compiler or ONNX Runtime headers "
+                        "(bash scripts/install_cpp_deps.sh)")  # fmt: skip
+    out = tmp_path_factory.mktemp("cpp_probe")
+    # the library directory exactly as scripts/install_cpp_deps.sh lays it out
+    link = ROOT / "scripts" / "link_onnxruntime.sh"
+    subprocess.run(["bash", str(link), str(gpu_env), str(out / "lib")], check=True, timeout=120)
+    probe = out / "probe"
+    sources = [ROOT / "tests" / "gpu_loading_probe.cpp", ROOT / "cpp" / "src" / "gpu_libraries.cpp"]
+    lib = out / "lib"
+    subprocess.run(
+        [cxx, "-std=c++17", f"-I{ROOT / 'cpp' / 'src'}", f"-isystem{headers}", *map(str, sources),
+         f"-L{lib}", "-lonnxruntime", f"-Wl,-rpath,{lib}", "-ldl", "-o", str(probe)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, out / "add.onnx")
+    return probe, out / "add.onnx"
+
+
+def test_the_cpp_runtime_loading_step_leaves_only_the_driver_missing(cpp_probe):
+    """The C++ runtime, linked against pip's onnxruntime-gpu, asks for the CUDA provider:
+    after its loading step (the one ``backend_onnxruntime.cpp`` runs) the one library ONNX
+    Runtime cannot find is the driver's, which only a GPU machine has; without the step, the
+    wheels' cuBLAS is missing (the planted defect)."""
+    probe, model = cpp_probe
+    env = {"PATH": "/usr/bin:/bin"}
+    run = subprocess.run([str(probe), "preload", str(model)], capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    lines = dict(line.split(": ", 1) for line in run.stdout.splitlines())
+    assert lines["site-packages"].endswith("site-packages"), run.stdout + run.stderr
+    assert lines["preloaded"].startswith(("7", "8", "9")) and lines["preloaded"].endswith(
+        "failed: 0"
+    ), run.stdout
+    # ONNX Runtime's log (stderr) names the library the provider could not load
+    assert "Failed to load shared library" in lines["cuda"], run.stdout
+    assert "libcuda.so.1: cannot open shared object file" in run.stderr, run.stderr
+    assert "libcublas" not in run.stderr and "libcudart" not in run.stderr, run.stderr
+    run = subprocess.run([str(probe), "none", str(model)], capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    assert "libcublasLt.so.13: cannot open shared object file" in run.stderr, run.stderr

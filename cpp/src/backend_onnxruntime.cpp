@@ -9,6 +9,7 @@
 #include "backend.hpp"
 #include "devices.hpp"
 #include "dit/errors.hpp"
+#include "gpu_libraries.hpp"
 #include "ort_options.hpp"
 
 namespace dit {
@@ -84,6 +85,12 @@ class OnnxRuntimeBackend : public Backend {
     const DeviceChoice choice = parse_device(options.device);
     const std::string& kind = choice.kind;
     const std::string device_id = std::to_string(choice.index);
+    if (kind == "cuda" || kind == "tensorrt") {
+      // pip's onnxruntime-gpu: its providers find the NVIDIA wheels' libraries only loaded
+      static const GpuLibraries preloaded =
+          preload_nvidia_wheel_libraries(onnxruntime_site_packages());
+      (void)preloaded;  // a library that still does not load is named by the provider check
+    }
     try {
       if (kind == "tensorrt") {
         if (!has("TensorrtExecutionProvider")) unavailable("TensorrtExecutionProvider", available);
