@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from .cli_types import OneLineParser, closest
 from .errors import DITError
 from .extras import missing_extra
 
@@ -42,12 +43,13 @@ EPILOG = """examples:
 """
 
 EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The front parser with every verb whose module is present in this install."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dit-deploy",
         description="Deploy DIT (referring segmentation): export, precision, engines, "
         "benchmark, serve and batch, from one command line.",
@@ -95,11 +97,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    if argv and not argv[0].startswith("-") and argv[0] not in verbs:
+        # `run` takes no positional argument: a first word is meant as a verb
+        best = closest(argv[0], list(verbs))
+        hint = f"; did you mean '{best}'?" if best else ""
+        print(
+            f"dit-deploy: error: unknown verb '{argv[0]}'{hint} (verbs: {', '.join(verbs)}; "
+            "see dit-deploy --help)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if not argv or (argv[0] not in verbs and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # no verb: the main job (``dit-deploy --out x`` = ``run --out x``)
     if debug:
         argv = ["--debug", *argv]
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # the verb's own parser names them, with its closest option
+        verbs[args.verb].error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.handler(args) or 0)
     except DITError as exc:

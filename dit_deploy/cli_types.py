@@ -1,10 +1,14 @@
-"""argparse value types shared by every verb: a bad value is refused while parsing, before
-any work starts, with the option's name (argparse adds it) and what was expected."""
+"""argparse value types and the parser shared by every verb: a bad value is refused while
+parsing, before any work starts, in one line with the option's name (argparse adds it), what
+was expected and, for a mistyped option or choice, the closest valid one."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 
 def positive_int(text: str) -> int:
@@ -60,3 +64,42 @@ def port(text: str) -> int:
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Examples kept as written, and every option's default shown."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # a help text that states its default in words keeps it, once
+        text = action.help or ""
+        if "(default" in text or "(None:" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def closest(word: str, candidates: Sequence[str]) -> str | None:
+    """The valid spelling nearest to ``word``, or None when none is close (ratio < 0.75)."""
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the shape of every dit-deploy error: one line that names the problem,
+    the closest valid spelling when there is one, and where the help is; exit 2 (a usage
+    error). No usage block above it: ``--help`` has it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)} "
+                     f"(see {self.prog} --help)\n")  # fmt: skip
+
+    def suggestion(self, message: str) -> str:
+        """``; did you mean X?`` for a mistyped option or choice, else ""."""
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2)) or m.group(2).split(", ")
+            best = closest(m.group(1), choices)
+            return f"; did you mean '{best}'?" if best else ""
+        m = re.search(r"unrecognized arguments: (.*)$", message)
+        if m:
+            options = [o for a in self._actions for o in a.option_strings]
+            for word in m.group(1).split():
+                best = closest(word.split("=")[0], options) if word.startswith("-") else None
+                if best:
+                    return f"; did you mean {best}?"
+        return ""

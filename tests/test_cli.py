@@ -124,3 +124,43 @@ def test_an_unusable_output_path_is_one_line(tiny_export, tmp_path, capsys, argv
     assert cli(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "a-file" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["serv", "EXPORT"], "dit-deploy: error: unknown verb 'serv'; did you mean 'serve'? "),
+        (["batch", "a.jsonl", "out", "--precison", "int8"],
+         "dit-deploy batch: error: unrecognized arguments: --precison int8; did you mean "
+         "--precision? (see dit-deploy batch --help)"),
+        (["quantize", "EXPORT", "--precision", "int9"],
+         "dit-deploy quantize: error: argument --precision: invalid choice: 'int9'"),
+        (["serve", "EXPORT", "--http-port", "0"], "dit-deploy serve: error: argument --http-port"),
+    ],
+)  # fmt: skip
+def test_usage_mistakes_are_one_line_with_the_closest_spelling(argv, expected, capsys):
+    """A mistyped verb, option or choice: one line (no usage block), the closest valid
+    spelling, where the help is, exit 2; the verb's own parser answers, not the front's."""
+    from dit_deploy.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(expected), err
+    if "invalid choice" in expected:
+        assert "did you mean 'int8'?" in err
+
+
+def test_help_states_each_default_once(capsys):
+    from dit_deploy.cli import main
+
+    for verb in ("run", "serve", "quantize", "batch", "bench"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        doubled = re.findall(r"\([^()]*default[^()]*\) \(default: [^)]*\)", text)
+        assert not doubled, (verb, doubled)
+        assert "(default: " in text

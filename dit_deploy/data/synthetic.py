@@ -31,7 +31,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pickle
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cli_types import OneLineParser
 from ..errors import DatasetError
 
 __all__ = [
@@ -607,7 +607,7 @@ def generate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m dit_deploy.data.synthetic",
         description="Generate the synthetic referring-segmentation dataset (refer layout: "
         "<out>/synthetic/refs(unc).p, <out>/synthetic/instances.json, "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli_types import OneLineParser
 from ..errors import BackendUnavailableError, ConfigError, DITError
 from ..runtime.engine_sidecar import PRECISIONS, engine_file
 from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS
@@ -156,7 +157,7 @@ def compare_graphs(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dit_deploy.engines.compare EXPORT_DIR``: exit 0 all pass, 1 a mismatch,
     2 a user error."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m dit_deploy.engines.compare",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -22,6 +22,7 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..cli_types import OneLineParser
 from ..tokenizer import WordPieceTokenizer
 
 KEEP_SPECIALS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m dit_deploy.training.vocab --src MINILM_DIR --out DIR [--data ROOT]``."""
     import argparse
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m dit_deploy.training.vocab",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
