@@ -202,7 +202,11 @@ def _load_file(path: Path, max_pixels: int, input_size: int | None) -> np.ndarra
 
 
 # what Pillow raises on files it cannot decode (it has no single base class for them)
-_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+# (DecompressionBombError derives from Exception only: a 30000 x 30000 header raises it at open)
+_PILLOW_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error,
+    Image.DecompressionBombError,
+)  # fmt: skip
 
 
 def _decode_error(what: str, exc: BaseException) -> ImageError:

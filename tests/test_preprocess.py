@@ -256,6 +256,27 @@ def test_max_pixels(tmp_path) -> None:
     assert load_image(tmp_path / "big.png", max_pixels=600).shape == (20, 30, 3)
 
 
+def test_a_decompression_bomb_header_is_a_typed_error(tmp_path) -> None:
+    """A 30000 x 30000 PNG header: Pillow refuses it at open with an error outside OSError;
+    the Python API and the server both give an ImageError naming it."""
+    import struct
+    import zlib
+
+    from dit_deploy.serving import contract
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    (tmp_path / "bomb.png").write_bytes(png)
+    with pytest.raises(ImageError, match="decompression-bomb limit"):
+        load_image(tmp_path / "bomb.png")
+    with pytest.raises(ImageError, match="decompression-bomb limit"):
+        contract.decode_image(png, contract.SERVE_MAX_PIXELS, 96)
+
+
 def test_bad_source_type_and_letterbox_input() -> None:
     with pytest.raises(ImageError, match="cannot load an image from int"):
         load_image(42)
