@@ -37,18 +37,27 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
-    """The image at panel size, dimmed outside ``mask``, the mask outlined in ``colour``.
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    colour: tuple[int, int, int],
+    long_side: int | None = PANEL,
+) -> Image.Image:
+    """The image (uint8 (H, W, 3)) with its long side at ``long_side`` (None: as it is),
+    dimmed outside ``mask`` (bool (H, W)), the mask outlined in ``colour``.
 
     Dimming rather than tinting keeps the object's own colour readable.
     """
     h, w = mask.shape
-    scale = PANEL / max(h, w)
+    scale = 1.0 if long_side is None else long_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    base = np.asarray(Image.fromarray(image).convert("RGB").resize(size, Image.BICUBIC))
-    inside = (
-        np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
-    )
+    base = Image.fromarray(image).convert("RGB")
+    inside_image = Image.fromarray(mask.astype(np.uint8) * 255)
+    if size != (w, h):
+        base = base.resize(size, Image.BICUBIC)
+        inside_image = inside_image.resize(size, Image.NEAREST)
+    base = np.asarray(base)
+    inside = np.asarray(inside_image) > 0
     out = np.where(inside[..., None], base, (base * 0.4).astype(np.uint8))
     grown = inside.copy()
     for axis, shift in ((0, 1), (0, -1), (1, 1), (1, -1), (0, 2), (0, -2), (1, 2), (1, -2)):

@@ -40,7 +40,7 @@ def _run_without(blocked: str, code: str, cwd: Path) -> subprocess.CompletedProc
 
 def test_every_verb_is_on_the_front():
     verbs = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    assert {"run", "export", "validate", "quantize", "bench"} <= verbs
+    assert {"run", "export", "validate", "quantize", "bench", "segment", "perf-data"} <= verbs
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,145 @@
+"""``dit-deploy segment IMAGE TEXT [TEXT ...]``: the mask of each expression in one image.
+
+For each expression: the mask at the image's size (8-bit PNG, 0 / 255) and an overlay (the
+image dimmed outside the mask, the mask outlined), both written atomically into
+``--out-dir`` as ``<image stem>.<k>.mask.png`` and ``<image stem>.<k>.overlay.png``, and one
+line (or ``--json``) with the score, the mask's share of the image and the paths. The
+expressions of one call run as one batch of the in-process Predictor (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import write_bytes_atomic
+from .cli_types import HelpFormatter, positive_int
+from .errors import ArtifactError
+
+MAIN_JOB_EXPORT = Path("runs") / "dit-deploy" / "export"
+BUNDLED_MODEL = "dit-tiny-synthetic"
+OVERLAY_COLOUR = (0, 230, 255)
+
+EPILOG = f"""examples:
+  dit-deploy segment horse.jpg "the gray horse with a blue halter"
+  dit-deploy segment street.jpg "man on the left" "the red car" --out-dir masks/ --json
+  dit-deploy segment horse.jpg "the horse" --export exports/refcoco_vit_b --precision int8
+the export: --export, else the main job's ({MAIN_JOB_EXPORT}), else the bundled
+{BUNDLED_MODEL} exported on first use (needs the torch extra once).
+"""
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """One expression's result, as printed and as --json writes it."""
+
+    text: str
+    score: float
+    area: float  # share of the image's pixels in the mask, 0..1
+    mask_png: Path
+    overlay_png: Path
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "score": self.score, "area": self.area,
+                "mask_png": str(self.mask_png), "overlay_png": str(self.overlay_png)}  # fmt: skip
+
+
+def default_export(log) -> Path:
+    """The main job's export when it exists, else the bundled model's (exported once)."""
+    if (MAIN_JOB_EXPORT / "manifest.json").is_file():
+        return MAIN_JOB_EXPORT
+    out = Path("runs") / "exports" / BUNDLED_MODEL
+    if not (out / "manifest.json").is_file():
+        try:
+            from .exporters.onnx_export import export_pretrained
+        except ModuleNotFoundError as exc:
+            raise ArtifactError(
+                f"no export to run: pass --export DIR, run the main job once (dit-deploy), or "
+                f"install the torch extra to export the bundled model ({exc.name} missing)"
+            ) from None
+        export_pretrained(BUNDLED_MODEL, out, log)
+    return out
+
+
+def segment(
+    predictor, image: Path, texts: list[str], out_dir: Path
+) -> tuple[list[Segmented], float]:
+    """Run ``texts`` on ``image`` as one batch; write the PNGs. Returns the results and the
+    batch's milliseconds (the graphs, pre- and post-processing)."""
+    from .gallery import overlay
+    from .mask_codec import encode_png
+    from .preprocess import load_image
+
+    rgb = load_image(image)  # once, for the overlays (the Predictor loads it the same way)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = predictor.predict_batch([(image, t) for t in texts])
+    ms = (time.perf_counter() - start) * 1e3
+    out = []
+    for k, (text, result) in enumerate(zip(texts, results, strict=True)):
+        mask_png = out_dir / f"{image.stem}.{k}.mask.png"
+        overlay_png = out_dir / f"{image.stem}.{k}.overlay.png"
+        write_bytes_atomic(mask_png, encode_png(result.mask))
+        picture = overlay(rgb, result.mask, OVERLAY_COLOUR, long_side=None)
+        write_bytes_atomic(overlay_png, _png_bytes(picture))
+        out.append(Segmented(text, float(result.score), float(result.mask.mean()), mask_png,
+                             overlay_png))  # fmt: skip
+    return out, ms
+
+
+def _png_bytes(picture) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def register(subparsers) -> None:
+    from .runtime.backends import BACKENDS
+
+    p = subparsers.add_parser(
+        "segment",
+        help="segment one image: the mask of each expression (PNG + overlay)",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("image", type=Path, metavar="IMAGE", help="a JPEG, PNG, WebP, BMP or TIFF")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="referring expressions")
+    p.add_argument("--export", type=Path, default=None, help="export directory (None: above)")
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="runtime")
+    p.add_argument("--precision", default="fp32", help="fp32, or a precision of the export")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (None: all)")
+    p.add_argument("--out-dir", type=Path, default=Path("runs") / "segment", help="PNGs here")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from .runtime import Predictor
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    export = args.export or default_export(log)
+    predictor = Predictor(export, backend=args.backend, precision=args.precision,
+                          device=args.device, threads=args.threads)  # fmt: skip
+    results, ms = segment(predictor, args.image, list(args.texts), args.out_dir)
+    if args.json:
+        doc = {"image": str(args.image), "export": str(export), "backend": args.backend,
+               "precision": predictor.precision, "ms": round(ms, 2),
+               "results": [r.to_json() for r in results]}  # fmt: skip
+        print(json.dumps(doc))
+        return 0
+    print(f"{args.image} ({export}, {args.backend} {predictor.precision}, {ms:.0f} ms):")
+    for r in results:
+        print(f'  "{r.text}": score {r.score:.3f}, {r.area:.1%} of the image -> {r.mask_png}, '
+              f"{r.overlay_png}")  # fmt: skip
+    return 0
