@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -218,3 +219,36 @@ def test_worker_errors_come_back_typed_and_others_name_ray():
     other = _pipeline_error(ValueError("object store full\nmore"))
     assert isinstance(other, BatchJobError)
     assert "ValueError: object store full" in str(other) and "re-run" in str(other)
+
+
+def test_known_harmless_ray_lines_are_dropped_and_the_rest_kept(capfd):
+    """Ray's known, harmless terminal lines (each named with its reason in cluster.py) are
+    dropped, from Python logging and from the C++ core worker's stderr; any other line of
+    Ray's, errors above all, still reaches the terminal."""
+    import logging
+
+    from dit_deploy.batch.cluster import (
+        KNOWN_HARMLESS,
+        KNOWN_HARMLESS_NATIVE,
+        import_ray,
+        quiet_known_native_lines,
+        quiet_known_ray_lines,
+    )
+
+    import_ray()
+    quiet_known_ray_lines()  # idempotent: one filter per handler
+    log = logging.getLogger("ray.data")
+    for known in KNOWN_HARMLESS:
+        log.warning("x %s y", known)
+    log.warning("a real Ray Data warning")
+    with quiet_known_native_lines():
+        for known in KNOWN_HARMLESS_NATIVE:
+            os.write(2, f"[E core_worker.cc] Actor {known}. See ...\n".encode())
+        os.write(2, b"[E core_worker.cc] a real core worker error\n")
+    err = capfd.readouterr().err
+    assert "a real Ray Data warning" in err and "a real core worker error" in err
+    for known in (*KNOWN_HARMLESS, *KNOWN_HARMLESS_NATIVE):
+        assert known not in err, known
+    handlers = logging.getLogger("ray.data").handlers
+    ours = [sum(type(f).__name__ == "_KnownHarmless" for f in h.filters) for h in handlers]
+    assert max(ours) == 1 and all(n <= 1 for n in ours)

@@ -134,7 +134,8 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("rows_per_s"):
         lines.append(
-            f"{'rows/s':<16}{summary['rows_per_s']:.1f} (this run; first result after "
+            f"{'rows/s':<16}{summary['rows_per_s']:.1f} (rows / pipeline time: from the first "
+            f"row submitted to the last result, Ray's start excluded; first result after "
             f"{summary['first_result_s']:.1f} s)"
         )
     metrics = summary.get("metrics")

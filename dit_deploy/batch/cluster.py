@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import secrets
 import socket
@@ -63,7 +64,76 @@ def import_ray() -> ModuleType:
             f"dit-deploy batch runs on Ray Data, which is not installed here ({exc}); "
             "install it with: pip install 'dit-deploy[batch]'"
         ) from None
+    quiet_known_ray_lines()
     return ray
+
+
+# Ray's terminal lines that are known and harmless for this command, each with the reason;
+# everything else Ray logs (its errors above all) still reaches the terminal
+KNOWN_HARMLESS = {
+    "Token authentication is enabled for this Ray cluster": "kept on on purpose (module doc)",
+    "Progress bars disabled": "the command prints its own progress lines",
+    "Starting execution of Dataset": "the command logs its own start line",
+    "Execution plan of Dataset": "the plan is fixed (prepare -> PredictorWorker -> finish)",
+    "execution finished in": "the command logs its own summary",
+}
+
+
+class _KnownHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(known in message for known in KNOWN_HARMLESS)
+
+
+def quiet_known_ray_lines() -> None:
+    """Drop :data:`KNOWN_HARMLESS` lines from the terminal handlers of Ray's loggers (Ray's
+    session log files keep them)."""
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            terminal = isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            )
+            if terminal and not any(isinstance(f, _KnownHarmless) for f in handler.filters):
+                handler.addFilter(_KnownHarmless())
+
+
+# Lines Ray's C++ core worker writes to this process's stderr (not through Python logging)
+KNOWN_HARMLESS_NATIVE = {
+    # Ray Data keeps every actor's constructor in the object store and restarts actors
+    # (max_restarts=-1); the driver holds those references for the whole job
+    "has constructor arguments in the object store and max_restarts > 0": "Ray Data's pool",
+}
+
+
+@contextlib.contextmanager
+def quiet_known_native_lines() -> Iterator[None]:
+    """While the pipeline runs, pass this process's stderr (file descriptor 2) through a
+    thread that drops :data:`KNOWN_HARMLESS_NATIVE` lines and forwards every other line."""
+    import sys
+    import threading
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                text = line.decode("utf-8", "replace")
+                if not any(known in text for known in KNOWN_HARMLESS_NATIVE):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the thread drains and ends
+        thread.join(5)
+        os.close(saved)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from ..metrics import RISMetrics
 from ..runtime.backends import BACKENDS
 from ..runtime.manifest import LAYOUT_ROLES, read_manifest, verify_files
 from . import stages
-from .cluster import RayInfo, connect, require_ray
+from .cluster import RayInfo, connect, quiet_known_native_lines, require_ray
 from .shards import (
     ERRORS_FILE,
     SUMMARY_FILE,
@@ -213,7 +213,11 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
     log(
         f"batch: finished: {summary['ok']} rows segmented, {summary['errors']} errors "
         f"(-> {out / ERRORS_FILE}) in {summary['wall_s']:.1f} s"
-        + (f" ({summary['rows_per_s']:.1f} rows/s)" if summary["rows_per_s"] else "")
+        + (
+            f" (Ray start {summary['startup_s']:.1f} s, then {summary['rows_per_s']:.1f} rows/s)"
+            if summary["rows_per_s"]
+            else ""
+        )
         + f"; results in {out}, summary {out / SUMMARY_FILE}"
     )
     return summary
@@ -230,7 +234,8 @@ def _run_pipeline(
 ) -> RayInfo:
     """Build the Ray Data pipeline for ``todo`` rows and commit shards as rows come back."""
     t0 = time.perf_counter()
-    with connect(options.ray_address, options.embedded_cpus(), log) as info:
+    ray_session = connect(options.ray_address, options.embedded_cpus(), log)
+    with ray_session as info, quiet_known_native_lines():
         import ray
 
         startup = time.perf_counter() - t0
