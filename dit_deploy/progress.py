@@ -38,9 +38,12 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _line(self) -> str:
+    def _line(self, final: bool = False) -> str:
         detail = f" {self.detail}" if self.detail else ""
         elapsed = time.monotonic() - self._start
+        if final and not self.tty:  # a log already has the last detail: say it ended
+            count = f" {self.done}/{self.total}" if self.total else ""
+            return f"{self.label}: done{count} in {elapsed:.1f} s"
         if not self.total:  # open-ended work: what is happening and for how long
             return f"{self.label}:{detail} {elapsed:.1f} s"
         pct = f" ({100 * self.done // self.total}%)"
@@ -56,7 +59,7 @@ class Progress:
             return
         now = time.monotonic()
         if final or now - self._last >= self.interval:
-            self.stream.write(self._line() + "\n")
+            self.stream.write(self._line(final) + "\n")
             self.stream.flush()
             self._last = now
 

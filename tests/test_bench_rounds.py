@@ -179,3 +179,37 @@ def test_table_prints_reasons_with_brackets_verbatim():
     print_table(report, Console(file=out, width=300))
     text = out.getvalue()
     assert reason in text and "tensorrt fp16 (engine) [x]" in text
+
+
+def test_the_table_fits_the_terminal_and_names_what_it_left_out(monkeypatch, capsys):
+    """COLUMNS=100 (no terminal): every printed line fits in 100 characters, the label,
+    status, latency and speed-up stay, and the columns left out are named (report.md has
+    them); a wide terminal gets every column."""
+    from dit_deploy.bench.report import COLUMNS, print_table
+
+    lat = {"p50": 123.4, "p90": 130.2, "p99": 140.9, "pairs_per_s": 8.11,
+           "speedup": {"median": 4.68, "spread": 0.04}}  # fmt: skip
+    cell = {
+        "label": "onnxruntime int8 (fused)", "backend": "onnxruntime", "precision": "int8",
+        "size_mb": 110.2, "parity": {"max_abs": 0.0123, "mask_agreement": 0.9712},
+        "result": {"status": "ok", "peak_rss_mb": 812.0, "latency": {"1": lat},
+                   "accuracy": {"mIoU": 0.6152, "oIoU": 0.6248, "prec@0.5": 0.7116}},
+    }  # fmt: skip
+    report = {
+        "model": "dit-tiny-synthetic", "data": {"name": "synthetic/val", "pairs": 100},
+        "batches": [1], "rounds": 10, "noise_limit": 0.1, "baseline": "pytorch fp32",
+        "environment": {"cpu": "AMD EPYC", "cores": 2, "threads": 2, "gpus": 0, "versions": {}},
+        "cells": [cell, {**cell, "label": "openvino int8 (split)"}],
+    }  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "100")
+    print_table(report)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    for kept in ("backend / precision", "status", "p50 ms", "speed-up", "4.68x", "123.4"):
+        assert kept in out, kept
+    flat = " ".join(out.split())  # the note wraps at the width too
+    assert "to fit 100 columns, left out: " in flat and "report.md has every column" in flat
+    monkeypatch.setenv("COLUMNS", "300")
+    print_table(report)
+    wide = capsys.readouterr().out
+    assert all(c in wide for c in COLUMNS) and "left out" not in wide

@@ -78,7 +78,12 @@ def test_progress_in_logs_is_plain_periodic_lines():
     text = stream.getvalue()
     assert "\r" not in text and "\x1b" not in text
     lines = text.splitlines()
-    assert lines[0].startswith("calibrate: 1/4 (25%)") and lines[-1].startswith("calibrate: 4/4")
+    assert lines[0].startswith("calibrate: 1/4 (25%)") and lines[-2].startswith("calibrate: 4/4")
+    assert re.fullmatch(r"calibrate: done 4/4 in \d+\.\d s", lines[-1])  # not the last again
+    opened = io.StringIO()
+    with Progress("bench", 0, stream=opened, interval=0.0) as bar:
+        bar.describe("timing 11 cells in 10 interleaved rounds")
+    assert opened.getvalue().count("timing 11 cells") == 1  # once, then "done"
     quiet = io.StringIO()
     with Progress("x", 100, stream=quiet, interval=3600) as bar:
         for _ in range(100):

@@ -101,23 +101,38 @@ def row(cell: dict[str, Any], batch: str, short_status: bool = False) -> list[st
     ]
 
 
+# the columns a narrow terminal keeps, most wanted first (the full table is in report.md)
+KEEP_ORDER = [
+    "backend / precision", "status", "p50 ms", "speed-up", "mask agr.", "mIoU", "pairs/s",
+    "spread", "max err", "p90 ms", "oIoU", "P@0.5", "p99 ms", "size MB", "peak MB",
+]  # fmt: skip
+
+
+def fitting_columns(rows: list[list[str]], width: int) -> list[int]:
+    """Indexes of :data:`COLUMNS` that fit ``width`` terminal columns: a rich table cell
+    costs its text plus 3 (padding and its border), the table 1 more; columns are left out
+    in reverse :data:`KEEP_ORDER` until the rest fits (the label and status always stay)."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) + 3 for i, h in enumerate(COLUMNS)]
+    kept = [COLUMNS.index(c) for c in KEEP_ORDER]
+    while len(kept) > 2 and 1 + sum(widths[i] for i in kept) > width:
+        kept.pop()
+    return sorted(kept)
+
+
 def print_table(report: dict[str, Any], console=None) -> None:
+    """The table at the terminal's width (``COLUMNS`` where not a terminal, else 120), with
+    the columns that do not fit left out and named; ``report.md`` has them all."""
+    import shutil
+
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    if console is None:
+        width = None if sys.stdout.isatty() else shutil.get_terminal_size((120, 24)).columns
+        console = Console(width=width)
     batch = str(report["batches"][0])
-    table = Table(
-        title=f"dit-bench: {report['model']} on {report['data']['name']} "
-        f"({report['data']['pairs']} pairs), batch {batch}",
-        show_lines=False,
-    )
-    for col in COLUMNS:
-        table.add_column(
-            col, justify="left" if col in ("backend / precision", "status") else "right"
-        )
-    notes = []
+    notes, rows = [], []
     for cell in report["cells"]:
         values = row(cell, batch, short_status=True)
         result = cell.get("result", {})
@@ -126,8 +141,29 @@ def print_table(report: dict[str, Any], console=None) -> None:
             reason = result.get("reason") or "; ".join(noisy)
             notes.append(f"[{len(notes) + 1}] {cell['label']}: {reason}")
             values[-1] += f" [{len(notes)}]"
-        table.add_row(*(escape(v) for v in values))
+        rows.append(values)
+    kept = fitting_columns(rows, console.width)
+    table = Table(
+        title=f"dit-bench: {report['model']} on {report['data']['name']} "
+        f"({report['data']['pairs']} pairs), batch {batch}",
+        show_lines=False,
+    )
+    for i in kept:
+        col = COLUMNS[i]
+        table.add_column(
+            col, justify="left" if col in ("backend / precision", "status") else "right"
+        )
+    for values in rows:
+        table.add_row(*(escape(values[i]) for i in kept))
     console.print(table)
+    left_out = [c for i, c in enumerate(COLUMNS) if i not in kept]
+    if left_out:
+        console.print(
+            f"(to fit {console.width} columns, left out: {', '.join(left_out)}; report.md has "
+            "every column)",
+            highlight=False,
+            markup=False,
+        )
     for note in notes:  # reasons hold "pip install 'dit-deploy[gpu]'": not rich markup
         console.print(note, highlight=False, markup=False)
     console.print(how_measured(report), highlight=False, markup=False)
