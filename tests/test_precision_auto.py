@@ -439,3 +439,17 @@ def test_a_role_with_every_node_kept_stays_fp32():
     assert RolePlan("sha", kept, 0.0, 10.0, quantizable=3).all_kept
     assert not RolePlan("sha", kept[:2], 4.0, 10.0, quantizable=3).all_kept
     assert not RolePlan("sha", kept).all_kept  # FP16 plans: no quantizable count
+
+
+def test_the_printed_plan_shows_the_largest_kept_nodes_and_counts_the_rest():
+    """A plan keeping 40 nodes prints the 5 largest by FLOPs per graph and one line naming
+    how many more the plan file holds; ``--verbose`` (limit None) prints every one."""
+    from dit_deploy.precision.plan import KeptNode, PrecisionPlan, RolePlan
+
+    kept = [KeptNode(f"mm{i}", "MatMul", "INT8 sensitivity", 0.01, float(i)) for i in range(40)]
+    plan = PrecisionPlan("int8", "auto", {}, {}, {}, {"dit_fused": RolePlan("ab", kept, 1, 2)})
+    short = quantize_cli.format_plan(plan, quantize_cli.PLAN_LINES)
+    assert short[0] == "dit_fused: 40 node(s) kept unquantized"
+    assert [line.split()[0] for line in short[1:6]] == ["mm39", "mm38", "mm37", "mm36", "mm35"]
+    assert "... and 35 smaller one(s): every node is in precision_plan.json" in short[6]
+    assert len(quantize_cli.format_plan(plan)) == 1 + 40 + 1  # + the INT8 share line

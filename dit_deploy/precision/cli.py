@@ -222,6 +222,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON here ('-': stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--verbose", action="store_true", help="list every node the precision plan keeps"
+    )
 
 
 def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]]:
@@ -238,8 +241,9 @@ def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]
     return make
 
 
-def format_table(result) -> str:
-    """The verification table: one row per layout."""
+def format_table(result, verbose: bool = False) -> str:
+    """The verification table: one row per layout; then the plan's kept nodes (the largest
+    few per graph, every one with ``verbose``)."""
     head = (
         f"{'layout':<7} {'pairs':>5} {'max|d|':>8} {'mean|d|':>9} {'mask IoU':>9} "
         f"{'mIoU fp32':>9} {'mIoU':>7} {'d mIoU':>7} {'oIoU fp32':>9} {'oIoU':>7} "
@@ -265,24 +269,35 @@ def format_table(result) -> str:
             + ("ok" if r.ok else "FAILED: " + "; ".join(r.failures))
         )
     if result.plan is not None:
-        rows.extend(format_plan(result.plan))
+        rows.extend(format_plan(result.plan, None if verbose else PLAN_LINES))
     return "\n".join(rows)
 
 
-def format_plan(plan) -> list[str]:
-    """The plan's kept nodes, one line each, with the error they were kept for."""
+PLAN_LINES = 5  # kept nodes shown per graph without --verbose (the plan file has them all)
+
+
+def format_plan(plan, limit: int | None = None) -> list[str]:
+    """The plan's kept nodes, one line each, with the error they were kept for: per graph the
+    ``limit`` largest by FLOPs (None: all) and how many more the plan file lists."""
     high = "FP32" if plan.precision == "fp16" else "unquantized"
     rows = []
     for role, entry in plan.roles.items():
         smoothed = f"; {len(entry.smoothed)} activation(s) smoothed" if entry.smoothed else ""
         rows.append(f"{role}: {len(entry.kept)} node(s) kept {high}{smoothed}")
-        for k in entry.kept:
+        largest = sorted(entry.kept, key=lambda k: -(k.flops or 0.0))
+        shown = largest if limit is None else largest[:limit]
+        for k in shown:
             measured = ""
             if k.error is not None and plan.precision == "fp16":
                 measured = f" (adds {k.error:.3g} relative error in FP16)"
             elif k.error is not None:
                 measured = f" (logits mean |error| {k.error:.3g} quantized alone)"
             rows.append(f"  {k.node} [{k.op_type}]: {k.reason}{measured}")
+        if len(shown) < len(entry.kept):
+            rows.append(
+                f"  ... and {len(entry.kept) - len(shown)} smaller one(s): every node is in "
+                "precision_plan.json (or run with --verbose)"
+            )
     if plan.int8_flop_share is not None:
         rows.append(f"INT8 share of MatMul/Gemm/Conv FLOPs: {plan.int8_flop_share:.1%}")
     return rows
@@ -362,10 +377,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         result = run_quantize(args.export_dir, opts, log, _progress_factory(args.quiet))
     except QuantizeFailed as failed:
-        log(format_table(failed.result))
+        log(format_table(failed.result, args.verbose))
         _write_json(args.json, failed.result.to_dict())
         raise
-    log(format_table(result))
+    log(format_table(result, args.verbose))
     _write_json(args.json, result.to_dict())
     files = ", ".join(g.file for g in result.graphs)
     if any("execution" in g.detail for g in result.graphs):
