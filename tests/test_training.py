@@ -193,6 +193,23 @@ def test_freeze_and_config_errors(tiny_data: Path, tiny_bert: Path, tmp_path: Pa
         tiny_config(tiny_data, tiny_bert, tmp_path, **{"optim.amp": "fp8"})
 
 
+def test_a_text_encoder_without_vocabulary_names_the_step_that_makes_it(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    """The synthetic recipe's missing step (the pruned MiniLM) is named by the one-line error,
+    with this config's paths, as a command that runs."""
+    from dit_deploy.cli import main
+
+    config = Path(__file__).parents[1] / "training" / "configs" / "tiny_synthetic.yaml"
+    argv = ["train", "--config", str(config), "--set", f"text_encoder={tmp_path / 'minilm'}",
+            "--set", f"data.path={tiny_data}", "--set", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    assert main(argv) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"text_encoder {tmp_path / 'minilm'} has no vocab.txt" in line
+    assert (f"python -m dit_deploy.training.vocab --out {tmp_path / 'minilm'} --data {tiny_data}"
+            in line)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- runs
 
 

