@@ -201,8 +201,9 @@ def test_a_text_encoder_without_vocabulary_names_the_step_that_makes_it(
     from dit_deploy.cli import main
 
     config = Path(__file__).parents[1] / "training" / "configs" / "tiny_synthetic.yaml"
-    argv = ["train", "--config", str(config), "--set", f"text_encoder={tmp_path / 'minilm'}",
-            "--set", f"data.path={tiny_data}", "--set", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    sets = [f"text_encoder={tmp_path / 'minilm'}", f"data.path={tiny_data}",
+            f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    argv = ["train", "--config", str(config)] + [a for s in sets for a in ("--set", s)]
     assert main(argv) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert f"text_encoder {tmp_path / 'minilm'} has no vocab.txt" in line
