@@ -145,6 +145,13 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "r" / name).stat().st_size > 0
     md = markdown(report)
     assert "| onnxruntime cpu fp32 (fused) |" in md and "## Environment" in md
+    # the command that repeats the run, from the options (not sys.argv), and the data's path
+    assert report["command"].startswith(f"dit-bench {tiny_export} ")
+    for part in ("--limit 4", "--batch 1,2", "--rounds 3", "--threads 1", "--json"):
+        assert part in report["command"], part
+    assert f"Command: `{report['command']}`" in md
+    assert f"Data: {report['data']['path']} (val), 4 pairs" in md
+    assert "rest -" not in md  # a split timed apart is never printed as a negative rest
     assert "interleaved rounds" in md and "Machine at start: load" in md and "rest" in md
 
 

@@ -53,6 +53,30 @@ def register(subparsers) -> None:
     p.set_defaults(handler=bench_from_args)
 
 
+def equivalent_command(args: argparse.Namespace) -> str:
+    """The ``dit-bench`` command line that repeats this run (what the report records), from
+    the options themselves: the same for ``dit-bench``, ``dit-deploy bench`` and the main
+    job, which calls the library."""
+    import shlex
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    parts = ["dit-bench"]
+    for action in p._actions:
+        if action.dest in ("help",) or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value is None or value == action.default or value is False:
+            continue
+        if not action.option_strings:
+            parts.append(shlex.quote(str(value)))
+        elif value is True:
+            parts.append(action.option_strings[-1])
+        else:
+            parts += [action.option_strings[-1], shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 def options(**overrides: Any) -> argparse.Namespace:
     """The bench options with their defaults, overridden by keyword (for library callers)."""
     p = argparse.ArgumentParser()
@@ -278,9 +302,9 @@ def run_bench(args: argparse.Namespace, log=print) -> dict[str, Any]:
     return {
         "model": manifest.config_name,
         "export_dir": str(export_dir),
-        "command": "dit-bench " + " ".join(sys.argv[1:]),
+        "command": equivalent_command(args),
         "data": {
-            "name": f"{Path(data).name}/{args.split}",
+            "name": f"{data} ({args.split})",
             "path": str(data),
             "pairs": min(len(dataset), args.limit),
         },

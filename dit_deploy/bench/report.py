@@ -242,9 +242,13 @@ def markdown(report: dict[str, Any]) -> str:
         if r.get("stages_ms"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["stages_ms"].items())
             whole = r.get("latency", {}).get("1", {}).get("p50")
-            if whole is not None:
+            total = sum(r["stages_ms"].values())
+            if whole is not None and whole >= total:
+                parts += f"; whole call {whole:.2f}, rest {whole - total:.2f}"
+            elif whole is not None:  # the stages were timed apart: no negative "rest"
                 parts += (
-                    f"; whole call {whole:.2f}, rest {whole - sum(r['stages_ms'].values()):+.2f}"
+                    f"; whole call {whole:.2f}, less than the stages' sum {total:.2f} (timed "
+                    "apart, before the rounds: read the split as proportions)"
                 )
             lines.append(f"- {cell['label']}: {parts}; cold start {r['cold_start_s']:.2f} s")
     env = report["environment"]
