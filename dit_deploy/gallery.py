@@ -66,15 +66,30 @@ def overlay(
     return Image.fromarray(out)
 
 
+def wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels in ``font`` (broken between words)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def render(examples: Sequence[Example], title: str) -> Image.Image:
     """Rows of [prediction | ground truth] with the expression above and the IoU beside."""
     pad, banner = 8, 40
     width = 2 * PANEL + 3 * pad
-    height = 44 + len(examples) * (PANEL + banner + pad)
+    font = _font(20)
+    lines = wrap(title, font, width - 2 * pad)
+    top = 14 + 26 * len(lines)
+    height = top + len(examples) * (PANEL + banner + pad)
     sheet = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 10), title, fill=(0, 0, 0), font=_font(20))
-    y = 44
+    for k, line in enumerate(lines):
+        draw.text((pad, 10 + 26 * k), line, fill=(0, 0, 0), font=font)
+    y = top
     for ex in examples:
         iou, _, _ = mask_iou(ex.pred, ex.gt)
         draw.text((pad, y), f'"{ex.text}"', fill=(0, 0, 0), font=_font(16))

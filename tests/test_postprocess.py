@@ -190,3 +190,20 @@ def test_postprocess_batch() -> None:
         assert 0.0 <= r.score <= 1.0
     with pytest.raises(InputError, match=r"\(B, 1, h, w\)"):
         postprocess_batch(low, lbs[:1])
+
+
+def test_a_long_gallery_title_wraps_inside_the_sheet():
+    """A title as the main job writes them ("... (best, median, worst by IoU)") is wrapped
+    between words to the sheet's width, not clipped at its edge."""
+    import numpy as np
+
+    from dit_deploy.gallery import Example, _font, render, wrap
+
+    title = ("openvino cpu int8 (split): mIoU 60.73 on synthetic/val, examples by IoU "
+             "(best, median, worst)")  # fmt: skip
+    mask = np.zeros((20, 30), bool)
+    mask[5:15, 5:20] = True
+    sheet = render([Example(np.zeros((20, 30, 3), np.uint8), "the cup", mask, mask)], title)
+    lines = wrap(title, _font(20), sheet.width - 16)
+    assert len(lines) >= 2 and " ".join(lines) == title
+    assert all(_font(20).getlength(line) <= sheet.width - 16 for line in lines)

@@ -193,6 +193,20 @@ def how_measured(report: dict[str, Any]) -> str:
     return text
 
 
+MARKERS = "osD^v<>PX*"  # 10 markers x tab20's 20 colours, walked so no two cells share both
+
+
+def plot_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
+    """(colour, marker) of ``n`` plotted cells, each pair different from every other."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab20"].colors
+    return [
+        (colours[i % len(colours)], MARKERS[(i // 2 + i // len(colours)) % len(MARKERS)])
+        for i in range(n)
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     batch = str(report["batches"][0])
     lines = [
@@ -273,12 +287,14 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     ok = [c for c in report["cells"] if c.get("result", {}).get("status") == "ok"]
+    styles = plot_styles(len(ok))
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for cell in ok:
+    for cell, (colour, marker) in zip(ok, styles, strict=True):
         lat = cell["result"]["latency"]
         xs = [int(b) for b in lat]
-        ax.plot(xs, [lat[str(b)]["p50"] for b in xs], marker="o", label=cell["label"])
+        ax.plot(xs, [lat[str(b)]["p50"] for b in xs], marker=marker, color=colour,
+                label=cell["label"])  # fmt: skip
     ax.set_xticks(report["batches"])
     ax.set_xlabel("batch (image, expression) pairs")
     ax.set_ylabel("p50 latency per call (ms)")
@@ -293,14 +309,14 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     batch = str(report["batches"][0])
-    markers = "osD^v<>PX*"
-    for i, cell in enumerate(ok):
+    for cell, (colour, marker) in zip(ok, styles, strict=True):
         r = cell["result"]
         ax.scatter(
             r["latency"][batch]["p50"],
             100 * r["accuracy"]["mIoU"],
             s=60,
-            marker=markers[i % len(markers)],
+            marker=marker,
+            color=colour,
             label=cell["label"],
         )
     if ok:
