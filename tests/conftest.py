@@ -31,6 +31,23 @@ def skip_or_require(switch: str, reason: str) -> None:
     pytest.skip(reason)
 
 
+def stand_in_library(out: Path, soname: str, source: str) -> Path:
+    """A shared library named ``soname`` compiled from C ``source`` into ``out``: a stand-in
+    for a library only another machine has (a GPU driver, TensorRT). Skips without cc."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) for the stand-in libraries")
+    src = out / "sources" / f"{soname}.c"  # apart: a glob for lib*.so.* finds libraries only
+    src.parent.mkdir(exist_ok=True)
+    src.write_text(source)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out / soname), f"-Wl,-soname,{soname}",
+                    str(src)], check=True, capture_output=True)  # fmt: skip
+    return out / soname
+
+
 def pypi_reachable() -> bool:
     """Whether pypi.org answers (the wheel-checking tests fetch real release wheels)."""
     import socket

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pypi_reachable
+from tests.conftest import pypi_reachable, stand_in_library
 
 try:
     import tomllib
@@ -124,15 +124,9 @@ def gpu_env() -> Path:
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) for the driver and TensorRT stand-ins")
     out = tmp_path_factory.mktemp("gpu_stand_ins")
     for soname, symbols in STAND_INS.items():
-        src = out / f"{soname.split('.')[0]}_stand_in.c"
-        src.write_text("".join(f"void {s}(void) {{}}\n" for s in symbols))
-        subprocess.run([cc, "-shared", "-fPIC", "-o", str(out / soname),
-                        f"-Wl,-soname,{soname}", str(src)], check=True)  # fmt: skip
+        stand_in_library(out, soname, "".join(f"void {s}(void) {{}}\n" for s in symbols))
     return out
 
 

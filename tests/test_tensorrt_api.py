@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from dit_deploy.atomic import write_bytes_atomic, write_text_atomic
-from tests.conftest import pypi_reachable
+from tests.conftest import pypi_reachable, stand_in_library
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [
@@ -221,19 +221,10 @@ def _unpacked(wheel: Path) -> Path:
 @pytest.fixture(scope="session")
 def stub_libs(tmp_path_factory) -> Path:
     """libnvinfer/libnvonnxparser/libnvinfer_plugin .so.10 and .so.11 stand-ins."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) to build the stub TensorRT libraries")
     out = tmp_path_factory.mktemp("trt_stubs")
-    (out / "stub.c").write_text(STUB_C)
     for major in (10, 11):
         for lib in ("nvinfer", "nvonnxparser", "nvinfer_plugin"):
-            name = f"lib{lib}.so.{major}"
-            subprocess.run(
-                [cc, "-shared", "-fPIC", "-o", str(out / name), f"-Wl,-soname,{name}",
-                 str(out / "stub.c")],
-                check=True, capture_output=True,
-            )  # fmt: skip
+            stand_in_library(out, f"lib{lib}.so.{major}", STUB_C)
     return out
 
 
