@@ -292,3 +292,20 @@ def test_eight_bit_weights_stay_available_and_are_recorded_as_such(verified, tin
     assert wide and set(wide) == set(full)
     for name, scale in wide.items():
         assert scale == pytest.approx(full[name] * 127 / 64, rel=1e-5), name
+
+
+def test_asking_for_bf16_on_a_cpu_without_bf16_units_does_not_suggest_what_it_refuses(
+    tiny_export, monkeypatch
+):
+    """Without BF16 units, the hint for a missing bf16 precision names where BF16 is made
+    (a BF16 CPU) and what runs here, not the quantize command this CPU would refuse."""
+    from dit_deploy.errors import ArtifactError
+    from dit_deploy.runtime import cpu_numerics, read_manifest
+
+    manifest = read_manifest(tiny_export)
+    plain = cpu_numerics.Machine(arch="x86_64", flags=frozenset({"avx2", "fma"}), cpu="EPYC")
+    monkeypatch.setattr(cpu_numerics, "this_machine", lambda *a, **k: plain)
+    with pytest.raises(ArtifactError, match="CPU with BF16 units .* which this one lacks: run"):
+        manifest.graph("dit_fused", "bf16", tiny_export)
+    with pytest.raises(ArtifactError, match="create them with: dit-deploy quantize"):
+        manifest.graph("dit_fused", "fp16", tiny_export)

@@ -149,9 +149,22 @@ class Manifest:
             table = self.precisions[precision]
         else:
             have = ["fp32", *sorted(self.precisions)]
+            fix = command("quantize", directory or "EXPORT_DIR", "--precision", precision)
+            if precision == "bf16":
+                from .cpu_numerics import this_machine
+
+                if not this_machine().has_bf16_units:  # quantize would refuse it here
+                    fix = (
+                        "BF16 is made and verified on a CPU with BF16 units (AVX512-BF16 or "
+                        f"AMX), which this one lacks: run {fix} there, or use "
+                        f"{' or '.join(p for p in have if p != 'fp32') or 'fp32'} here"
+                    )
+                    raise ArtifactError(
+                        f"this export has no bf16 graphs (has: {', '.join(have)}); {fix}"
+                    )
             raise ArtifactError(
                 f"this export has no {precision} graphs (has: {', '.join(have)}); create them "
-                f"with: {command('quantize', directory or 'EXPORT_DIR', '--precision', precision)}"
+                f"with: {fix}"
             )
         if role not in table:
             raise ArtifactError(
