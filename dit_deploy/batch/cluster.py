@@ -85,16 +85,22 @@ class _KnownHarmless(logging.Filter):
         return not any(known in message for known in KNOWN_HARMLESS)
 
 
+def terminal_handlers() -> list[logging.Handler]:
+    """The handlers of Ray's loggers that write to a terminal (not its session log files)."""
+    return [
+        h
+        for name in ("ray", "ray.data")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+
+
 def quiet_known_ray_lines() -> None:
-    """Drop :data:`KNOWN_HARMLESS` lines from the terminal handlers of Ray's loggers (Ray's
-    session log files keep them)."""
-    for name in ("ray", "ray.data"):
-        for handler in logging.getLogger(name).handlers:
-            terminal = isinstance(handler, logging.StreamHandler) and not isinstance(
-                handler, logging.FileHandler
-            )
-            if terminal and not any(isinstance(f, _KnownHarmless) for f in handler.filters):
-                handler.addFilter(_KnownHarmless())
+    """Drop :data:`KNOWN_HARMLESS` lines from :func:`terminal_handlers` (Ray's session log
+    files keep them)."""
+    for handler in terminal_handlers():
+        if not any(isinstance(f, _KnownHarmless) for f in handler.filters):
+            handler.addFilter(_KnownHarmless())
 
 
 # Lines Ray's C++ core worker writes to this process's stderr (not through Python logging)
