@@ -34,6 +34,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -549,6 +550,14 @@ class Trainer:
             torch.manual_seed(cfg.seed + info.rank)
         self.ddp: nn.Module = network
         if info.distributed:
+            if any(p.dim() == 4 and tuple(p.shape[2:]) == (1, 1) for p in network.parameters()):
+                # a 1x1 convolution's weight gradient (the encoder's neck) differs from its
+                # weight only in the strides of its size-1 axes, which address nothing; DDP
+                # compares strides literally and warns once per rank about a layout that is
+                # in fact the same
+                warnings.filterwarnings(
+                    "ignore", message="Grad strides do not match bucket view strides"
+                )
             self.ddp = DistributedDataParallel(
                 network,
                 device_ids=[info.local_rank] if info.device.type == "cuda" else None,
