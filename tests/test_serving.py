@@ -596,6 +596,12 @@ def test_serve_refuses_bad_options_before_starting(export, capsys):
     assert "ports must differ" in capsys.readouterr().err
     assert main(["serve", str(export.parent / "nope")]) == 1
     assert "export directory not found" in capsys.readouterr().err
+    from dit_deploy.runtime.devices import gpu_unavailable_reason
+
+    if gpu_unavailable_reason(need_tensorrt=False) is not None:  # this CI: no GPU
+        assert main(["serve", str(export), "--device", "cuda:1"]) == 1
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert "--device cuda:1 needs an NVIDIA GPU" in line and "--device cpu" in line
 
 
 def test_load_test_reports_latency_batching_and_errors(servers, tmp_path):

@@ -272,6 +272,15 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
     ):
         _check_port_free(opts.host, port, what)
     manifest = read_manifest(opts.export_dir)  # typed errors before anything starts
+    if opts.device != "cpu":
+        from ..runtime.devices import gpu_unavailable_reason
+
+        reason = gpu_unavailable_reason(need_tensorrt=opts.backend == "tensorrt")
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"--device {opts.device} needs an NVIDIA GPU: {reason}; serve on the CPU "
+                "(--device cpu) or on a GPU machine"
+            )
     policy = opts.policy()
     work = Path(tempfile.mkdtemp(prefix="dit-deploy-serve-"))
     log_file = opts.log_file or Path(tempfile.gettempdir()) / f"dit-deploy-serve-{os.getpid()}.log"
@@ -299,8 +308,8 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
         while not _ready(probe):
             if proc.poll() is not None:
                 raise BackendUnavailableError(
-                    f"tritonserver exited ({proc.returncode}) while loading 'dit'; "
-                    f"{_log_tail(log_file, 6)}"
+                    f"tritonserver exited ({proc.returncode}) while loading 'dit': "
+                    f"{_load_failure(log_file)} (its log: {log_file})"
                 )
             if stopping:
                 break
@@ -344,6 +353,16 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _load_failure(log_file: Path) -> str:
+    """The reason tritonserver gives for the model that did not load (its first "failed to
+    load" line), else the end of its log."""
+    import re
+
+    text = log_file.read_text(errors="replace") if log_file.is_file() else ""
+    m = re.search(r"failed to load '[^']+'[^:]*: (.*?)\"?$", text, re.M)
+    return m.group(1).strip() if m else _log_tail(log_file)
 
 
 def _log_tail(log_file: Path, lines: int = 3) -> str:
