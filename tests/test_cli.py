@@ -119,16 +119,21 @@ def test_bench_engine_without_gpu_fails_fast_and_writes_nothing(tmp_path, monkey
         ["bench", "{export}", "--report-dir", "{bad}"],
         ["triton-repo", "{export}", "{bad}"],
         ["run", "--only", "export", "--out", "{bad}"],
+        ["perf-data", "{bad}/load.json", "--bundled"],
+        ["segment", "{samples}/coffee.jpg", "the cup", "--export", "{export}",
+         "--out-dir", "{bad}"],
     ],
-)
+)  # fmt: skip
 def test_an_unusable_output_path_is_one_line(tiny_export, tmp_path, capsys, argv):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     bad = str(blocker / "out")  # under a regular file: no user, root included, can create it
-    argv = [a.format(bad=bad, export=tiny_export) for a in argv]
+    samples = Path(__file__).resolve().parents[1] / "dit_deploy" / "assets" / "samples"
+    argv = [a.format(bad=bad, export=tiny_export, samples=samples) for a in argv]
     assert cli(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "a-file" in err
+    assert ".tmp-" not in err  # the path asked for, not an atomic write's temporary name
 
 
 @pytest.mark.parametrize(
