@@ -34,7 +34,6 @@ import numpy as np
 from ..errors import BackendUnavailableError, ConfigError
 from . import contract as c
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT_S = 600  # a ViT-B INT8 session on 2 cores takes tens of seconds to load
 
 
