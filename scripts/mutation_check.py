@@ -272,14 +272,18 @@ MUTATIONS = (
         "cpp/src/gpu_libraries.cpp",
         "  if (site_packages.empty() || !fs::is_directory(root, ec)) return out;",
         "  return out;",
-        ("tests/test_gpu_loading.py::test_the_cpp_runtime_loading_step_leaves_only_the_driver_missing",),
+        (
+            "tests/test_gpu_loading.py::test_the_cpp_runtime_loading_step_leaves_only_the_driver_missing",
+        ),
     ),
     Mutation(
         "C++ install: ONNX Runtime's provider libraries beside the linked libonnxruntime",
         "scripts/link_onnxruntime.sh",
         '  [ -e "$provider" ] && ln -sfn "$provider" "$LIBDIR/$(basename "$provider")"\n',
         "  :\n",
-        ("tests/test_gpu_loading.py::test_the_cpp_runtime_loading_step_leaves_only_the_driver_missing",),
+        (
+            "tests/test_gpu_loading.py::test_the_cpp_runtime_loading_step_leaves_only_the_driver_missing",
+        ),
     ),
     Mutation(
         "C++ TensorRT buffers: a failed allocation leaves no reservation",
