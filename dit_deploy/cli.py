@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -91,6 +92,17 @@ def _unavailable(sub, module: str, fix: str) -> None:
         p.set_defaults(handler=refuse)
 
 
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line. An error raised in a worker process and re-raised by
+    PyTorch's DataLoader carries the worker's whole traceback in its message ("Caught X in
+    DataLoader worker process 0. Original Traceback ..."): its own message is the last line."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1].strip()
+        return last.split(": ", 1)[1] if re.match(r"^[\w.]+: ", last) else last
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is global: accepted before or after the verb
@@ -120,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DITError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"dit-deploy {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"dit-deploy {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ModuleNotFoundError as exc:
         fix = missing_extra(exc)

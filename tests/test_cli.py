@@ -174,3 +174,18 @@ def test_help_states_each_default_once(capsys):
         doubled = re.findall(r"\([^()]*default[^()]*\) \(default: [^)]*\)", text)
         assert not doubled, (verb, doubled)
         assert "(default: " in text
+
+
+def test_an_error_from_a_data_loader_worker_is_its_own_one_line():
+    """PyTorch re-raises a worker's error with the worker's traceback in the message; the
+    front prints the error's own message, on one line (evaluate on a missing image)."""
+    from dit_deploy.cli import one_line
+    from dit_deploy.errors import DatasetError
+
+    worker = DatasetError(
+        "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "worker.py", line 374, in _worker_loop\n    data = fetch(index)\n'
+        "dit_deploy.errors.DatasetError: image of ref_id=390 is missing: a.png; pass image_dir"
+    )
+    assert one_line(worker) == "image of ref_id=390 is missing: a.png; pass image_dir"
+    assert one_line(DatasetError("two\nlines")) == "two lines"
