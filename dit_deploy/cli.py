@@ -30,6 +30,7 @@ VERBS_OF = {
     "dit_deploy.precision.verify_cli": ("verify",),
     "dit_deploy.engines.cli": ("engines",),
     "dit_deploy.segment": ("segment",),
+    "dit_deploy.demo": ("demo",),
     "dit_deploy.bench.cli": ("bench",),
     "dit_deploy.training.cli": ("train", "evaluate"),
     "dit_deploy.serving.cli": ("serve", "client", "triton-repo", "perf-data"),

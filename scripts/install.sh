@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,openvino,plots,train,batch,serve,dev]"
+.venv/bin/python -m pip install --quiet -e ".[torch,export,cpu,openvino,plots,train,batch,serve,demo,dev]"
 # System packages (Debian 12/13): the C++ runtime's build deps (exits 0 with a message where
 # apt-get is not possible).
 bash scripts/install_cpp_deps.sh
@@ -30,6 +30,13 @@ if ! command -v qemu-x86_64 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null 2>&1 \
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null; } \
     || echo "install: qemu-user not installed; tests/test_isa_emulated.py will skip"
+fi
+# The demo page's test drives Debian's Chromium headless (tests/test_demo.py); users of
+# `dit-deploy demo` only need a browser of their own.
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+    || echo "install: chromium not installed; tests/test_demo.py will skip"
 fi
 # dit-deploy serve: tritonserver's python-backend stub links libpython3.X.so.1.0, which Debian
 # ships in libpython3.X (python3 itself does not pull it in).
