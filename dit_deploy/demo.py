@@ -56,7 +56,10 @@ class Segmenter:
             "export": str(self.export),
             "server": self.server,
             "backends": backends,
-            "precisions": ["fp32", *sorted(self.manifest.precisions)],
+            # through a server, the precision is the one it serves
+            "precisions": ["served"]
+            if self.server
+            else ["fp32", *sorted(self.manifest.precisions)],
             "samples": list(SAMPLES),
         }
 
