@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .atomic import write_bytes_atomic
 from .cli_types import HelpFormatter, positive_int
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 
 MAIN_JOB_EXPORT = Path("runs") / "dit-deploy" / "export"
 BUNDLED_MODEL = "dit-tiny-synthetic"
@@ -47,12 +47,15 @@ class Segmented:
                 "mask_png": str(self.mask_png), "overlay_png": str(self.overlay_png)}  # fmt: skip
 
 
-def default_export(log) -> Path:
-    """The main job's export when it exists, else the bundled model's (exported once)."""
-    if (MAIN_JOB_EXPORT / "manifest.json").is_file():
+def default_export(log, model: str | None = None) -> Path:
+    """``model``'s export (a bundled name or a model directory, exported once under
+    ``runs/exports``); without one, the main job's export when it exists, else the bundled
+    model's."""
+    if model is None and (MAIN_JOB_EXPORT / "manifest.json").is_file():
         return MAIN_JOB_EXPORT
-    out = Path("runs") / "exports" / BUNDLED_MODEL
-    if not (out / "manifest.json").is_file():
+    name = model or BUNDLED_MODEL
+    out = Path("runs") / "exports" / Path(name).name
+    if model is not None or not (out / "manifest.json").is_file():
         try:
             from .exporters.onnx_export import export_pretrained
         except ModuleNotFoundError as exc:
@@ -60,7 +63,7 @@ def default_export(log) -> Path:
                 f"no export to run: pass --export DIR, run the main job once (dit-deploy), or "
                 f"install the torch extra to export the bundled model ({exc.name} missing)"
             ) from None
-        export_pretrained(BUNDLED_MODEL, out, log)
+        export_pretrained(name, out, log)  # reuses a valid export of the same weights
     return out
 
 
@@ -111,6 +114,12 @@ def register(subparsers) -> None:
     p.add_argument("image", type=Path, metavar="IMAGE", help="a JPEG, PNG, WebP, BMP or TIFF")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="referring expressions")
     p.add_argument("--export", type=Path, default=None, help="export directory (None: above)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="instead of --export: a bundled model name or a model directory, exported on "
+        "first use into runs/exports/ (needs the torch extra)",
+    )
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="runtime")
     p.add_argument("--precision", default="fp32", help="fp32, or a precision of the export")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -128,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    export = args.export or default_export(log)
+    if args.export and args.model:
+        raise ConfigError("pass --export or --model, not both")
+    export = args.export or default_export(log, args.model)
     predictor = Predictor(export, backend=args.backend, precision=args.precision,
                           device=args.device, threads=args.threads)  # fmt: skip
     results, ms = segment(predictor, args.image, list(args.texts), args.out_dir)

@@ -50,3 +50,20 @@ def test_segment_errors_are_one_line(tiny_export, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "segment: error:" in err[0]
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_segment_takes_a_model_and_exports_it_once(tmp_path, monkeypatch, capsys):
+    """``--model NAME``: the bundled model exported on first use under runs/exports, reused
+    the second time; ``--model`` with ``--export`` is one line."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["segment", str(SAMPLES / "coffee.jpg"), "the cup", "--model", "dit-tiny-synthetic",
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["export"] == str(Path("runs") / "exports" / "dit-tiny-synthetic")
+    manifest = tmp_path / doc["export"] / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    assert main(argv) == 0 and manifest.stat().st_mtime_ns == stamp  # reused, not redone
+    capsys.readouterr()
+    assert main([*argv, "--export", str(tmp_path)]) == 1
+    assert "pass --export or --model, not both" in capsys.readouterr().err
