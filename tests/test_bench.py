@@ -149,9 +149,10 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
     assert report["command"].startswith(f"dit-bench {tiny_export} ")
     for part in ("--limit 4", "--batch 1,2", "--rounds 3", "--threads 1", "--json"):
         assert part in report["command"], part
-    assert f"Command: `{report['command']}`" in md
-    assert f"Data: {report['data']['path']} (val), 4 pairs" in md
-    assert "rest -" not in md  # a split timed apart is never printed as a negative rest
+    written = (tmp_path / "r" / "report.md").read_text()  # the file a person opens
+    assert f"Command: `{report['command']}`" in written
+    assert f"Data: {report['data']['path']} (val), 4 pairs" in written
+    assert "rest -" not in written  # a split timed apart is never printed as a negative rest
     assert "interleaved rounds" in md and "Machine at start: load" in md and "rest" in md
 
 
