@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import time
 from importlib import resources
@@ -74,8 +73,8 @@ class Segmenter:
     def run(self, image: bytes, texts: list[str], backend: str, precision: str) -> dict:
         from PIL import Image
 
-        from .gallery import overlay
         from .mask_codec import rle_json
+        from .segment import overlay_png_bytes
         from .serving import contract as c
 
         texts = [t.strip() for t in texts if t.strip()]
@@ -93,11 +92,10 @@ class Segmenter:
         ms = (time.perf_counter() - start) * 1e3
         out = []
         for text, result in zip(texts, results, strict=True):
-            buf = io.BytesIO()
-            overlay(rgb, result.mask, (0, 230, 255), long_side=None).save(buf, format="PNG")
+            png = overlay_png_bytes(rgb, result.mask)
             out.append({
                 "text": text, "score": float(result.score), "area": float(result.mask.mean()),
-                "overlay_png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                "overlay_png": base64.b64encode(png).decode("ascii"),
                 "mask_rle": json.loads(rle_json(result.mask)),
             })  # fmt: skip
         return {"ms": round(ms, 1), "results": out}

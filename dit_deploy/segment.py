@@ -72,7 +72,6 @@ def segment(
 ) -> tuple[list[Segmented], float]:
     """Run ``texts`` on ``image`` as one batch; write the PNGs. Returns the results and the
     batch's milliseconds (the graphs, pre- and post-processing)."""
-    from .gallery import overlay
     from .mask_codec import encode_png
     from .preprocess import load_image
 
@@ -86,18 +85,21 @@ def segment(
         mask_png = out_dir / f"{image.stem}.{k}.mask.png"
         overlay_png = out_dir / f"{image.stem}.{k}.overlay.png"
         write_bytes_atomic(mask_png, encode_png(result.mask))
-        picture = overlay(rgb, result.mask, OVERLAY_COLOUR, long_side=None)
-        write_bytes_atomic(overlay_png, _png_bytes(picture))
+        write_bytes_atomic(overlay_png, overlay_png_bytes(rgb, result.mask))
         out.append(Segmented(text, float(result.score), float(result.mask.mean()), mask_png,
                              overlay_png))  # fmt: skip
     return out, ms
 
 
-def _png_bytes(picture) -> bytes:
+def overlay_png_bytes(rgb, mask) -> bytes:
+    """The overlay of ``mask`` (bool (H, W)) on ``rgb`` (uint8 (H, W, 3)) at the image's own
+    size, as PNG bytes (what ``segment`` writes and the demo page shows)."""
     import io
 
+    from .gallery import overlay
+
     buf = io.BytesIO()
-    picture.save(buf, format="PNG")
+    overlay(rgb, mask, OVERLAY_COLOUR, long_side=None).save(buf, format="PNG")
     return buf.getvalue()
 
 
