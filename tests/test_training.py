@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +220,72 @@ def test_a_text_encoder_without_vocabulary_names_the_step_that_makes_it(
     assert not (tmp_path / "run").exists()  # a check trains nothing
 
 
+def _dead_pid() -> int:
+    """The PID of a process that has ended (what a killed trainer's leftovers name)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _created_mode(directory: bool) -> int:
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def test_checkpoints_are_swapped_in_whole_with_plain_modes(tmp_path: Path) -> None:
+    """``last/`` and ``best/`` are built beside the target and swapped in by artifact_dir:
+    no fixed ``.tmp``/``.old`` names, nothing left over, the modes ``mkdir`` would give; a
+    failed write leaves the previous checkpoint and no temporary directory."""
+    from dit_deploy.model import build_dit, get_config
+    from dit_deploy.training.checkpointing import (
+        STATE_FILE,
+        copy_checkpoint,
+        load_train_state,
+        save_checkpoint,
+        write_output_text,
+    )
+
+    net = build_dit(get_config("layer_wise_tiny"))
+    save_checkpoint(tmp_path / "last", net, None, {"epoch": 0})
+    copy_checkpoint(tmp_path / "last", tmp_path / "best")
+    save_checkpoint(tmp_path / "last", net, None, {"epoch": 1})
+    copy_checkpoint(tmp_path / "last", tmp_path / "best")
+    write_output_text(tmp_path / "test_metrics.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "test_metrics.json"]
+    assert load_train_state(tmp_path / "best")["epoch"] == 1
+    assert {p.name for p in (tmp_path / "best").iterdir()} >= {STATE_FILE, "model.safetensors"}
+    for d in ("last", "best"):
+        assert (tmp_path / d).stat().st_mode & 0o777 == _created_mode(directory=True)
+    assert (tmp_path / "test_metrics.json").stat().st_mode & 0o777 == _created_mode(False)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for a lambda
+        save_checkpoint(tmp_path / "last", net, None, {"epoch": 2, "bad": lambda: 0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "test_metrics.json"]
+    assert load_train_state(tmp_path / "last")["epoch"] == 1
+
+
+def test_a_killed_trainers_leftovers_are_recovered(tmp_path: Path) -> None:
+    """What a kill leaves (a checkpoint renamed aside, half-built directories, temporary
+    files) is put back or deleted by artifact_dir's recovery; a live writer's is kept."""
+    from dit_deploy.training.checkpointing import recover_output_dir
+
+    dead, live = _dead_pid(), os.getpid()
+    (tmp_path / "best").mkdir()
+    aside = tmp_path / f".last.old-{dead}-1a2b"  # killed between the two renames
+    aside.mkdir()
+    (aside / "train_state.pt").write_text("old")
+    (tmp_path / f".last.ckpt-{dead}-x").mkdir()  # killed while writing
+    (tmp_path / f".best.ckpt-{dead}-y").mkdir()
+    (tmp_path / f".train_config.yaml.tmp-{dead}-z").write_text("a")
+    (tmp_path / f".best.ckpt-{live}-w").mkdir()
+    logged: list[str] = []
+    assert len(recover_output_dir(tmp_path, logged.append)) == 4
+    assert (tmp_path / "last" / "train_state.pt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".best.ckpt-{live}-w", "best", "last"]
+    assert len(logged) == 4 and any(m.startswith("recovered") for m in logged)
+    assert recover_output_dir(tmp_path / "missing") == []
+
+
 # ----------------------------------------------------------------------------- runs
 
 
@@ -259,6 +328,12 @@ def test_resume_continues_bit_identically(
     first = train(tiny_config(tiny_data, tiny_bert, tmp_path / "cut", stop_after_epochs=1))
     steps = len(first.losses)
     assert full.losses[:steps] == first.losses
+    # what a trainer killed while replacing last/ leaves: last/ renamed aside, a half-built
+    # checkpoint, a temporary file; the next run puts last/ back before it resumes from it
+    cut, dead = tmp_path / "cut", _dead_pid()
+    (cut / "last").rename(cut / f".last.old-{dead}-0f0f")
+    (cut / f".last.ckpt-{dead}-abcd").mkdir()
+    (cut / f".train_config.yaml.tmp-{dead}-ef").write_text("half")
     resumed = train(
         tiny_config(tiny_data, tiny_bert, tmp_path / "cut", resume=str(tmp_path / "cut" / "last"))
     )
@@ -273,6 +348,7 @@ def test_resume_continues_bit_identically(
         strict=True,
     ):
         assert torch.equal(a, b)
+    assert not [p.name for p in cut.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
     # the saved directory is our format, loadable strictly
     model = DITModel.from_pretrained(tmp_path / "cut" / "last")
     assert model.load_reports[0].loaded == len(model.network.state_dict())

