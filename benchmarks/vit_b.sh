@@ -17,5 +17,5 @@ for p in fp16 int8 bf16; do
       --json "$OUT/quantize_$p.json" --quiet || [ "$p" = bf16 ]
 done
 uptime  # the load the numbers were taken under (dit-bench records it too)
-"$PY" -m dit_deploy.bench.cli "$OUT/export" --all --data "$DATA" --split val --limit 8 --batch 1,2 \
+"$PY" -m dit_deploy bench "$OUT/export" --all --data "$DATA" --split val --limit 8 --batch 1,2 \
     --budget 15 --rounds 10 --report-dir "$OUT/report" "$@"

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .cli_types import OneLineParser, closest
 from .errors import DITError
@@ -155,6 +155,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dit-deploy {args.verb}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
+
+def verb_main(verb: str) -> Callable[[Sequence[str] | None], int]:
+    """``main(argv)`` of one verb: ``verb_main("quantize")(ARGS)`` = ``dit-deploy quantize
+    ARGS`` (``argv`` None: the process's arguments). The entry of ``dit-bench`` and of the
+    scripts in ``export/`` and ``training/``; ``export/to_onnx.py validate ...`` is
+    ``validate``."""
+
+    def run(argv: Sequence[str] | None = None) -> int:
+        args = list(sys.argv[1:] if argv is None else argv)
+        if verb == "export" and args[:1] == ["validate"]:
+            return main(args)
+        return main([verb, *args])
+
+    run.__doc__ = f"``dit-deploy {verb}``"
+    return run
+
+
+bench_main = verb_main("bench")  # the dit-bench console script
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -41,24 +41,24 @@ class Segmenter:
     """One (image, expressions) request -> results, through Predictors or a server."""
 
     def __init__(self, export: Path, server: str | None = None) -> None:
-        from .runtime import read_manifest
+        from .runtime import Export
 
         self.export, self.server = export, server
-        self.manifest = read_manifest(export)
+        self._export = Export.open(export)
+        self.manifest = self._export.manifest
         self._predictors: dict[tuple[str, str], Any] = {}
 
     def info(self) -> dict[str, Any]:
-        from .runtime.backends import BACKENDS
+        from .runtime.backends import backend_names, backend_row
 
-        backends = ["server"] if self.server else [b for b in BACKENDS if b != "tensorrt"]
+        cpu = [b for b in backend_names() if "cpu" in backend_row(b).devices]
+        backends = ["server"] if self.server else cpu
         return {
             "export": str(self.export),
             "server": self.server,
             "backends": backends,
             # through a server, the precision is the one it serves
-            "precisions": ["served"]
-            if self.server
-            else ["fp32", *sorted(self.manifest.precisions)],
+            "precisions": ["served"] if self.server else list(self._export.precisions),
             "samples": list(SAMPLES),
         }
 
@@ -67,7 +67,7 @@ class Segmenter:
 
         key = (backend, precision)
         if key not in self._predictors:
-            self._predictors[key] = Predictor(self.export, backend=backend, precision=precision)
+            self._predictors[key] = Predictor(self._export, backend=backend, precision=precision)
         return self._predictors[key]
 
     def run(self, image: bytes, texts: list[str], backend: str, precision: str) -> dict:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-# top-level module -> the dit-deploy extra that installs it
+# top-level module -> the dit-deploy extra that installs it (the runtime backends' packages
+# are their rows' in runtime/backends/table.py)
 EXTRA_OF = {
     "torch": "torch",
     "transformers": "torch",
@@ -12,7 +13,6 @@ EXTRA_OF = {
     "onnxslim": "export",
     "onnxscript": "export",
     "onnxconverter_common": "export",
-    "onnxruntime": "cpu",
     "matplotlib": "plots",
     "pycocotools": "train",
     "tensorboard": "train",
@@ -21,8 +21,6 @@ EXTRA_OF = {
     "ray": "batch",
     "pandas": "batch",
     "pyarrow": "batch",
-    "openvino": "openvino",
-    "tensorrt": "gpu",
     "cuda": "gpu",
     "polygraphy": "gpu",
 }
@@ -30,8 +28,10 @@ EXTRA_OF = {
 
 def missing_extra(exc: ModuleNotFoundError) -> str | None:
     """A one-line fix for an optional dependency that is not installed (None if not ours)."""
+    from .runtime.backends.table import extra_of_package
+
     top = (exc.name or "").split(".")[0]
-    extra = EXTRA_OF.get(top)
+    extra = EXTRA_OF.get(top) or extra_of_package(top)
     if extra is None:
         return None
     hint = " (install torch first: pip install torch)" if extra == "torch" else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from .atomic import write_text_atomic
@@ -126,11 +126,13 @@ class Job:
         from .precision.pipeline import QuantizeOptions, run_quantize
         from .precision.reuse import stale_reason
         from .precision.samples import PairSource
+        from .runtime.backends.table import backend_row, default_backend, derived_precisions
 
         data = self.data()
-        for precision in ("fp16", "int8", "bf16"):
-            if precision == "bf16" and (skip := _bf16_skip_reason()):
-                self.log(f"quantize bf16: skipped, {skip}")
+        for precision in derived_precisions():
+            skip = backend_row(default_backend(precision)).unavailable_reason(precision)
+            if skip:
+                self.log(f"quantize {precision}: skipped, {skip}")
                 continue
             calib = PairSource(data, "train", self.args.calib_size) if precision == "int8" else None
             reason = stale_reason(self.export_dir, precision, calib)
@@ -151,23 +153,24 @@ class Job:
 
     def engines(self) -> None:
         from .engines import EngineOptions, build_engines
+        from .runtime.backends.table import backend_row
         from .runtime.devices import gpu_unavailable_reason
 
+        engine_precisions = backend_row("tensorrt").precisions
         reason = gpu_unavailable_reason()
         if reason is not None:
             self.log(
                 f"engines: skipped, TensorRT needs an NVIDIA GPU ({reason}). On a GPU "
-                "machine: "
-                + command("engines", self.export_dir, "--precision", "fp32", "fp16", "int8")
+                "machine: " + command("engines", self.export_dir, "--precision", *engine_precisions)
             )
             return
-        build_engines(EngineOptions(self.export_dir, ("fp32", "fp16", "int8")), log=self.log)
+        build_engines(EngineOptions(self.export_dir, engine_precisions), log=self.log)
 
     def bench(self) -> None:
-        from .bench.cli import options, run_bench
         from .bench.report import print_table, write_reports
+        from .bench.run import BenchOptions, run_bench
 
-        opts = options(
+        opts = BenchOptions(
             export_dir=self.export_dir,
             all=True,
             data=self.data(),
@@ -196,12 +199,12 @@ class Job:
         from .gallery import Example, write_gallery
         from .metrics import mask_iou
         from .model.dit_model import DITModel
-        from .runtime import Predictor, read_manifest
-        from .runtime.backends import EXECUTIONS
+        from .runtime import Export, Predictor
+        from .runtime.backends.table import default_backend
 
         dataset = open_dataset(self.data(), "val")
         pool = [dataset[i] for i in range(min(len(dataset), self.args.eval_size))]
-        with Predictor(self.export_dir, layout="fused") as fp32:
+        with Predictor(Export.open(self.export_dir), layout="fused") as fp32:
             ranked = fp32.predict_batch([(str(s.image_path), s.sentence) for s in pool])
         order = sorted(range(len(pool)), key=lambda i: -mask_iou(ranked[i].mask, pool[i].mask())[0])
         samples = [pool[i] for i in _best_median_worst(order, self.args.gallery_size)]
@@ -209,12 +212,11 @@ class Job:
         predictors: dict[str, Callable] = {
             "pytorch fp32": DITModel.from_pretrained(self.args.model).predict_batch
         }
-        manifest = read_manifest(self.export_dir)
-        for precision in ("fp32", *sorted(manifest.precisions)):
-            execution = manifest.graph("dit_fused", precision).execution
-            backend = EXECUTIONS[execution][0] if execution else "onnxruntime"
+        export = Export.open(self.export_dir)
+        for precision in export.precisions:
+            backend = default_backend(precision)
             predictors[f"{backend} {precision}"] = Predictor(
-                self.export_dir, backend=backend, precision=precision, layout="fused"
+                export, backend=backend, precision=precision, layout="fused"
             ).predict_batch
         for label, predict in predictors.items():
             results = predict(pairs)
@@ -242,17 +244,6 @@ def _best_median_worst(order: list[int], k: int) -> list[int]:
     return list(dict.fromkeys(picked))
 
 
-def _bf16_skip_reason() -> str | None:
-    """Why the BF16 execution precision (OpenVINO) cannot be verified here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("openvino") is None:
-        return "openvino is not installed (pip install 'dit-deploy[openvino]')"
-    from .runtime.backends.openvino import bf16_unavailable_reason
-
-    return bf16_unavailable_reason()
-
-
 def run_job(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     """Run the selected steps; a typed error names the step that failed."""
     job = Job(args, log)
@@ -277,14 +268,3 @@ def run_job(args: argparse.Namespace, log: Callable[[str], None] = print) -> int
 
 def run_from_args(args: argparse.Namespace) -> int:
     return run_job(args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``dit-deploy`` console script: the one command line (see :mod:`dit_deploy.cli`)."""
-    from .cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -104,7 +104,7 @@ def overlay_png_bytes(rgb, mask) -> bytes:
 
 
 def register(subparsers) -> None:
-    from .runtime.backends import BACKENDS
+    from .runtime.backends import backend_names
 
     p = subparsers.add_parser(
         "segment",
@@ -122,9 +122,11 @@ def register(subparsers) -> None:
         help="instead of --export: a bundled model name or a model directory, exported on "
         "first use into runs/exports/ (needs the torch extra)",
     )
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="runtime")
+    p.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="runtime")
     p.add_argument("--precision", default="fp32", help="fp32, or a precision of the export")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: the backend's first device)"
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (None: all)")
     p.add_argument("--out-dir", type=Path, default=Path("runs") / "segment", help="PNGs here")
     p.add_argument("--json", action="store_true", help="print one JSON document")

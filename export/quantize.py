@@ -2,7 +2,9 @@
 
 import sys
 
-from dit_deploy.precision.cli import main
+from dit_deploy.cli import verb_main
+
+main = verb_main("quantize")
 
 if __name__ == "__main__":
     sys.exit(main())

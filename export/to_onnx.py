@@ -2,7 +2,9 @@
 
 import sys
 
-from dit_deploy.exporters.cli import main
+from dit_deploy.cli import verb_main
+
+main = verb_main("export")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,9 @@
 
 import sys
 
-from dit_deploy.engines.cli import main
+from dit_deploy.cli import verb_main
+
+main = verb_main("engines")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -129,7 +129,7 @@ CMD[cuda-python]="DIT_REQUIRE_GPU=1 $PY -m pytest -q -m cuda tests/test_tensorrt
 CMD[engines]="for e in $EXPORTS; do $PY export/to_trt.py \$e --precision fp32 fp16 int8 --max-batch 8 --timing-cache $OUT/timing.cache || exit 1; done"
 CMD[compare]="for e in $EXPORTS; do for p in fp32 fp16 int8; do for l in fused split; do $PY -m dit_deploy.engines.compare \$e --precision \$p --layout \$l || exit 1; done; done; done"
 CMD[gpu-tests]="DIT_REQUIRE_GPU=1 $PY -m pytest -q -m 'gpu or cuda'"
-CMD[bench]="$PY -m dit_deploy.bench.cli $OUT/tiny --all --batch 1,8 --budget 3 --limit 16 --pretrained dit-tiny-synthetic --report-dir $OUT/bench/tiny$([ "$VIT_B" = 1 ] && echo " && $PY -m dit_deploy.bench.cli $OUT/vit_b/export --all --batch 1,8 --budget 3 --limit 8 --pretrained $OUT/vit_b/model --report-dir $OUT/bench/vit_b")"
+CMD[bench]="$PY -m dit_deploy bench $OUT/tiny --all --batch 1,8 --budget 3 --limit 16 --pretrained dit-tiny-synthetic --report-dir $OUT/bench/tiny$([ "$VIT_B" = 1 ] && echo " && $PY -m dit_deploy bench $OUT/vit_b/export --all --batch 1,8 --budget 3 --limit 8 --pretrained $OUT/vit_b/model --report-dir $OUT/bench/vit_b")"
 CMD[onnxruntime-gpu]="DIT_REQUIRE_GPU=1 $PY -m pytest -q -m gpu tests/test_onnxruntime_backend.py"
 CMD[cpp-tensorrt]="cmake -S cpp -B $OUT/build-trt -DCMAKE_BUILD_TYPE=Release -DDIT_WITH_TENSORRT=ON -DTENSORRT_ROOT=${TRT_HDR%/include} && cmake --build $OUT/build-trt -j && ctest --test-dir $OUT/build-trt --output-on-failure && DIT_CPP_TRT_BUILD=$OUT/build-trt DIT_REQUIRE_GPU=1 $PY -m pytest -q -m gpu tests/test_cpp_runtime.py"
 STEPS=(install versions export export-vit-b torch-cuda cuda-python engines compare gpu-tests onnxruntime-gpu bench cpp-tensorrt)

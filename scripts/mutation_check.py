@@ -306,6 +306,34 @@ MUTATIONS = (
         "",
         ("tests/test_verified_on.py",),
     ),
+    Mutation(
+        "export: a manifest rewritten by another process is read again",
+        "dit_deploy/runtime/export.py",
+        "if cached is not None and cached[0] == stamp:",
+        "if cached is not None:",
+        ("tests/test_export_object.py",),
+    ),
+    Mutation(
+        "export: a cached export still checks its files",
+        "dit_deploy/runtime/export.py",
+        "                check_files(path, cached[1].manifest)",
+        "                pass",
+        ("tests/test_export_object.py",),
+    ),
+    Mutation(
+        "backend table: a row's devices",
+        "dit_deploy/runtime/backends/table.py",
+        "        if kind not in self.devices:",
+        "        if False:",
+        ("tests/test_backend_table.py",),
+    ),
+    Mutation(
+        "backend table: an execution precision goes to its backend's mode",
+        "dit_deploy/runtime/predictor.py",
+        "            execution=mode,",
+        '            execution="",',
+        ("tests/test_backend_table.py",),
+    ),
 )
 
 

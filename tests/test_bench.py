@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dit_deploy.bench.cli import main
 from dit_deploy.bench.report import markdown
 from dit_deploy.bench.stats import measure, summarize
+from dit_deploy.cli import bench_main as main
 from dit_deploy.exporters.onnx_export import run_export
 from dit_deploy.model.dit_model import DITModel
 from dit_deploy.runtime.devices import gpu_unavailable_reason

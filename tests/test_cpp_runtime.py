@@ -78,7 +78,9 @@ def export_dir(tmp_path_factory) -> Path:
     """The tiny authors' checkpoint exported in both layouts (input 96)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from dit_deploy.exporters.cli import main
+    from dit_deploy.cli import verb_main
+
+    main = verb_main("export")
 
     out = tmp_path_factory.mktemp("cpp_export") / "tiny"
     rc = main(
@@ -106,8 +108,9 @@ def quantized_export(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxconverter_common")
-    from dit_deploy.exporters.cli import main as export_main
-    from dit_deploy.precision.cli import main as quantize_main
+    from dit_deploy.cli import verb_main
+
+    export_main, quantize_main = verb_main("export"), verb_main("quantize")
 
     root = tmp_path_factory.mktemp("cpp_quantized")
     out = root / "synthetic"

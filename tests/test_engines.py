@@ -375,7 +375,9 @@ def test_engines_verb_parses_into_options_and_prints_json(export_dir, gpu_machin
 
 
 def test_to_trt_script_without_gpu_exits_1_with_one_line(export_dir, monkeypatch, capsys):
-    from dit_deploy.engines.cli import main
+    from dit_deploy.cli import verb_main
+
+    main = verb_main("engines")
 
     monkeypatch.setattr(build_mod, "gpu_unavailable_reason", lambda: "no NVIDIA GPU (test)")
     assert main([str(export_dir), "--max-batch", "4"]) == 1

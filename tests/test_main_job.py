@@ -11,12 +11,30 @@ from dit_deploy.cli import main
 
 
 def _bf16_available() -> bool:
-    from dit_deploy.main_job import _bf16_skip_reason
+    from dit_deploy.runtime.backends.table import backend_row
 
-    return _bf16_skip_reason() is None
+    return backend_row("openvino").unavailable_reason("bf16") is None
 
 
-def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
+def _count_manifest_reads(monkeypatch) -> dict[str, int]:
+    """Successful parses of a manifest, by export directory, in this process."""
+    from dit_deploy.runtime import export as export_module
+
+    counts: dict[str, int] = {}
+    parse = export_module.read_manifest
+
+    def counted(directory):
+        manifest = parse(directory)
+        key = str(directory.resolve())
+        counts[key] = counts.get(key, 0) + 1
+        return manifest
+
+    monkeypatch.setattr(export_module, "read_manifest", counted)
+    return counts
+
+
+def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys, monkeypatch):
+    reads = _count_manifest_reads(monkeypatch)
     argv = [
         "--out",
         str(tmp_path / "job"),
@@ -35,6 +53,8 @@ def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
+    # the export is written by this process: every later step gets it without reading it back
+    assert all(n <= 1 for n in reads.values()), reads
     from dit_deploy.runtime.devices import gpu_unavailable_reason
 
     skipped = "engines: skipped, TensorRT needs an NVIDIA GPU" in out
@@ -69,7 +89,12 @@ def test_main_job_reduced_end_to_end_and_reuse(tmp_path, capsys):
     else:
         assert "quantize bf16: skipped" in out
 
+    from dit_deploy.runtime import Export
+
+    Export.forget(tmp_path / "job" / "export")  # as a new process would find it
+    reads.clear()
     assert main(["run", *argv[:8], "--only", "export,quantize"]) == 0
+    assert reads == {str((tmp_path / "job" / "export").resolve()): 1}  # once for every step
     again = capsys.readouterr().out
     assert "export: up to date" in again
     assert "quantize fp16: up to date" in again and "quantize int8: up to date" in again

@@ -240,7 +240,9 @@ def test_bf16_refused_on_a_cpu_without_bf16(tiny_export, tmp_path, monkeypatch):
     assert (out / "manifest.json").read_bytes() == manifest_before
     assert not [p for p in out.iterdir() if p.name.startswith(".quantize")]
     # the CLI: one line, non-zero
-    from dit_deploy.precision.cli import main as quantize_main
+    from dit_deploy.cli import verb_main
+
+    quantize_main = verb_main("quantize")
 
     assert quantize_main([str(out), "--precision", "bf16", "--eval-size", "4", "--quiet"]) == 1
 

@@ -15,8 +15,8 @@ from cpu_kinds import INT8_MAX_REL_LOGIT_ERROR, INT8_MIN_MASK_IOU, threshold
 from gpu_boundary import gpu_boundary
 from onnx import TensorProto, numpy_helper
 
+from dit_deploy.cli import verb_main
 from dit_deploy.errors import ArtifactError, ConfigError
-from dit_deploy.precision.cli import main as quantize_main
 from dit_deploy.precision.graph_checks import fp16_problems, int8_problems
 from dit_deploy.precision.int8 import Int8Options
 from dit_deploy.precision.pipeline import QuantizeFailed, QuantizeOptions, run_quantize
@@ -30,6 +30,8 @@ ROLES = ("text_encoder", "dit_encoder", "mask_decoder", "dit_fused")
 # measured on the tiny random model (docs/benchmarks.md, "Precision"): fp16 mask IoU 0.999,
 # max |d logits| 0.04; INT8's thresholds live in cpu_kinds.py (one place for both CPU kinds)
 FP16_MIN_MASK_IOU, FP16_MAX_LOGIT_ERR = 0.99, 0.15
+
+quantize_main = verb_main("quantize")
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +233,8 @@ def test_manifest_without_precisions_reads_and_writes_unchanged(fp32_export):
 def test_to_trt_without_gpu_exits_1_with_the_command(quantized, monkeypatch, capsys):
     """Engine sidecars and the build itself: tests/test_engine_sidecar.py, test_engines.py."""
     from dit_deploy.engines import build
-    from dit_deploy.engines.cli import main as to_trt_main
+
+    to_trt_main = verb_main("engines")
 
     out, _ = quantized
     monkeypatch.setattr(build, "gpu_unavailable_reason", lambda: "no NVIDIA GPU (test)")

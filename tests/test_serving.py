@@ -606,7 +606,7 @@ def test_serve_refuses_bad_options_before_starting(export, capsys):
 
 def test_load_test_reports_latency_batching_and_errors(servers, tmp_path):
     from dit_deploy.bench import server_load
-    from dit_deploy.bench.cli import main as bench_main
+    from dit_deploy.cli import bench_main
 
     server = servers["fp16"]
     opts = server_load.LoadOptions(
@@ -814,7 +814,9 @@ def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, ba
 
     src, precision = export, "fp16" if backend == "tensorrt" else "fp32"
     if backend == "tensorrt":
-        from dit_deploy.engines.cli import main as trt_main
+        from dit_deploy.cli import verb_main
+
+        trt_main = verb_main("engines")
 
         src = tmp_path / "export"
         shutil.copytree(export, src)

@@ -24,7 +24,8 @@ from dit_deploy.serving.errors import (
     ServerTimeoutError,
     ServerUnavailableError,
 )
-from dit_deploy.serving.server import ServeOptions, batching_policy, fix_python_backend_env
+from dit_deploy.serving.server import ServeOptions, batching_policy
+from dit_deploy.serving.triton_repo import fix_python_backend_env
 
 SAMPLES = Path(__file__).parents[1] / "dit_deploy" / "assets" / "samples"
 

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from dit_deploy.cli import verb_main
 from dit_deploy.errors import ConfigError
-from dit_deploy.training.cli import main_train, train_config_from_args
+from dit_deploy.training.cli import train_config_from_args
 from dit_deploy.training.config import TrainConfig
+
+main_train = verb_main("train")
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "training" / "configs" / "tiny_synthetic.yaml"

@@ -11,9 +11,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from dit_deploy.cli import verb_main  # noqa: E402
 from dit_deploy.model.checkpoint import save_pretrained  # noqa: E402
 from dit_deploy.model.dit_model import DITModel  # noqa: E402
-from dit_deploy.training.cli import main_evaluate  # noqa: E402
+
+main_evaluate = verb_main("evaluate")
 from dit_deploy.training.evaluation import EvalOptions, evaluate_model  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout
 
-from dit_deploy.training.cli import main_train  # noqa: E402
+from dit_deploy.cli import verb_main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main_train())
+    raise SystemExit(verb_main("train")())

@@ -7,7 +7,9 @@
 #include <cstring>
 
 #include "backend.hpp"
+#include "backends.hpp"
 #include "cpu_numerics.hpp"
+#include "devices.hpp"
 #include "dit/errors.hpp"
 #include "dit/postprocess.hpp"
 
@@ -48,6 +50,15 @@ std::string join(const std::vector<std::string>& v) {
   return s.empty() ? "none" : s;
 }
 
+// "a, b or c"
+std::string one_of(const std::vector<std::string>& v) {
+  std::string s;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    s += (i == 0 ? "" : i + 1 == v.size() ? " or " : ", ") + v[i];
+  }
+  return s;
+}
+
 bool is_file(const std::string& p) {
   struct stat st {};
   return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
@@ -62,17 +73,14 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
   if (options.max_batch < 1) {
     throw InputError("max_batch must be >= 1, got " + std::to_string(options.max_batch));
   }
-  const std::vector<std::string> known{"fp32", "fp16", "int8"};
+  const BackendRow& row = backend_row(options.backend);
+  const auto& known = row.precisions;
   if (std::find(known.begin(), known.end(), options.precision) == known.end() &&
       impl_->manifest.precisions.count(options.precision) == 0) {
-    throw InputError("unknown precision '" + options.precision + "'; choose fp32, fp16 or int8");
+    throw InputError("unknown precision '" + options.precision + "'; choose " + one_of(known));
   }
   const auto available = impl_->manifest.layouts();
-  std::string layout = options.layout;
-  if (layout.empty()) {
-    layout = std::find(available.begin(), available.end(), "fused") != available.end() ? "fused"
-                                                                                       : "split";
-  }
+  const std::string layout = options.layout.empty() ? default_layout(available) : options.layout;
   if (std::find(available.begin(), available.end(), layout) == available.end()) {
     throw ArtifactError(export_dir + " has no '" + layout + "' graphs (has: " + join(available) +
                         "); re-export with --layout " + layout + " or pick one of " +
@@ -99,7 +107,7 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
                                      " --precision " + options.precision));
     }
   }
-  if (options.backend == "onnxruntime" && options.device == "cpu") {  // CPU kernels' numerics
+  if (row.cpu_numerics && parse_device(options.device).kind == "cpu") {  // CPU kernels' numerics
     // the verified-on rule (cpu_numerics.hpp); without the stored-pair check of Python
     const auto found = impl_->manifest.verified.find(options.precision);
     const VerifiedRecord record =
@@ -111,15 +119,8 @@ Predictor::Predictor(const std::string& export_dir, const Options& options) {
     }
   }
   for (const auto& role : roles) {
-    const std::string path = impl_->manifest.path(impl_->specs.at(role).file);
-    if (options.backend == "onnxruntime") {
-      impl_->graphs[role] = open_onnxruntime(path, options, impl_->specs.at(role).inputs);
-    } else if (options.backend == "tensorrt") {
-      impl_->graphs[role] = open_tensorrt(path, options, impl_->specs.at(role).sha256);
-    } else {
-      throw BackendUnavailableError("unknown backend '" + options.backend +
-                                    "'; choose onnxruntime or tensorrt");
-    }
+    const GraphSpec& spec = impl_->specs.at(role);
+    impl_->graphs[role] = row.open(impl_->manifest.path(spec.file), options, spec);
   }
 }
 

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from ..cli_types import HelpFormatter, non_negative_float, positive_int
-from ..runtime.backends import BACKENDS
+from ..runtime.backends import backend_names
+from ..runtime.manifest import LAYOUT_ROLES
 
 EPILOG = """examples:
   dit-deploy batch pairs.jsonl out/ --export runs/dit-deploy/export --precision int8
@@ -43,11 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", type=Path, default=None, help="dataset root (for NAME:SPLIT sources only)"
     )
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="runtime backend")
+    p.add_argument(
+        "--backend", choices=backend_names(), default="onnxruntime", help="runtime backend"
+    )
     p.add_argument("--precision", default="fp32", help="fp32, or a precision of the export")
     p.add_argument(
         "--layout",
-        choices=("auto", "fused", "split"),
+        choices=("auto", *LAYOUT_ROLES),
         default="auto",
         help="graph layout (auto: fused when exported, else split)",
     )

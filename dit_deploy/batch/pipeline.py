@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
-from ..errors import ArtifactError, BackendUnavailableError, DITError, InputError
+from ..errors import BackendUnavailableError, DITError, InputError
 from ..metrics import RISMetrics
-from ..runtime.backends import BACKENDS
-from ..runtime.manifest import LAYOUT_ROLES, read_manifest, verify_files
+from ..runtime.backends import backend_names, backend_row
+from ..runtime.export import Export
+from ..runtime.manifest import LAYOUT_ROLES
 from . import stages
 from .cluster import RayInfo, connect, quiet_known_native_lines, require_ray
 from .shards import (
@@ -96,10 +97,10 @@ class BatchOptions:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_worker < 0:
             raise InputError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        if self.backend not in BACKENDS:
-            raise InputError(f"unknown backend {self.backend!r}; choose from {BACKENDS}")
-        if self.backend == "tensorrt" and self.gpus_per_worker <= 0:
-            raise InputError("the tensorrt backend runs on a GPU: pass --gpus-per-worker 1")
+        if self.backend not in backend_names():
+            raise InputError(f"unknown backend {self.backend!r}; choose from {backend_names()}")
+        if "cpu" not in backend_row(self.backend).devices and self.gpus_per_worker <= 0:
+            raise InputError(f"the {self.backend} backend runs on a GPU: pass --gpus-per-worker 1")
 
     @property
     def device(self) -> str:
@@ -112,19 +113,14 @@ class BatchOptions:
 
 def _resolve_export(options: BatchOptions) -> tuple[str, dict[str, Any]]:
     """The layout to run, and the export's part of the job record (checks the precision)."""
-    manifest = read_manifest(options.export)
-    layout = options.layout or ("fused" if "fused" in manifest.layouts else "split")
-    if layout not in manifest.layouts:
-        raise ArtifactError(
-            f"{options.export} has no {layout!r} graphs (has: {manifest.layouts or 'none'}); "
-            f"pick --layout {' or '.join(manifest.layouts) or '...'} or re-export"
-        )
+    export = Export.open(options.export)
+    layout = export.layout(options.layout)
     roles = LAYOUT_ROLES[layout]
-    graphs = {role: manifest.graph(role, options.precision).sha256 for role in roles}
+    graphs = {role: export.graph(role, options.precision).sha256 for role in roles}
     # the job record (and so resume) trusts these hashes: check them once, here
-    verify_files(options.export, manifest, roles, options.precision)
+    export.verify(roles, options.precision)
     record = {
-        "model": manifest.config_name,
+        "model": export.manifest.config_name,
         "precision": options.precision,
         "layout": layout,
         "graphs_sha256": graphs,
@@ -156,11 +152,10 @@ class _Timing:
 def worker_memory_bytes(export_dir: Path, layout: str, precision: str) -> int:
     """Memory a Predictor worker reserves: its graphs (+ external data) x ``WEIGHT_COPIES``,
     plus ``ACTIVATION_BYTES`` for a batch's activations."""
-    manifest = read_manifest(export_dir)
-    roles = LAYOUT_ROLES[layout]
+    export = Export.open(export_dir)
     weights = 0
-    for role in roles:
-        path = export_dir / manifest.graph(role, precision).file
+    for role in LAYOUT_ROLES[layout]:
+        path = export.graph_path(role, precision)
         for file in (path, path.with_name(path.name + ".data")):
             weights += file.stat().st_size if file.is_file() else 0
     return WEIGHT_COPIES * weights + ACTIVATION_BYTES

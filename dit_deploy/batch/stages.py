@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import fields
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,8 @@ from ..mask_codec import encode_png, rle_json
 from ..metrics import mask_iou
 from ..postprocess import postprocess_batch
 from ..preprocess import Letterbox
-from ..runtime.manifest import Manifest, open_tokenizer, read_manifest
+from ..runtime.export import Export
+from ..runtime.manifest import Manifest
 from ..tokenizer import WordPieceTokenizer
 
 Batch = dict[str, np.ndarray]
@@ -54,11 +54,10 @@ RESULT_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=4)
 def _export(export_dir: str) -> tuple[Manifest, WordPieceTokenizer]:
     """The manifest and tokenizer of an export, read once per worker process."""
-    manifest = read_manifest(export_dir)
-    return manifest, open_tokenizer(export_dir, manifest)
+    export = Export.open(export_dir)
+    return export.manifest, export.tokenizer()
 
 
 def _one_line(exc: BaseException) -> str:

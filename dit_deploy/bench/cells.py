@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..hints import command
-from ..runtime.devices import gpu_unavailable_reason
+from ..runtime.backends.table import TABLE, BackendRow, backend_row
+from ..runtime.export import preferred_layouts
 
 
 @dataclass
@@ -25,20 +26,6 @@ class Cell:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _ort_providers() -> list[str]:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return []
-    import onnxruntime
-
-    return onnxruntime.get_available_providers()
-
-
-def _openvino_reason() -> str | None:
-    if importlib.util.find_spec("openvino") is None:
-        return "openvino is not installed (pip install 'dit-deploy[openvino]')"
-    return None
 
 
 def cpu_bf16_reason() -> str | None:
@@ -57,95 +44,74 @@ def cpu_bf16_reason() -> str | None:
 def plan_cells(
     export_dir: Path, *, torch_source: dict | None, all_cells: bool, engine: str | None
 ) -> list[Cell]:
-    """Every cell the user asked for; unavailable ones carry their reason."""
+    """Every cell the user asked for; unavailable ones carry their reason. The runtime cells
+    are the backend table's rows: each CPU precision x layout, then (``all_cells``) each
+    row's GPU cells."""
     if engine:
         return [_engine_cell(export_dir, engine)]
-    cells: list[Cell] = []
+    cells = _pytorch_cells(torch_source)
+    layouts = preferred_layouts() if all_cells else preferred_layouts()[:1]
+    rows = [row for row in TABLE.values() if "cpu" in row.devices]
+    for row in rows:
+        for precision in row.precisions:
+            reason = row.unavailable_reason(precision, "cpu")
+            for layout in layouts:
+                label = f"{row.name} cpu {precision} ({layout})"
+                cells.append(Cell(label, row.name, precision, layout=layout, reason=reason))
+    if all_cells:
+        for row in TABLE.values():
+            for device, precisions in row.bench:
+                for precision in precisions:
+                    cells.append(_gpu_cell(export_dir, row, device, precision))
+    return cells
+
+
+def _pytorch_cells(torch_source: dict | None) -> list[Cell]:
+    """PyTorch as users run it (the baseline), and its best measured CPU configuration."""
     no_torch = None if importlib.util.find_spec("torch") else "torch is not installed"
     no_source = (
         None
         if torch_source
         else ("the export does not name its PyTorch source; pass --pretrained or --checkpoint")
     )
-    cells.append(
+    # the best PyTorch configuration measured on a CPU (docs/benchmarks.md): BF16 autocast
+    # (1.75x at ViT-B on AVX512-BF16); SDPA and jemalloc measured slower, so not used
+    return [
         Cell(
             "pytorch (as users run it)",
             "pytorch",
             "fp32",
             options={"sdpa": False},
             reason=no_torch or no_source,
-        )
-    )
-    # the best PyTorch configuration measured on a CPU (docs/benchmarks.md): BF16 autocast
-    # (1.75x at ViT-B on AVX512-BF16); SDPA and jemalloc measured slower, so not used
-    cells.append(
+        ),
         Cell(
             "pytorch (tuned: bf16 autocast)",
             "pytorch",
             "bf16",
             options={"sdpa": False, "autocast": "bf16"},
             reason=no_torch or no_source or cpu_bf16_reason(),
-        )
+        ),
+    ]
+
+
+def _gpu_cell(export_dir: Path, row: BackendRow, device: str, precision: str) -> Cell:
+    """A cell of ``dit-bench --all`` off the CPU; a per-machine artifact (an engine) is a
+    fused-graph cell labelled by it, with the commands that build and run it."""
+    if row.artifact == "engine":
+        return _engine_cell(export_dir, precision, row)
+    return Cell(
+        f"{row.name} {device} {precision} (fused)",
+        row.name,
+        precision,
+        device=device,
+        layout="fused",
+        reason=row.unavailable_reason(precision, device),
     )
-    layouts = ["fused", "split"] if all_cells else ["fused"]
-    providers = _ort_providers()
-    for precision in ("fp32", "fp16", "int8"):
-        for layout in layouts:
-            cells.append(
-                Cell(
-                    f"onnxruntime cpu {precision} ({layout})",
-                    "onnxruntime",
-                    precision,
-                    layout=layout,
-                    reason=None if providers else "onnxruntime is not installed",
-                )
-            )
-    no_openvino = _openvino_reason()
-    for precision in ("fp32", "bf16", "int8"):
-        reason = no_openvino
-        if reason is None and precision == "bf16":
-            from ..runtime.backends.openvino import bf16_unavailable_reason
-
-            reason = bf16_unavailable_reason()
-        for layout in layouts:
-            cells.append(
-                Cell(
-                    f"openvino cpu {precision} ({layout})",
-                    "openvino",
-                    precision,
-                    layout=layout,
-                    reason=reason,
-                )
-            )
-    if all_cells:
-        for device, provider in (
-            ("cuda", "CUDAExecutionProvider"),
-            ("tensorrt", "TensorrtExecutionProvider"),
-        ):
-            reason = (
-                None
-                if provider in providers
-                else (
-                    f"ONNX Runtime here has no {provider} (needs onnxruntime-gpu and an NVIDIA GPU)"
-                )
-            )
-            cells.append(
-                Cell(
-                    f"onnxruntime {device} fp32 (fused)",
-                    "onnxruntime",
-                    "fp32",
-                    device=device,
-                    layout="fused",
-                    reason=reason,
-                )
-            )
-        for precision in ("fp32", "fp16", "int8"):
-            cells.append(_engine_cell(export_dir, precision))
-    return cells
 
 
-def _engine_cell(export_dir: Path, precision: str) -> Cell:
-    reason = gpu_unavailable_reason()
+def _engine_cell(export_dir: Path, precision: str, row: BackendRow | None = None) -> Cell:
+    row = row or backend_row("tensorrt")
+    reason = row.unavailable_reason(precision, row.default_device)
     if reason is not None:
         reason = (
             f"TensorRT needs an NVIDIA GPU: {reason}. On a GPU machine run: "
@@ -153,10 +119,10 @@ def _engine_cell(export_dir: Path, precision: str) -> Cell:
             f"{command('bench', export_dir, '--engine', precision)}"
         )
     return Cell(
-        f"tensorrt {precision} (engine)",
-        "tensorrt",
+        f"{row.name} {precision} (engine)",
+        row.name,
         precision,
-        device="cuda",
+        device=row.default_device,
         layout="fused",
         reason=reason,
     )

@@ -42,9 +42,9 @@ from ..runtime.engine_sidecar import (
     engine_file,
     write_sidecar,
 )
-from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS, GraphSpec, Manifest, TensorSpec
+from ..runtime.manifest import LAYOUT_ROLES, GraphSpec, Manifest, TensorSpec
 
-LAYOUTS = ("split", "fused", "all")
+LAYOUTS = (*LAYOUT_ROLES, "all")
 # the TensorRT release that added each non-default hardware-compatibility level
 HARDWARE_COMPAT_SINCE = {"ampere_plus": (8, 6), "same_compute_capability": (10, 9)}
 
@@ -98,15 +98,15 @@ class EngineOptions:
 
 
 def _roles(manifest: Manifest, layout: str) -> list[str]:
-    wanted = {"split": SPLIT_GRAPHS, "fused": FUSED_GRAPHS}.get(layout)
+    wanted = LAYOUT_ROLES.get(layout)
     return [r for r in manifest.graphs if wanted is None or r in wanted]
 
 
 def plan(options: EngineOptions) -> tuple[Manifest, list[tuple[str, str, GraphSpec]]]:
     """The (precision, role, graph) list to build; typed errors for what the export lacks."""
-    from ..runtime.manifest import read_manifest
+    from ..runtime.export import Export
 
-    manifest = read_manifest(options.export_dir)
+    manifest = Export.open(options.export_dir).manifest
     jobs = [
         (precision, role, manifest.graph(role, precision))
         for precision in options.precisions
@@ -236,6 +236,116 @@ def _io_specs(trt: Any, engine: Any) -> tuple[list[TensorSpec], list[TensorSpec]
     return inputs, outputs
 
 
+def _parse(trt: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
+    """(builder, strongly typed network, parser) of ``onnx_path``; the parser owns the
+    network's weights, so it must live until the build."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ArtifactError(f"TensorRT cannot parse {onnx_path}:\n  " + "\n  ".join(errors))
+    return builder, network, parser
+
+
+def _builder_config(trt: Any, builder: Any, options: EngineOptions) -> Any:
+    """The builder config: workspace, optimisation level, no TF32, compatibility flags."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
+    config.builder_optimization_level = options.builder_optimization_level
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if options.hardware_compatibility != "none":
+        config.hardware_compatibility_level = getattr(
+            trt.HardwareCompatibilityLevel, options.hardware_compatibility.upper()
+        )
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    return config
+
+
+def _add_profile(
+    builder: Any, network: Any, config: Any, options: EngineOptions, onnx_path: Path
+) -> dict[str, Any]:
+    """Add the optimisation profile over the batch axis; return the sidecar's ``profile``."""
+    profile = builder.create_optimization_profile()
+    opt = options.resolved_opt_batch()
+    shapes: dict[str, list[list[int]]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = [int(d) for d in tuple(tensor.shape)[1:]]
+        if any(d < 0 for d in rest):
+            raise ArtifactError(f"{onnx_path}: input {tensor.name} has a dynamic non-batch axis")
+        lo, mid, hi = ([b, *rest] for b in (options.min_batch, opt, options.max_batch))
+        profile.set_shape(tensor.name, lo, mid, hi)
+        shapes[tensor.name] = [lo, mid, hi]
+    if config.add_optimization_profile(profile) < 0:
+        raise ArtifactError(f"TensorRT refused the optimisation profile {shapes} of {onnx_path}")
+    return {
+        "min_batch": options.min_batch,
+        "opt_batch": opt,
+        "max_batch": options.max_batch,
+        "shapes": shapes,
+    }
+
+
+@dataclass(frozen=True)
+class _Built:
+    """What one build made that its sidecar records."""
+
+    engine_path: Path
+    onnx_path: Path
+    role: str
+    precision: str
+    profile: dict[str, Any]
+    cache_path: Path | None
+    start: float
+
+
+def _sidecar(
+    trt: Any,
+    gpu: GpuInfo,
+    options: EngineOptions,
+    manifest: Manifest,
+    spec: GraphSpec,
+    built: _Built,
+    io: tuple[list[TensorSpec], list[TensorSpec]],
+) -> EngineSidecar:
+    """The engine's sidecar (the source's hash and the build's seconds taken now)."""
+    inputs, outputs = io
+    return EngineSidecar(
+        engine_file=built.engine_path.name,
+        source_onnx=spec.file,
+        source_sha256=sha256_file(built.onnx_path),
+        role=built.role,
+        precision=built.precision,
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        profile=built.profile,
+        inputs=inputs,
+        outputs=outputs,
+        preprocessing={
+            "input_size": manifest.input_size,
+            "max_tokens": manifest.max_tokens,
+            "mask_threshold": manifest.mask_threshold,
+            "pixel_mean": manifest.pixel_mean,
+            "pixel_std": manifest.pixel_std,
+            "tokenizer": manifest.tokenizer,
+        },
+        build={
+            "workspace_gb": options.workspace_gb,
+            "builder_optimization_level": options.builder_optimization_level,
+            "strongly_typed": True,
+            "tf32": False,
+            "timing_cache": str(built.cache_path) if built.cache_path else None,
+            "seconds": round(time.perf_counter() - built.start, 1),
+            "command": options.rerun_command(),
+        },
+        hardware_compatibility=options.hardware_compatibility,
+        version_compatible=options.version_compatible,
+    )
+
+
 def build_engine(
     trt: Any,
     gpu: GpuInfo,
@@ -253,42 +363,16 @@ def build_engine(
     tmp = engine_path.with_name(engine_path.name + ".tmp")
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ArtifactError(f"TensorRT cannot parse {onnx_path}:\n  " + "\n  ".join(errors))
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
-    config.builder_optimization_level = options.builder_optimization_level
-    config.clear_flag(trt.BuilderFlag.TF32)
-    if options.hardware_compatibility != "none":
-        config.hardware_compatibility_level = getattr(
-            trt.HardwareCompatibilityLevel, options.hardware_compatibility.upper()
-        )
-    if options.version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-
-    profile = builder.create_optimization_profile()
-    opt = options.resolved_opt_batch()
-    shapes: dict[str, list[list[int]]] = {}
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        rest = [int(d) for d in tuple(tensor.shape)[1:]]
-        if any(d < 0 for d in rest):
-            raise ArtifactError(f"{onnx_path}: input {tensor.name} has a dynamic non-batch axis")
-        lo, mid, hi = ([b, *rest] for b in (options.min_batch, opt, options.max_batch))
-        profile.set_shape(tensor.name, lo, mid, hi)
-        shapes[tensor.name] = [lo, mid, hi]
-    if config.add_optimization_profile(profile) < 0:
-        raise ArtifactError(f"TensorRT refused the optimisation profile {shapes} of {onnx_path}")
+    builder, network, _parser = _parse(trt, logger, onnx_path)  # _parser: keeps the weights
+    config = _builder_config(trt, builder, options)
+    profile = _add_profile(builder, network, config, options, onnx_path)
     cache_path = (
         timing_cache_file(options.timing_cache, gpu.compute_capability, trt.__version__)
         if options.timing_cache is not None
         else None
     )
     previous_cache = _attach_timing_cache(trt, config, cache_path, log)
+    built = _Built(engine_path, onnx_path, role, precision, profile, cache_path, start)
 
     log(f"{role}: building {engine_path.name} (TensorRT {trt.__version__}, {precision}) ...")
     serialized = builder.build_serialized_network(network, config)
@@ -306,44 +390,7 @@ def build_engine(
                 f"TensorRT built {engine_path.name} but cannot load it back; see the TensorRT "
                 "log above"
             )
-        inputs, outputs = _io_specs(trt, engine)
-        sidecar = EngineSidecar(
-            engine_file=engine_path.name,
-            source_onnx=spec.file,
-            source_sha256=sha256_file(onnx_path),
-            role=role,
-            precision=precision,
-            tensorrt_version=trt.__version__,
-            gpu_name=gpu.name,
-            compute_capability=gpu.compute_capability,
-            profile={
-                "min_batch": options.min_batch,
-                "opt_batch": opt,
-                "max_batch": options.max_batch,
-                "shapes": shapes,
-            },
-            inputs=inputs,
-            outputs=outputs,
-            preprocessing={
-                "input_size": manifest.input_size,
-                "max_tokens": manifest.max_tokens,
-                "mask_threshold": manifest.mask_threshold,
-                "pixel_mean": manifest.pixel_mean,
-                "pixel_std": manifest.pixel_std,
-                "tokenizer": manifest.tokenizer,
-            },
-            build={
-                "workspace_gb": options.workspace_gb,
-                "builder_optimization_level": options.builder_optimization_level,
-                "strongly_typed": True,
-                "tf32": False,
-                "timing_cache": str(cache_path) if cache_path else None,
-                "seconds": round(time.perf_counter() - start, 1),
-                "command": options.rerun_command(),
-            },
-            hardware_compatibility=options.hardware_compatibility,
-            version_compatible=options.version_compatible,
-        )
+        sidecar = _sidecar(trt, gpu, options, manifest, spec, built, _io_specs(trt, engine))
         os.replace(tmp, engine_path)
     finally:
         tmp.unlink(missing_ok=True)

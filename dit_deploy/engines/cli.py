@@ -7,9 +7,9 @@ import argparse
 import json
 import shlex
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
+from ..runtime.backends.table import backend_row
 from .build import LAYOUTS, EngineOptions
 
 EPILOG = """examples (on a machine with an NVIDIA GPU and pip install 'dit-deploy[gpu]'):
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         nargs="+",
-        choices=["fp32", "fp16", "int8"],
+        choices=backend_row("tensorrt").precisions,
         default=["fp32"],
         help="graph precision(s) to build (default: %(default)s)",
     )
@@ -154,10 +154,3 @@ def register(subparsers) -> None:
     )
     add_arguments(p)
     p.set_defaults(handler=run)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python export/to_trt.py``: the same as ``dit-deploy engines``."""
-    from ..cli import main as front
-
-    return front(["engines", *(sys.argv[1:] if argv is None else argv)])

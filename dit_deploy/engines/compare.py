@@ -22,7 +22,7 @@ import numpy as np
 from ..cli_types import OneLineParser
 from ..errors import BackendUnavailableError, ConfigError, DITError
 from ..runtime.engine_sidecar import PRECISIONS, engine_file
-from ..runtime.manifest import FUSED_GRAPHS, SPLIT_GRAPHS
+from ..runtime.manifest import LAYOUT_ROLES
 
 # default |candidate - fp32| tolerance on each output, per precision (logits are O(10))
 ATOL = {"fp32": 1e-2, "fp16": 0.15, "int8": 2.0}
@@ -65,16 +65,8 @@ def _feeds(export_dir: Path, batch: int) -> dict[str, np.ndarray]:
     samples = sorted((Path(__file__).resolve().parents[1] / "assets" / "samples").glob("*.jpg"))
     images = [str(samples[i % len(samples)]) for i in range(batch)]
     texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(batch)]
-    feeds, _ = Predictor(export_dir, layout="fused" if _has_fused(export_dir) else "split").prepare(
-        images, texts
-    )
+    feeds, _ = Predictor(export_dir).prepare(images, texts)
     return feeds
-
-
-def _has_fused(export_dir: Path) -> bool:
-    from ..runtime.manifest import read_manifest
-
-    return "fused" in read_manifest(export_dir).layouts
 
 
 def compare_graphs(
@@ -97,11 +89,11 @@ def compare_graphs(
     # SimpleCompareFunc from Polygraphy 0.53; CompareFunc.simple before (deprecated since)
     simple = getattr(comparator, "SimpleCompareFunc", None) or comparator.CompareFunc.simple
     from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from ..runtime.manifest import read_manifest
+    from ..runtime.export import Export
 
     export_dir = options.export_dir
-    manifest = read_manifest(export_dir)
-    roles = list(FUSED_GRAPHS if options.layout == "fused" else SPLIT_GRAPHS)
+    manifest = Export.open(export_dir).manifest
+    roles = list(LAYOUT_ROLES[options.layout])
     atol = options.atol if options.atol is not None else ATOL[options.precision]
     tensors = dict(_feeds(export_dir, options.batch))
     results = []
@@ -166,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("export_dir", type=Path)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--layout", choices=["fused", "split"], default="fused")
+    p.add_argument("--layout", choices=tuple(LAYOUT_ROLES), default="fused")
     p.add_argument("--candidate", choices=["tensorrt", "onnxruntime"], default="tensorrt")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--atol", type=float, help=f"default per precision: {ATOL}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..runtime.manifest import LAYOUT_ROLES
 from .validate import Tolerance
 
 EPILOG = """examples:
@@ -98,7 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="export directory to write")
     p.add_argument(
         "--layout",
-        choices=["split", "fused", "both"],
+        choices=[*LAYOUT_ROLES, "both"],
         default="split",
         help="split: text encoder + DIT encoder + mask decoder; fused: one graph "
         "(default: %(default)s)",
@@ -139,11 +138,11 @@ def export_from_args(args: argparse.Namespace) -> int:
 
 
 def validate_from_args(args: argparse.Namespace) -> int:
-    from ..runtime.manifest import read_manifest
+    from ..runtime.export import Export
     from .onnx_export import default_validation_pairs, validate_directory
     from .validate import raise_on_failures
 
-    manifest = read_manifest(args.export_dir)
+    manifest = Export.open(args.export_dir).manifest
     model, _ = _load_model(args)
     pairs = _pairs(args) or default_validation_pairs()
     checks = validate_directory(
@@ -154,13 +153,3 @@ def validate_from_args(args: argparse.Namespace) -> int:
     raise_on_failures(checks, f"{args.export_dir} does not match the PyTorch model")
     print(f"{args.export_dir}: all {len(checks)} outputs within tolerance")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``export/to_onnx.py [validate]``: the same as ``dit-deploy export`` / ``validate``."""
-    from ..cli import main as front
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["validate"]:
-        return front(argv)
-    return front(["export", *argv])

@@ -25,6 +25,7 @@ from ..hashing import sha256_file
 from ..model.checkpoint import VOCAB_FILE
 from ..model.dit_model import DITModel
 from ..preprocess import ImageSource
+from ..runtime.export import Export
 from ..runtime.graph_chain import LOGITS, GraphChain
 from ..runtime.manifest import (
     LAYOUT_ROLES,
@@ -325,6 +326,7 @@ def run_export(
             log(check.line())
         raise_on_failures(result.checks, f"export to {out_dir} not written")
         swap_in(tmp, out_dir)
+        Export.written(out_dir, manifest)  # this process's later opens need not re-read it
         return result
     finally:
         if tmp.exists():
@@ -335,19 +337,19 @@ def export_pretrained(name_or_dir: str | Path, out_dir: str | Path, log=print) -
     """Export a model in our format (both layouts) unless ``out_dir`` already holds a valid
     export of the same weights (sha256 in the manifest's source). True if it exported."""
     from ..errors import DITError
-    from ..runtime.manifest import read_manifest, verify_files
 
     weights = DITModel.resolve_pretrained(name_or_dir) / "model.safetensors"
     source = {"pretrained": str(name_or_dir), "sha256": sha256_file(weights)}
     recover(out_dir, log)
     try:
-        manifest = read_manifest(out_dir)
+        export = Export.open(out_dir)
+        manifest = export.manifest
         if (
             manifest.source == source
             and manifest.layouts == list(LAYOUT_ROLES)
             and manifest.opset == DEFAULT_OPSET
         ):
-            verify_files(out_dir, manifest, list(manifest.graphs), "fp32")
+            export.verify(list(manifest.graphs), "fp32")
             return False
     except DITError as exc:
         if out_dir.exists():

@@ -13,8 +13,7 @@
 TensorRT engines are built from these graphs by :mod:`dit_deploy.engines`; TensorRT 11 takes
 precision only from the graph's types and Q/DQ nodes, so everything that
 decides the accuracy of an engine is decided, and checked, here on the CPU.
+
+The precisions themselves (graph precisions and the backends' execution precisions) are listed
+in one place: :mod:`dit_deploy.runtime.backends.table`.
 """
-
-PRECISIONS = ("fp32", "fp16", "int8", "bf16")
-
-__all__ = ["PRECISIONS"]

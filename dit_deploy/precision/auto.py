@@ -429,23 +429,10 @@ def search_int8(
     """
     import onnx
 
-    from ..hashing import sha256_file
-
     qmodels = {role: onnx.load(str(quantized[role])) for role in ctx.roles}
     fp32_models = {role: onnx.load(str(ctx.sources[role])) for role in ctx.roles}
     base = {**ctx.sources, **{r: Path(quantized[r]) for r in ctx.roles}}
-    flops, ranked = {}, {}
-    for role in ctx.roles:
-        feeds = ctx.role_feeds(role, ctx.search, 1)[0]
-        flops[role] = compute_flops(fp32_models[role], feeds, ctx.threads)
-        cache = None
-        if cache_dir is not None:
-            key = _digest("alone", sha256_file(quantized[role]), ctx.search.key(), ctx.eval_batch)
-            cache = Path(cache_dir) / f"{role}.sensitivity.{key[:16]}.json"
-        baseline, errors = sensitivity(
-            ctx, role, qmodels[role], fp32_models[role], base, cache, log
-        )
-        ranked[role] = (baseline, errors)
+    flops, ranked = _sensitivities(ctx, quantized, qmodels, fp32_models, base, cache_dir, log)
     kept: dict[str, list[KeptNode]] = {role: [] for role in ctx.roles}
     rounds: list[dict[str, object]] = []
     for layout in ctx.layouts():
@@ -488,6 +475,43 @@ def search_int8(
                     flops[role].get(name),
                 )
             )
+    return kept, _int8_shares(ctx, qmodels, flops, kept), rounds
+
+
+def _sensitivities(
+    ctx: SearchContext,
+    quantized: Mapping[str, Path],
+    qmodels: Mapping[str, object],
+    fp32_models: Mapping[str, object],
+    base: Mapping[str, Path],
+    cache_dir: Path | None,
+    log: Log,
+) -> tuple[dict[str, dict[str, float]], dict[str, tuple[float, dict[str, float]]]]:
+    """Role -> FLOPs per node, role -> (baseline, error per node quantized alone)."""
+    from ..hashing import sha256_file
+
+    flops, ranked = {}, {}
+    for role in ctx.roles:
+        feeds = ctx.role_feeds(role, ctx.search, 1)[0]
+        flops[role] = compute_flops(fp32_models[role], feeds, ctx.threads)
+        cache = None
+        if cache_dir is not None:
+            key = _digest("alone", sha256_file(quantized[role]), ctx.search.key(), ctx.eval_batch)
+            cache = Path(cache_dir) / f"{role}.sensitivity.{key[:16]}.json"
+        baseline, errors = sensitivity(
+            ctx, role, qmodels[role], fp32_models[role], base, cache, log
+        )
+        ranked[role] = (baseline, errors)
+    return flops, ranked
+
+
+def _int8_shares(
+    ctx: SearchContext,
+    qmodels: Mapping[str, object],
+    flops: Mapping[str, Mapping[str, float]],
+    kept: Mapping[str, list[KeptNode]],
+) -> dict[str, tuple[float, float, int]]:
+    """Role -> (INT8 FLOPs, total FLOPs, quantizable nodes) once ``kept`` stay unquantized."""
     shares = {}
     for role in ctx.roles:
         quantizable = quantized_nodes(qmodels[role])
@@ -498,7 +522,7 @@ def search_int8(
             total,
             len(quantizable),
         )
-    return kept, shares, rounds
+    return shares
 
 
 RANKINGS = ("error_per_flop", "error")

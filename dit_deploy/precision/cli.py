@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..cli_types import fraction, points, positive_int
 from ..errors import ConfigError
 from ..progress import Progress
+from ..runtime.backends.table import derived_precisions
 
 EPILOG = """examples:
   dit-deploy quantize exports/refcoco_vit_b --precision fp16
@@ -69,14 +70,20 @@ def register(subparsers) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .fp16 import DEFAULT_FP32_OPS
-    from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES, DEFAULT_WEIGHT_BITS, WEIGHT_BITS
-    from .smooth import DEFAULT_ALPHA
+    """Every ``dit-deploy quantize`` option, in ``--help`` order."""
+    _add_target_arguments(p)
+    _add_calibration_arguments(p)
+    _add_fp16_arguments(p)
+    _add_verification_arguments(p)
+    _add_output_arguments(p)
 
+
+def _add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """The export, the precision, and the plan search (--auto/--plan) options."""
     p.add_argument("export_dir", type=Path, help="an export directory (dit-deploy export)")
     p.add_argument(
         "--precision",
-        choices=["fp16", "int8", "bf16"],
+        choices=derived_precisions(),
         required=True,
         help="bf16: the FP32 graphs run in BF16 by OpenVINO (CPUs with AVX512-BF16/AMX); "
         "verified the same way, recorded in the manifest, no new graph file",
@@ -109,6 +116,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ROLE",
         help="graphs left FP32, e.g. text_encoder (default: convert every graph)",
     )
+
+
+def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    """The calibration group: INT8 ranges, smoothing, weight bits, the range cache."""
+    from .int8 import CALIBRATION_METHODS, DEFAULT_OP_TYPES, DEFAULT_WEIGHT_BITS, WEIGHT_BITS
+    from .smooth import DEFAULT_ALPHA
+
     cal = p.add_argument_group("calibration (INT8 ranges; FP16 --auto tensor ranges)")
     cal.add_argument("--calib-data", type=Path, help="dataset root (refer/preprocessed layout)")
     cal.add_argument("--calib-split", default="train", help="(default: %(default)s)")
@@ -167,6 +181,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="calibration range cache (default: ~/.cache/dit_deploy/calibration)",
     )
+
+
+def _add_fp16_arguments(p: argparse.ArgumentParser) -> None:
+    """The FP16 group: op types and nodes kept FP32."""
+    from .fp16 import DEFAULT_FP32_OPS
+
     f16 = p.add_argument_group("FP16")
     f16.add_argument(
         "--fp32-ops",
@@ -181,6 +201,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NODE",
         help="node names kept FP32 (e.g. the first/last node)",
     )
+
+
+def _add_verification_arguments(p: argparse.ArgumentParser) -> None:
+    """The verification group: held-out pairs, gates, latency, threads."""
     ver = p.add_argument_group("verification (held-out pairs, ONNX Runtime CPU)")
     ver.add_argument("--eval-data", type=Path, help="dataset root (default: --calib-data)")
     ver.add_argument("--eval-split", default="val", help="(default: %(default)s)")
@@ -220,6 +244,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=4,
         help="pairs per verification call; 1 bounds memory for ViT-B (default: %(default)s)",
     )
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """The report options: JSON, progress bars, verbosity."""
     p.add_argument("--json", type=Path, help="also write the report as JSON here ('-': stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
@@ -391,10 +419,3 @@ def run_from_args(args: argparse.Namespace) -> int:
     else:
         log(f"wrote {files} and updated {args.export_dir / 'manifest.json'}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``export/quantize.py``: the same as ``dit-deploy quantize``."""
-    from ..cli import main as front
-
-    return front(["quantize", *(sys.argv[1:] if argv is None else argv)])

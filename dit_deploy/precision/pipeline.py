@@ -27,24 +27,16 @@ from pathlib import Path
 
 from .. import __version__
 from ..artifact_dir import clean_inner_leftovers
-from ..errors import ArtifactError, ConfigError, ValidationError
+from ..errors import ConfigError, ValidationError
 from ..exporters.onnx_io import save_onnx
 from ..hashing import sha256_file
-from ..runtime.backends import EXECUTIONS, open_backend
+from ..runtime.export import Export
 from ..runtime.graph_chain import GraphChain, layout_of
-from ..runtime.manifest import (
-    MANIFEST_FILE,
-    GraphSpec,
-    Manifest,
-    cached_sha256,
-    read_manifest,
-    verify_file,
-    verify_files,
-)
-from ..runtime.verified_on import PAIRS_FILE, StoredPairs, write_pairs
+from ..runtime.manifest import GraphSpec, Manifest, cached_sha256
 from .chain import PairInputs, chains
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
 from .graph_checks import fp16_problems, int8_problems
+from .install import GraphOutcome, execution_candidate, execution_of, install, verification
 from .int8 import (
     Int8Options,
     Int8Result,
@@ -54,8 +46,7 @@ from .int8 import (
     quantize_int8,
     unknown_nodes,
 )
-from .plan import PLAN_FILE, PrecisionPlan, RolePlan, pairs_hash, read_plan, read_plans, write_plans
-from .record import scheme_of, stored_pairs, verification_entry
+from .plan import PrecisionPlan, RolePlan, pairs_hash, read_plan
 from .samples import PairSource
 from .smooth import MIN_GAIN, SMOOTH_SUFFIX
 from .verify import (
@@ -69,9 +60,6 @@ from .verify import (
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 SMOOTH_CHECK_PAIRS = 8  # held-out pairs that decide, per activation, whether to smooth
-# precisions that run the FP32 graph files at another precision: precision -> the
-# manifest's ``execution`` value (its backend: ``EXECUTIONS[execution][0]``)
-EXECUTION_PRECISIONS = {mode: name for name, (_backend, mode) in EXECUTIONS.items()}
 
 
 def _no_progress(_desc: str, _total: int) -> Callable[[int], None]:
@@ -117,17 +105,6 @@ class QuantizeOptions:
 
 
 @dataclass
-class GraphOutcome:
-    role: str
-    file: str
-    precision: str
-    seconds: float
-    size_bytes: int
-    fp32_size_bytes: int
-    detail: dict[str, object] = field(default_factory=dict)
-
-
-@dataclass
 class QuantizeResult:
     export_dir: Path
     precision: str
@@ -164,7 +141,7 @@ def _check_options(manifest: Manifest, opts: QuantizeOptions) -> list[str]:
         raise ConfigError("every graph is kept FP32 (--keep-fp32): nothing to convert")
     if opts.eval is None:
         raise ConfigError("no evaluation pairs: set QuantizeOptions.eval")
-    if (opts.auto or opts.plan is not None) and opts.precision in EXECUTION_PRECISIONS:
+    if (opts.auto or opts.plan is not None) and execution_of(opts.precision):
         raise ConfigError(
             f"--auto/--plan choose nodes of a converted graph; {opts.precision} runs the FP32 "
             "graphs as they are: drop --auto/--plan"
@@ -262,17 +239,10 @@ def _convert_one(
     return detail
 
 
-def run_quantize(
-    export_dir: str | Path,
-    opts: QuantizeOptions,
-    log: Callable[[str], None] = print,
-    progress: ProgressFactory = _no_progress,
-) -> QuantizeResult:
-    """Produce, check and verify ``opts.precision`` graphs; write them only if all pass."""
-    export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
-    verify_files(export_dir, manifest, list(manifest.graphs), "fp32")
-    roles = _check_options(manifest, opts)
+def _check_int8(
+    export_dir: Path, manifest: Manifest, roles: Sequence[str], opts: QuantizeOptions
+) -> None:
+    """INT8 needs calibration pairs, and every ``--exclude`` node must exist (ConfigError)."""
     if opts.precision == "int8" and opts.calib is None:
         raise ConfigError("INT8 needs calibration pairs (--calib-data, or generated scenes)")
     if opts.precision == "int8" and opts.int8.exclude:
@@ -291,6 +261,47 @@ def run_quantize(
                 f"--exclude {missing}: no such node in {roles}; list names with "
                 "python -c \"import onnx; print([n.name for n in onnx.load('G.onnx').graph.node])\""
             )
+
+
+def _verify_layouts(
+    job: _Job, candidate: dict[str, GraphChain], floor: Floor
+) -> list[LayoutReport]:
+    """Every layout of ``candidate`` compared with FP32 on the evaluation pairs (and timed),
+    checked against ``floor``."""
+    opts, fp32, prepare = job.opts, job.fp32, job.prepare
+    reports = []
+    for layout in job.manifest.layouts:
+        bar = job.progress(f"verify {layout}", len(opts.eval))
+        report = compare_layout(
+            layout,
+            fp32[layout],
+            candidate[layout],
+            prepare,
+            opts.eval,
+            job.manifest.mask_threshold,
+            opts.eval_batch,
+            bar,
+        )
+        if opts.latency_runs > 0:
+            feeds, _ = prepare([next(iter(opts.eval))])
+            report.latency_fp32_ms = chain_latency_ms(fp32[layout], feeds, opts.latency_runs)
+            report.latency_ms = chain_latency_ms(candidate[layout], feeds, opts.latency_runs)
+        reports.append(report.check(floor))
+    return reports
+
+
+def run_quantize(
+    export_dir: str | Path | Export,
+    opts: QuantizeOptions,
+    log: Callable[[str], None] = print,
+    progress: ProgressFactory = _no_progress,
+) -> QuantizeResult:
+    """Produce, check and verify ``opts.precision`` graphs; write them only if all pass."""
+    export = Export.open(export_dir)
+    export_dir, manifest = export.path, export.manifest
+    export.verify(list(manifest.graphs), "fp32")
+    roles = _check_options(manifest, opts)
+    _check_int8(export_dir, manifest, roles, opts)
     floor = opts.resolved_floor()
     prepare = PairInputs(export_dir, manifest)
     fp32 = chains(manifest.graph_files(export_dir), opts.threads)
@@ -318,29 +329,14 @@ def run_quantize(
             log(f"{', '.join(stay)}: no node stays {opts.precision}; kept FP32 as a whole")
             roles = [r for r in roles if r not in stay]
         files = dict(manifest.graph_files(export_dir))
-        if opts.precision in EXECUTION_PRECISIONS:
-            candidate, outcomes = _execution_candidate(export_dir, manifest, roles, opts, log)
+        if execution_of(opts.precision):
+            candidate, outcomes = execution_candidate(
+                export, roles, opts.precision, opts.threads, log
+            )
         else:
             outcomes = _convert_all(replace(job, roles=roles), files, sources, extra)
             candidate = chains(files, opts.threads)
-        reports = []
-        for layout in manifest.layouts:
-            bar = progress(f"verify {layout}", len(opts.eval))
-            report = compare_layout(
-                layout,
-                fp32[layout],
-                candidate[layout],
-                prepare,
-                opts.eval,
-                manifest.mask_threshold,
-                opts.eval_batch,
-                bar,
-            )
-            if opts.latency_runs > 0:
-                feeds, _ = prepare([next(iter(opts.eval))])
-                report.latency_fp32_ms = chain_latency_ms(fp32[layout], feeds, opts.latency_runs)
-                report.latency_ms = chain_latency_ms(candidate[layout], feeds, opts.latency_runs)
-            reports.append(report.check(floor))
+        reports = _verify_layouts(job, candidate, floor)
         result = QuantizeResult(export_dir, opts.precision, outcomes, reports, floor, plan=plan)
         failed = [r for r in reports if not r.ok]
         if failed:
@@ -350,18 +346,17 @@ def run_quantize(
                 f"{export_dir}:\n  "
                 + "\n  ".join(f"{r.layout}: {'; '.join(r.failures)}" for r in failed),
             )
-        pairs, fresh = stored_pairs(export_dir, manifest, prepare, fp32, opts.eval)
-        entry = verification_entry(
+        verified = verification(
+            export,
+            prepare,
+            fp32,
+            opts.eval,
             opts.precision,
-            scheme_of(opts.precision, opts.int8.weight_bits),
-            _verifier(opts.precision),
+            opts.int8.weight_bits,
             candidate,
-            pairs,
             reports,
-            manifest.mask_threshold,
         )
-        verified = _Verified(entry, pairs if fresh else None)
-        _install(export_dir, manifest, tmp, files, roles, opts.precision, plan, verified)
+        install(export, tmp, files, roles, opts.precision, plan, verified)
         result.written = True
         return result
     finally:
@@ -382,18 +377,6 @@ def _kept_summary(plan: PrecisionPlan) -> str:
     return text + (
         f"; INT8 share of MatMul/Gemm/Conv FLOPs {share:.1%}" if share is not None else ""
     )
-
-
-def _existing_plans(export_dir: Path, manifest: Manifest) -> dict[str, PrecisionPlan]:
-    """The plans the export records (hash checked), to keep the other precisions' entries."""
-    ref = manifest.precision_plan
-    if not ref:
-        return {}
-    path = export_dir / ref["file"]
-    if not path.is_file():
-        raise ArtifactError(f"{export_dir} is missing its {ref['file']}; re-run the --auto search")
-    verify_file(path, ref["sha256"], "precision plan")
-    return read_plans(path)
 
 
 @dataclass
@@ -468,6 +451,27 @@ def _int8_sources(
     return sources, chosen
 
 
+def _search_method(opts: QuantizeOptions) -> str:
+    """The precision plan's ``method``: how the search chose the nodes it keeps."""
+    if opts.precision == "fp16":
+        return (
+            "fp16: FP32 ranges of every tensor on the calibration pairs; nodes reading or "
+            "writing a tensor beyond 65504 kept FP32, then the nodes adding the most relative "
+            "error, until the gates pass on the search pairs"
+        )
+    smoothing = (
+        f", activations smoothed with alpha {opts.int8.smooth}"
+        if opts.int8.smooth is not None
+        else ""
+    )
+    return (
+        f"int8 ({opts.int8.method} calibration{smoothing}): each node quantized alone "
+        "(the rest FP32), logits mean |error| vs FP32 on the search pairs; nodes left "
+        f"unquantized in order of {opts.rank.replace('_', ' ')}, the shortest prefix "
+        "passing the gates"
+    )
+
+
 def _search(job: _Job, sources: dict[str, Path]) -> PrecisionPlan:
     """Search the nodes to keep at higher precision (see :mod:`.auto`); ``sources``: role ->
     the FP32 graph converted (smoothed for INT8)."""
@@ -496,11 +500,6 @@ def _search(job: _Job, sources: dict[str, Path]) -> PrecisionPlan:
     start = time.perf_counter()
     if job.opts.precision == "fp16":
         kept, rounds = search_fp16(ctx, job.opts.fp32_ops, job.opts.fp32_nodes, job.log)
-        method = (
-            "fp16: FP32 ranges of every tensor on the calibration pairs; nodes reading or "
-            "writing a tensor beyond 65504 kept FP32, then the nodes adding the most relative "
-            "error, until the gates pass on the search pairs"
-        )
     else:
         full = {}
         for role in job.roles:
@@ -513,20 +512,9 @@ def _search(job: _Job, sources: dict[str, Path]) -> PrecisionPlan:
         kept, shares, rounds = search_int8(
             ctx, full, job.opts.cache_dir or default_cache_dir(), job.log, job.opts.rank
         )
-        smoothing = (
-            f", activations smoothed with alpha {job.opts.int8.smooth}"
-            if job.opts.int8.smooth is not None
-            else ""
-        )
-        method = (
-            f"int8 ({job.opts.int8.method} calibration{smoothing}): each node quantized alone "
-            "(the rest FP32), logits mean |error| vs FP32 on the search pairs; nodes left "
-            f"unquantized in order of {job.opts.rank.replace('_', ' ')}, the shortest prefix "
-            "passing the gates"
-        )
     plan = PrecisionPlan(
         precision=job.opts.precision,
-        method=method,
+        method=_search_method(job.opts),
         calibration={
             "pairs": job.opts.calib.describe(),
             "sha256": pairs_hash(job.opts.calib),
@@ -597,117 +585,9 @@ def _convert_all(
     return outcomes
 
 
-def _execution_candidate(
-    export_dir: Path,
-    manifest: Manifest,
-    roles: Sequence[str],
-    opts: QuantizeOptions,
-    log: Callable[[str], None],
-) -> tuple[dict[str, GraphChain], list[GraphOutcome]]:
-    """The FP32 graphs opened at an execution precision (``roles``; the rest as they are)."""
-    execution = EXECUTION_PRECISIONS[opts.precision]
-    backend = EXECUTIONS[execution][0]
-    files = manifest.graph_files(export_dir)
-
-    def opener(role: str, path: Path):
-        mode = execution if role in roles else ""
-        return open_backend(backend, path, threads=opts.threads, execution=mode, cache_dir=False)
-
-    candidate = chains(files, opts.threads, opener)
-    outcomes = []
-    for role in roles:
-        start = time.perf_counter()
-        candidate[layout_of(role)].backend(role)  # compiles now: a CPU without BF16 is refused here
-        size = files[role].stat().st_size
-        outcomes.append(
-            GraphOutcome(
-                role,
-                manifest.graphs[role].file,
-                opts.precision,
-                time.perf_counter() - start,
-                size,
-                size,
-                {"execution": execution, "backend": backend},
-            )
-        )
-        log(f"{role:<13} -> {files[role].name} run as {execution} (no new file)")
-    return candidate, outcomes
-
-
 class QuantizeFailed(ValidationError):
     """Below the accuracy floor; carries the full result for the table/JSON."""
 
     def __init__(self, result: QuantizeResult, message: str) -> None:
         super().__init__(message)
         self.result = result
-
-
-def _verifier(precision: str) -> str:
-    """The backend a precision is verified in: an execution precision's own (OpenVINO for
-    bf16), ONNX Runtime for the graph precisions."""
-    if precision in EXECUTION_PRECISIONS:
-        return EXECUTIONS[EXECUTION_PRECISIONS[precision]][0]
-    return "onnxruntime"
-
-
-@dataclass(frozen=True)
-class _Verified:
-    """A precision's ``verified`` entry, and new stored pairs to write (None: keep them)."""
-
-    entry: dict
-    pairs: StoredPairs | None
-
-
-def _install(
-    export_dir: Path,
-    manifest: Manifest,
-    tmp: Path,
-    files: dict[str, Path],
-    roles: Sequence[str],
-    precision: str,
-    plan: PrecisionPlan | None,
-    verified: _Verified,
-) -> None:
-    """Move the new graphs (the plan, the stored pairs) in, then replace the manifest
-    atomically."""
-    table: dict[str, GraphSpec] = {}
-    for role, spec in manifest.graphs.items():
-        if role in roles and precision in EXECUTION_PRECISIONS:
-            execution = EXECUTION_PRECISIONS[precision]
-            table[role] = GraphSpec(
-                spec.file, spec.inputs, spec.outputs, spec.sha256, precision, execution
-            )
-        elif role in roles:
-            name = files[role].name
-            for extra in tmp.glob(name + "*"):  # the graph and any external-data file
-                os.replace(extra, export_dir / extra.name)
-            table[role] = GraphSpec(
-                name, spec.inputs, spec.outputs, sha256_file(export_dir / name), precision
-            )
-        else:
-            table[role] = spec  # kept FP32: the same file
-    plans = _existing_plans(export_dir, manifest)
-    plans.pop(precision, None)  # a plan describes the graphs it made, not their successors
-    if plan is not None:
-        plans[precision] = plan
-    reference: dict[str, str] = {}
-    if plans:
-        path = write_plans(export_dir / PLAN_FILE, plans)
-        reference = {"file": PLAN_FILE, "sha256": sha256_file(path)}
-    elif (export_dir / PLAN_FILE).is_file() and manifest.precision_plan:
-        (export_dir / PLAN_FILE).unlink()
-    pairs_ref = dict(manifest.verification_pairs)
-    if verified.pairs is not None:
-        pairs_ref = {"file": PAIRS_FILE, "sha256": write_pairs(export_dir, verified.pairs)}
-    updated = Manifest(
-        **{
-            **manifest.__dict__,
-            "precisions": {**manifest.precisions, precision: table},
-            "precision_plan": reference,
-            "verified": {**manifest.verified, precision: verified.entry},
-            "verification_pairs": pairs_ref,
-        }
-    )
-    updated.write(export_dir)
-    if read_manifest(export_dir).precisions.get(precision) is None:
-        raise ArtifactError(f"{export_dir / MANIFEST_FILE} did not take the {precision} graphs")

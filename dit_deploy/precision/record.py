@@ -10,10 +10,12 @@ from typing import Any
 
 from ..errors import ArtifactError
 from ..hints import command
-from ..runtime.backends import EXECUTIONS, open_backend
+from ..runtime.backends import open_backend
+from ..runtime.backends.table import default_backend
 from ..runtime.cpu_numerics import numerics, this_machine, verdict
+from ..runtime.export import Export
 from ..runtime.graph_chain import GraphChain
-from ..runtime.manifest import Manifest, read_manifest, verify_files
+from ..runtime.manifest import Manifest, verify_files
 from ..runtime.verified_on import (
     STORED_PAIRS,
     PrecisionMismatchError,
@@ -106,8 +108,8 @@ def reverify_here(
     agrees with FP32 within ``REVERIFY_TOLERANCE`` of the recorded agreement, add this
     machine to ``verified[precision]`` (the manifest replaced atomically). Returns the new
     record; raises :class:`PrecisionMismatchError` (nothing written) otherwise."""
-    export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
+    export = Export.open(export_dir)
+    export_dir, manifest = export.path, export.manifest
     table = {role: manifest.graph(role, precision, export_dir) for role in manifest.graphs}
     verify_files(export_dir, manifest, list(table), precision)
     again = command("quantize", export_dir, "--precision", precision)
@@ -121,8 +123,7 @@ def reverify_here(
     scheme = entry.get("scheme", {})
     if numerics(precision, scheme, machine) is None:
         raise PrecisionMismatchError(verdict(precision, entry, machine, True).reason)
-    execution = next((g.execution for g in table.values() if g.execution), "")
-    backend = backend or (EXECUTIONS[execution][0] if execution else "onnxruntime")
+    backend = backend or default_backend(precision)
 
     def opener(role: str, path: Path):
         return open_backend(backend, path, threads=threads, execution=table[role].execution)
@@ -144,5 +145,5 @@ def reverify_here(
     same = (record["numerics"], record["kernels"])
     kept = [r for r in entry["on"] if (r.get("numerics"), r.get("kernels")) != same]
     verified = {**manifest.verified, precision: {**entry, "on": [*kept, record]}}
-    Manifest(**{**manifest.__dict__, "verified": verified}).write(export_dir)
+    export.write(Manifest(**{**manifest.__dict__, "verified": verified}))
     return record

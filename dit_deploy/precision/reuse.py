@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..runtime.cpu_numerics import this_machine, verdict
-from ..runtime.manifest import read_manifest, verify_files
+from ..runtime.export import Export
+from ..runtime.manifest import verify_files
 from .int8 import DEFAULT_WEIGHT_BITS
 from .samples import PairSource
 from .smooth import DEFAULT_ALPHA
@@ -28,7 +29,7 @@ def stale_reason(
 
     export_dir = Path(export_dir)
     try:
-        manifest = read_manifest(export_dir)
+        manifest = Export.open(export_dir).manifest
         if precision not in manifest.precisions:
             return f"no {precision} graphs"
         verify_files(export_dir, manifest, list(manifest.precisions[precision]), precision)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..cli_types import positive_int
+from ..runtime.backends.table import cpu_numerics_backends, derived_precisions
 
 DESCRIPTION = """Re-verify an export's FP16/INT8/BF16 precisions on this machine's CPU.
 
@@ -39,12 +40,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--precision",
         action="append",
-        choices=("fp16", "int8", "bf16"),
+        choices=derived_precisions(),
         help="the precision to re-verify; repeatable (default: every verified one)",
     )
     p.add_argument(
         "--backend",
-        choices=("onnxruntime", "openvino"),
+        choices=cpu_numerics_backends(),
         help="the runtime that runs the stored pairs (default: the one that verified it)",
     )
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: all)")
@@ -54,12 +55,12 @@ def register(subparsers) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     from ..errors import ArtifactError
-    from ..runtime.manifest import read_manifest
+    from ..runtime.export import Export
     from .cli import _check_json_target, _write_json
     from .record import reverify_here
 
     _check_json_target(args.json)  # before the work: a report that cannot be written
-    manifest = read_manifest(args.export_dir)
+    manifest = Export.open(args.export_dir).manifest
     precisions = args.precision or sorted(manifest.precisions)
     if not precisions:
         raise ArtifactError(

@@ -125,12 +125,15 @@ def installed_tensorrt_version() -> str | None:
     return None
 
 
+NO_GPU = "no NVIDIA GPU/driver on this machine (libcuda not found or no device)"
+
+
 def gpu_unavailable_reason(need_tensorrt: bool = True) -> str | None:
     """None when an NVIDIA GPU, ``cuda.bindings`` and (``need_tensorrt``) the ``tensorrt``
     package are usable, else why not (each missing piece named, so one run tells all)."""
     reasons = []
     if cuda_device_count() == 0:
-        reasons.append("no NVIDIA GPU/driver on this machine (libcuda not found or no device)")
+        reasons.append(NO_GPU)
     if need_tensorrt and importlib.util.find_spec("tensorrt") is None:
         reasons.append("the tensorrt package is not installed (pip install 'dit-deploy[gpu]')")
     try:

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
-from .manifest import TensorSpec
+from .manifest import GRAPH_PRECISIONS, TensorSpec
 
 SIDECAR_VERSION = 1
 HARDWARE_COMPAT = ("none", "ampere_plus", "same_compute_capability")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = GRAPH_PRECISIONS  # an engine is built from a graph file of the export
 # (builder major, runtime major) pairs TensorRT runs version-compatible engines across
 VERSION_COMPAT_MAJORS = ((10, 10), (11, 11), (10, 11))
 

@@ -22,6 +22,8 @@ from ..tokenizer import WordPieceTokenizer
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
+# the graph files an export can hold: fp32 is the export itself, quantize makes the others
+GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 
 # The one table of layouts: the graph roles of each, in the order they run. A graph takes its
 # inputs by name from the prepared feeds and the outputs upstream (see runtime/graph_chain.py).
@@ -268,6 +270,13 @@ def read_manifest(directory: str | Path) -> Manifest:
     known = set(Manifest.__dataclass_fields__)
     manifest = Manifest.from_dict({k: v for k, v in data.items() if k in known})
     _check_values(manifest, path)
+    check_files(directory, manifest)
+    return manifest
+
+
+def check_files(directory: Path, manifest: Manifest) -> None:
+    """Every graph and the vocabulary ``manifest`` names exist in ``directory`` (typed
+    errors naming the fix); contents are :func:`verify_files`' job."""
     vocab = directory / manifest.tokenizer["vocab_file"]
     if not vocab.is_file():
         raise ArtifactError(
@@ -284,7 +293,6 @@ def read_manifest(directory: str | Path) -> Manifest:
                     f"{directory} is missing {precision} graph {graph.file} ({role}); re-run "
                     f"{command('quantize', directory, '--precision', precision)}"
                 )
-    return manifest
 
 
 def _check_values(manifest: Manifest, path: Path) -> None:

@@ -25,15 +25,11 @@ from ..hints import command
 from ..inputs import model_inputs
 from ..postprocess import MaskResult, postprocess_batch
 from ..preprocess import ImageSource, Letterbox
-from .backends import Backend, check_execution, open_backend
+from .backends import Backend, GraphRequest, backend_row, check_execution
 from .devices import parse_device
-from .engine_sidecar import engine_file
+from .export import Export
 from .graph_chain import GraphChain
-from .manifest import Manifest, open_tokenizer, read_manifest, verify_files
 from .verified_on import check_here
-
-# backends whose precision numerics are the CPU's (the verified-on rule applies)
-CPU_CHECKED_BACKENDS = ("onnxruntime", "openvino")
 
 MAX_PAIRS_PER_CALL = 100_000
 log = logging.getLogger(__name__)
@@ -64,13 +60,18 @@ def check_pairs(pairs: object) -> list[tuple[ImageSource, str]]:
 
 
 class Predictor:
-    """Runs an export directory (split or fused graphs) on one backend and device."""
+    """Runs an export (split or fused graphs) on one backend and device.
+
+    ``export``: an export directory or an :class:`Export`; ``backend``: a row of the backend
+    table (``runtime.backends.table``); ``device``: ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``
+    (None: the backend's default).
+    """
 
     def __init__(
         self,
-        export_dir: str | Path,
+        export: str | Path | Export,
         backend: str = "onnxruntime",
-        device: str = "cpu",
+        device: str | None = None,
         layout: str | None = None,
         threads: int | None = None,
         max_batch: int = 8,
@@ -83,36 +84,35 @@ class Predictor:
             raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer or None, got {threads!r}")
-        parse_device(device)  # cpu, cuda, cuda:N, tensorrt[:N]; anything else is refused here
-        self.export_dir = Path(export_dir)
-        self.manifest: Manifest = read_manifest(self.export_dir)
-        available = self.manifest.layouts
-        if layout is None:
-            layout = "fused" if "fused" in available else "split"
-        if layout not in available:
-            raise ArtifactError(
-                f"{self.export_dir} has no {layout!r} graphs (has: {available or 'none'}); "
-                f"re-export with --layout {layout} or pick one of {available}"
+        row = backend_row(backend)
+        device = device or row.default_device
+        kind = parse_device(device)[0]  # cpu, cuda, cuda:N, tensorrt[:N]; others refused here
+        if kind not in row.devices:
+            raise InputError(
+                f"the {backend} backend runs on {' or '.join(row.devices)}, not {device!r}: "
+                f"pass device={row.default_device!r}"
             )
-        self.layout, self.precision = layout, precision
-        self.backend_name, self.device = backend, device
+        self.export = Export.open(export)
+        self.export_dir, self.manifest = self.export.path, self.export.manifest
+        self.layout, self.precision = self.export.layout(layout), precision
+        self.backend_name, self.device, self._row = backend, device, row
         self._threads, self._cuda_graph = threads, cuda_graph
         self.backend_options = dict(backend_options or {})
-        self.chain = GraphChain(layout, self._open)
+        self.max_batch = max_batch
+        self.chain = GraphChain(self.layout, self._open)
         # the artifact first: a changed or missing file is reported before backends load
         for role in self.chain.roles:
-            self.manifest.graph(role, precision, self.export_dir)
+            self.export.graph(role, precision)
         if verify:
-            verify_files(self.export_dir, self.manifest, self.chain.roles, precision)
-        self.tokenizer = open_tokenizer(self.export_dir, self.manifest)
-        self.max_batch = max_batch
+            self.export.verify(self.chain.roles, precision)
+        self.tokenizer = self.export.tokenizer()
         self._warned: set[str] = set()
         self.chain.open_all()
         # "run" or "reverified" on this CPU (runtime/verified_on.py); GPUs have engine sidecars
         self.verified_here = "unchecked"
-        if verify and device == "cpu" and backend in CPU_CHECKED_BACKENDS:
+        if verify and kind == "cpu" and row.cpu_numerics:
             self.verified_here = check_here(
-                self.export_dir, self.manifest, precision, layout, self.chain.logits
+                self.export_dir, self.manifest, precision, self.layout, self.chain.logits
             )
 
     @property
@@ -121,38 +121,30 @@ class Predictor:
         return self.chain.backends
 
     def _open(self, role: str) -> Backend:
-        """``<role>[.<precision>].onnx``, or for ``tensorrt`` its ``.engine`` (+ sidecar)."""
-        spec = self.manifest.graph(role, self.precision, self.export_dir)
-        check_execution(self.backend_name, spec.execution)
-        if self.backend_name != "tensorrt":
-            options = dict(self.backend_options)
-            if self.backend_name == "onnxruntime":  # the TensorRT provider's flags and profile
-                options = {"precision": self.precision, "max_batch": self.max_batch, **options}
-            return open_backend(
-                self.backend_name,
-                self.export_dir / spec.file,
-                self.device,
-                self._threads,
-                execution=spec.execution,
-                **options,
-            )
-        engine = self.export_dir / engine_file(spec.file)
-        if not engine.is_file():
+        """The backend table's artifact for ``role`` (``<role>[.<precision>].onnx``, or a
+        built engine), opened by the table's opener."""
+        spec = self.export.graph(role, self.precision)
+        mode = check_execution(self.backend_name, spec.execution)
+        path = self._row.artifact_path(self.export_dir, spec)
+        if not path.is_file():
             build = command("engines", self.export_dir, "--precision", self.precision)
             raise ArtifactError(
-                f"{self.export_dir} has no TensorRT engine {engine.name}; build it on this "
-                f"machine with: {build}"
+                f"{self.export_dir} has no {self._row.artifact_label} {path.name}; build it "
+                f"on this machine with: {build}"
             )
-        if self.device == "cpu":
-            raise InputError("the tensorrt backend runs on a GPU: pass device='cuda' (or 'cuda:N')")
-        return open_backend(
-            "tensorrt",
-            engine,
+        request = GraphRequest(
+            path,
             self.device,
             self._threads,
+            precision=self.precision,
+            execution=mode,
+            max_batch=self.max_batch,
+            inputs=tuple(spec.inputs),
+            source_sha256=spec.sha256,
             cuda_graph=self._cuda_graph,
-            source_sha256=spec.sha256 or None,
+            options=self.backend_options,
         )
+        return self._row.open(request)
 
     def prepare(
         self, images: Sequence[ImageSource], texts: Sequence[str]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..cli_types import HelpFormatter, port, positive_int
 from ..errors import ConfigError
-from ..runtime.backends import BACKENDS
+from ..runtime.backends import backend_names, backend_row, precisions
+from ..runtime.manifest import LAYOUT_ROLES
 from . import contract as c
 
 SERVE_EPILOG = """examples:
@@ -58,7 +59,7 @@ then:
 def _model_options(p: argparse.ArgumentParser, instances_default: int | None = 1) -> None:
     p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="an export directory")
     p.add_argument(
-        "--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="graph precision"
+        "--precision", default="fp32", choices=precisions(), help="precision of the export"
     )
     p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch Triton forms")
     p.add_argument(
@@ -86,6 +87,14 @@ def _model_options(p: argparse.ArgumentParser, instances_default: int | None = 1
 
 def register(subparsers) -> None:
     """Add ``serve``, ``client`` and ``triton-repo``."""
+    _register_serve(subparsers)
+    _register_client(subparsers)
+    _register_triton_repo(subparsers)
+    _register_perf_data(subparsers)
+
+
+def _register_serve(subparsers) -> None:
+    """Add ``serve``: an export behind Triton Inference Server."""
     p = subparsers.add_parser(
         "serve",
         help="serve an export behind Triton Inference Server",
@@ -100,10 +109,14 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     _model_options(p, instances_default=None)
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="runtime backend")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
-        "--layout", choices=("fused", "split"), default=None, help="graphs (None: fused if any)"
+        "--backend", default="onnxruntime", choices=backend_names(), help="runtime backend"
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: the backend's first device)"
+    )
+    p.add_argument(
+        "--layout", choices=tuple(LAYOUT_ROLES), default=None, help="graphs (None: fused if any)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p.add_argument("--http-port", type=port, default=8000, help="KServe v2 HTTP")
@@ -133,6 +146,9 @@ def register(subparsers) -> None:
     )
     p.set_defaults(handler=run_serve)
 
+
+def _register_client(subparsers) -> None:
+    """Add ``client``: one image and expression to a DIT Triton server."""
     p = subparsers.add_parser(
         "client",
         help="ask a DIT Triton server for one mask",
@@ -149,6 +165,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
     p.set_defaults(handler=run_client)
 
+
+def _register_triton_repo(subparsers) -> None:
+    """Add ``triton-repo``: a model repository for a standalone tritonserver."""
     p = subparsers.add_parser(
         "triton-repo",
         help="write a Triton model repository for a standalone tritonserver",
@@ -169,15 +188,21 @@ def register(subparsers) -> None:
     p.add_argument("--kind", default="gpu", choices=("gpu", "cpu"), help="instance kind")
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument(
-        "--runtime", default="onnxruntime", choices=BACKENDS, help="--backend python: runtime"
+        "--runtime",
+        default="onnxruntime",
+        choices=backend_names(),
+        help="--backend python: runtime",
     )
     p.add_argument(
-        "--layout", choices=("fused", "split"), default=None, help="--backend python: graphs"
+        "--layout", choices=tuple(LAYOUT_ROLES), default=None, help="--backend python: graphs"
     )
     p.add_argument("--threads", type=positive_int, default=None, help="--backend python: CPU")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(handler=run_triton_repo)
 
+
+def _register_perf_data(subparsers) -> None:
+    """Add ``perf-data``: perf_analyzer's --input-data file."""
     p = subparsers.add_parser(
         "perf-data",
         help="write perf_analyzer's --input-data file from images and expressions",
@@ -203,7 +228,7 @@ def run_serve(args: argparse.Namespace) -> int:
             export_dir=args.export_dir,
             backend=args.backend,
             precision=args.precision,
-            device=args.device,
+            device=args.device or backend_row(args.backend).default_device,
             layout=args.layout,
             host=args.host,
             http_port=args.http_port,

@@ -21,18 +21,21 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
 from . import contract as c
+
+if TYPE_CHECKING:
+    from ..runtime import Export
 
 START_TIMEOUT_S = 600  # a ViT-B INT8 session on 2 cores takes tens of seconds to load
 
@@ -94,19 +97,23 @@ class ServeOptions:
     api_token: str | None = None
 
     def check(self) -> None:
-        from ..runtime.backends import BACKENDS
+        from ..runtime.backends import backend_names, backend_row
         from ..runtime.devices import parse_device
 
         ports = {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
         if len(set(ports.values())) != 3:
             raise ConfigError(f"ports must differ; got {ports}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend must be one of {BACKENDS}; got {self.backend!r}")
+        if self.backend not in backend_names():
+            raise ConfigError(f"--backend must be one of {backend_names()}; got {self.backend!r}")
         kind, _ = parse_device(self.device)
         if kind == "tensorrt":
             raise ConfigError("--device takes cpu, cuda or cuda:N (the backend picks TensorRT)")
-        if self.backend == "tensorrt" and kind != "cuda":
-            raise ConfigError("--backend tensorrt runs on a GPU: add --device cuda (or cuda:N)")
+        row = backend_row(self.backend)
+        if kind not in row.devices:
+            raise ConfigError(
+                f"--backend {self.backend} runs on {' or '.join(row.devices)}, not "
+                f"{self.device}: add --device {row.default_device} (or leave --device out)"
+            )
         for name, value in (
             ("max_batch", self.max_batch),
             ("instances", self.instances),
@@ -137,28 +144,6 @@ class ServeOptions:
         overridden = (self.instances, self.threads, self.max_queue_delay_us) != (None,) * 3
         why = "from the command line" if overridden else base.why
         return BatchingPolicy(instances, threads, delay, why)
-
-
-def fix_python_backend_env(environ: dict | None = None) -> str | None:
-    """Make Triton's python-backend stub load THIS interpreter's ``libpython``.
-
-    The stub links ``libpython3.X.so`` dynamically; with a non-system Python (pyenv, conda)
-    the loader may find the distribution's library of another patch release first, and the
-    stub fails at start-up (e.g. ``'_thread.RLock' object has no attribute
-    '_recursion_count'``). Putting ``sysconfig``'s ``LIBDIR`` first on ``LD_LIBRARY_PATH``
-    fixes it. Returns the directory put first, or None when nothing needs changing (no shared
-    library, or the system's own Python whose library the loader finds by default).
-    """
-    environ = os.environ if environ is None else environ
-    libdir = sysconfig.get_config_var("LIBDIR")
-    soname = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
-    if not libdir or not soname or not (Path(libdir) / soname).exists():
-        return None
-    if libdir.startswith(("/usr/lib", "/lib")):
-        return None
-    parts = [p for p in environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *[p for p in parts if p != libdir]])
-    return libdir
 
 
 def check_python_backend() -> None:
@@ -257,10 +242,35 @@ def _ready(url: str) -> bool:
         return False
 
 
-def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
-    """Run the server until SIGTERM/SIGINT (then drain and return 0) or until Triton dies (1)."""
-    from ..runtime import read_manifest
-    from .triton_repo import bundled_tritonserver
+def _wait_ready(
+    opts: ServeOptions, proc: subprocess.Popen, log_file: Path, stopping: list[int]
+) -> None:
+    """Until Triton reports ready (or a signal arrives); typed errors when it dies or the
+    start takes longer than ``START_TIMEOUT_S``."""
+    probe = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}"
+    probe += f":{opts.http_port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _ready(probe):
+        if proc.poll() is not None:
+            raise BackendUnavailableError(
+                f"tritonserver exited ({proc.returncode}) while loading 'dit': "
+                f"{_load_failure(log_file)} (its log: {log_file})"
+            )
+        if stopping or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    else:
+        return
+    if not stopping:
+        raise BackendUnavailableError(
+            f"'dit' was not ready after {START_TIMEOUT_S} s; {_log_tail(log_file)}"
+        )
+
+
+def _preflight(opts: ServeOptions) -> Export:
+    """Every check that can fail before anything starts; the export, opened (typed errors)."""
+    from ..runtime import Export
+    from ..runtime.backends import backend_row
 
     opts.check()
     check_python_backend()
@@ -270,16 +280,25 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
         ("metrics", opts.metrics_port),
     ):
         _check_port_free(opts.host, port, what)
-    manifest = read_manifest(opts.export_dir)  # typed errors before anything starts
-    if opts.device != "cpu":
-        from ..runtime.devices import gpu_unavailable_reason
+    export = Export.open(opts.export_dir)  # typed errors before anything starts
+    reason = backend_row(opts.backend).unavailable_reason(opts.precision, opts.device)
+    if reason is not None and opts.device != "cpu":
+        raise BackendUnavailableError(
+            f"--device {opts.device} needs an NVIDIA GPU: {reason}; serve on the CPU "
+            "(--device cpu) or on a GPU machine"
+        )
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"--backend {opts.backend} --precision {opts.precision} cannot run here: {reason}"
+        )
+    return export
 
-        reason = gpu_unavailable_reason(need_tensorrt=opts.backend == "tensorrt")
-        if reason is not None:
-            raise BackendUnavailableError(
-                f"--device {opts.device} needs an NVIDIA GPU: {reason}; serve on the CPU "
-                "(--device cpu) or on a GPU machine"
-            )
+
+def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
+    """Run the server until SIGTERM/SIGINT (then drain and return 0) or until Triton dies (1)."""
+    from .triton_repo import bundled_tritonserver
+
+    export = _preflight(opts)
     policy = opts.policy()
     work = Path(tempfile.mkdtemp(prefix="dit-deploy-serve-"))
     log_file = opts.log_file or Path(tempfile.gettempdir()) / f"dit-deploy-serve-{os.getpid()}.log"
@@ -301,25 +320,10 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        probe = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '') else opts.host}"
-        probe += f":{opts.http_port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(probe):
-            if proc.poll() is not None:
-                raise BackendUnavailableError(
-                    f"tritonserver exited ({proc.returncode}) while loading 'dit': "
-                    f"{_load_failure(log_file)} (its log: {log_file})"
-                )
-            if stopping:
-                break
-            if time.monotonic() > deadline:
-                raise BackendUnavailableError(
-                    f"'dit' was not ready after {START_TIMEOUT_S} s; {_log_tail(log_file)}"
-                )
-            time.sleep(0.2)
+        _wait_ready(opts, proc, log_file, stopping)
         if not stopping:
             u = urls(opts)
-            layout = opts.layout or ("fused" if "fused" in manifest.layouts else "split")
+            layout = export.layout(opts.layout)
             log(
                 f"dit-deploy serve: ready: model '{c.MODEL_NAME}' ({opts.backend} "
                 f"{opts.precision} {layout}, {opts.device}, max batch {opts.max_batch}; "

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,13 +40,14 @@ from pathlib import Path
 
 from ..errors import ArtifactError, ConfigError, DITError
 from ..runtime.engine_sidecar import engine_file, read_sidecar, sidecar_path
-from ..runtime.manifest import Manifest, read_manifest
+from ..runtime.export import Export
+from ..runtime.manifest import LAYOUT_ROLES, Manifest
 from . import contract as c
 from .triton_models import EXPORT_LINK
 
+# Triton backends a repository can use (the python one runs our Predictor on any runtime)
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 PIPELINE = "dit_pipeline"  # --backend python: the one python model behind ensemble "dit"
-ROLES = {"fused": ("dit_fused",), "split": ("text_encoder", "dit_encoder", "mask_decoder")}
 _TYPES = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
@@ -160,7 +162,7 @@ def _copy_export(
 ) -> None:
     """The manifest trimmed to one layout and precision, and the files it names (the graphs
     only when ``graphs``: pre-processing needs the manifest and the vocabulary alone)."""
-    roles = ROLES[layout]
+    roles = LAYOUT_ROLES[layout]
     data = manifest.to_dict()
     data["graphs"] = {r: g for r, g in data["graphs"].items() if r in roles}
     table = data.get("precisions", {}).get(precision, {})
@@ -181,13 +183,34 @@ def _copy_export(
 def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> Path:
     """Write the repository to ``opts.out`` (atomically: built beside it, then renamed)."""
     opts.check()
-    manifest = read_manifest(opts.export_dir)
-    if opts.precision != "fp32" and opts.precision not in manifest.precisions:
+    export = Export.open(opts.export_dir)
+    if opts.precision not in export.precisions:
         raise ArtifactError(
-            f"{opts.export_dir} has no {opts.precision} graphs (has fp32"
-            f"{''.join(', ' + p for p in manifest.precisions)}); make them with: "
-            f"dit-deploy run --only quantize"
+            f"{opts.export_dir} has no {opts.precision} graphs (has "
+            f"{', '.join(export.precisions)}); make them with: dit-deploy run --only quantize"
         )
+    configs = _configs(opts, export.manifest, log)
+    for name, text in configs.items():
+        parse_config(text, f"{name}/config.pbtxt")
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{opts.out.name}.", dir=opts.out.parent))
+    try:
+        for name, text in configs.items():
+            (tmp / name / "1").mkdir(parents=True)
+            (tmp / name / "config.pbtxt").write_text(text)
+        _fill(tmp, opts, export)
+        if opts.out.exists():
+            shutil.rmtree(opts.out)
+        os.replace(tmp, opts.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"triton-repo: wrote {opts.out} ({_summary(opts)})")
+    return opts.out
+
+
+def _configs(opts: RepoOptions, manifest: Manifest, log: Callable[[str], None]) -> dict[str, str]:
+    """Model name -> ``config.pbtxt`` text of every model of the repository."""
     image_text = [_tensor(n, "TYPE_STRING", "[ 1 ]") for n in c.INPUTS]
     served = [
         _tensor(c.MASK_PNG, "TYPE_STRING", "[ 1 ]"),
@@ -198,88 +221,66 @@ def write_repository(opts: RepoOptions, log: Callable[[str], None] = print) -> P
         "max_pixels": str(opts.max_pixels or c.SERVE_MAX_PIXELS),
         "max_image_bytes": str(opts.max_image_bytes or c.MAX_IMAGE_BYTES),
     }
-    configs: dict[str, str] = {}
-    if opts.backend == "python":
-        configs[c.MODEL_NAME] = _ensemble_config(opts.max_batch, image_text, served, True)
-        configs[PIPELINE] = _model_config(
-            PIPELINE,
-            'backend: "python"',
-            image_text,
-            served,
-            opts,
-            opts.kind,
-            {
-                **limits,
-                "runtime": opts.runtime,
-                "precision": opts.precision,
-                "device": "cuda" if opts.kind == "gpu" else "cpu",
-                "layout": opts.layout or "",
-                "threads": str(opts.threads or ""),
-                "max_batch": str(opts.max_batch),
-            },
-        )
-    else:
-        configs.update(_ensemble_configs(opts, manifest, image_text, served, limits, log))
-    for name, text in configs.items():
-        parse_config(text, f"{name}/config.pbtxt")
+    if opts.backend != "python":
+        return _ensemble_configs(opts, manifest, image_text, served, limits, log)
+    parameters = {
+        **limits,
+        "runtime": opts.runtime,
+        "precision": opts.precision,
+        "device": "cuda" if opts.kind == "gpu" else "cpu",
+        "layout": opts.layout or "",
+        "threads": str(opts.threads or ""),
+        "max_batch": str(opts.max_batch),
+    }
+    return {
+        c.MODEL_NAME: _ensemble_config(opts.max_batch, image_text, served, True),
+        PIPELINE: _model_config(
+            PIPELINE, 'backend: "python"', image_text, served, opts, opts.kind, parameters
+        ),
+    }
 
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{opts.out.name}.", dir=opts.out.parent))
-    try:
-        for name, text in configs.items():
-            (tmp / name / "1").mkdir(parents=True)
-            (tmp / name / "config.pbtxt").write_text(text)
-        layout = opts.layout or ("fused" if "fused" in manifest.layouts else "split")
-        if opts.backend == "python":
-            model = tmp / PIPELINE / "1"
-            what = "decode, the Predictor, encode"
-            (model / "model.py").write_text(MODEL_PY.format(what=what, cls="Pipeline"))
-            if opts.link_export:  # dit-deploy serve: the export where it is, read in place
-                (model / EXPORT_LINK).write_text(str(opts.export_dir.resolve()))
-            else:
-                _copy_export(opts.export_dir, manifest, opts.precision, layout, model / "export")
-        else:
-            for name, (what, cls) in {
-                "dit_preprocess": ("decode, letterbox, tokenize", "Preprocess"),
-                "dit_postprocess": ("un-letterbox, threshold, PNG/RLE", "Postprocess"),
-            }.items():
-                (tmp / name / "1" / "model.py").write_text(MODEL_PY.format(what=what, cls=cls))
-            _copy_export(
-                opts.export_dir,
-                manifest,
-                opts.precision,
-                layout,
-                tmp / "dit_preprocess" / "1" / "export",
-                graphs=False,
-            )
-            model_dir = tmp / "dit_model" / "1"
-            if opts.backend == "onnxruntime":
-                _, _, graph = _graph_io(manifest, opts.precision)
-                shutil.copy2(opts.export_dir / graph, model_dir / "model.onnx")
-                if (opts.export_dir / f"{graph}.data").is_file():
-                    shutil.copy2(opts.export_dir / f"{graph}.data", model_dir / f"{graph}.data")
-            else:
-                engine = _checked_engine(opts, manifest)
-                shutil.copy2(engine, model_dir / "model.plan")
-                shutil.copy2(sidecar_path(engine), model_dir / "model.plan.json")
-        if opts.out.exists():
-            shutil.rmtree(opts.out)
-        os.replace(tmp, opts.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+def _fill(tmp: Path, opts: RepoOptions, export: Export) -> None:
+    """The models' files: python models, the export (or a link to it), the graph or engine."""
+    layout, manifest = export.layout(opts.layout), export.manifest
     if opts.backend == "python":
-        what = (
+        model = tmp / PIPELINE / "1"
+        what = "decode, the Predictor, encode"
+        (model / "model.py").write_text(MODEL_PY.format(what=what, cls="Pipeline"))
+        if opts.link_export:  # dit-deploy serve: the export where it is, read in place
+            (model / EXPORT_LINK).write_text(str(opts.export_dir.resolve()))
+        else:
+            _copy_export(opts.export_dir, manifest, opts.precision, layout, model / "export")
+        return
+    for name, (what, cls) in {
+        "dit_preprocess": ("decode, letterbox, tokenize", "Preprocess"),
+        "dit_postprocess": ("un-letterbox, threshold, PNG/RLE", "Postprocess"),
+    }.items():
+        (tmp / name / "1" / "model.py").write_text(MODEL_PY.format(what=what, cls=cls))
+    preprocess = tmp / "dit_preprocess" / "1" / "export"
+    _copy_export(opts.export_dir, manifest, opts.precision, layout, preprocess, graphs=False)
+    model_dir = tmp / "dit_model" / "1"
+    if opts.backend == "onnxruntime":
+        _, _, graph = _graph_io(manifest, opts.precision)
+        shutil.copy2(opts.export_dir / graph, model_dir / "model.onnx")
+        if (opts.export_dir / f"{graph}.data").is_file():
+            shutil.copy2(opts.export_dir / f"{graph}.data", model_dir / f"{graph}.data")
+    else:
+        engine = _checked_engine(opts, manifest)
+        shutil.copy2(engine, model_dir / "model.plan")
+        shutil.copy2(sidecar_path(engine), model_dir / "model.plan.json")
+
+
+def _summary(opts: RepoOptions) -> str:
+    if opts.backend == "python":
+        return (
             f"ensemble '{c.MODEL_NAME}': {PIPELINE} [python: {opts.runtime}, {opts.precision}, "
             f"{opts.kind}]"
         )
-    else:
-        what = (
-            f"ensemble '{c.MODEL_NAME}': dit_preprocess -> dit_model [{opts.backend}, "
-            f"{opts.precision}, {opts.kind}] -> dit_postprocess"
-        )
-    log(f"triton-repo: wrote {opts.out} ({what})")
-    return opts.out
+    return (
+        f"ensemble '{c.MODEL_NAME}': dit_preprocess -> dit_model [{opts.backend}, "
+        f"{opts.precision}, {opts.kind}] -> dit_postprocess"
+    )
 
 
 def _ensemble_configs(
@@ -407,12 +408,34 @@ def _ensemble_config(
     return text + "\n  ]\n}\n"
 
 
+def fix_python_backend_env(environ: dict | None = None) -> str | None:
+    """Make Triton's python-backend stub load THIS interpreter's ``libpython``.
+
+    The stub links ``libpython3.X.so`` dynamically; with a non-system Python (pyenv, conda)
+    the loader may find the distribution's library of another patch release first, and the
+    stub fails at start-up (e.g. ``'_thread.RLock' object has no attribute
+    '_recursion_count'``). Putting ``sysconfig``'s ``LIBDIR`` first on ``LD_LIBRARY_PATH``
+    fixes it. Returns the directory put first, or None when nothing needs changing (no shared
+    library, or the system's own Python whose library the loader finds by default).
+    """
+    environ = os.environ if environ is None else environ
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    if not libdir or not soname or not (Path(libdir) / soname).exists():
+        return None
+    if libdir.startswith(("/usr/lib", "/lib")):
+        return None
+    parts = [p for p in environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *[p for p in parts if p != libdir]])
+    return libdir
+
+
 def bundled_tritonserver(workdir: Path) -> tuple[list[str], dict[str, str]]:
     """``tritonserver`` from PyTriton's wheel, ready to run a repository on this machine.
 
     The binary, its libraries and the python-backend stub for this Python version are laid out
     in ``workdir`` as PyTriton does; the environment puts this interpreter's ``libpython``
-    first (see :func:`.server.fix_python_backend_env`) and its ``bin`` first on ``PATH`` (the
+    first (see :func:`fix_python_backend_env`) and its ``bin`` first on ``PATH`` (the
     stub takes the ``python3`` found there as its environment). Returns the command's first
     arguments (add ``--model-repository=...`` and ports) and the environment.
     """
@@ -424,8 +447,6 @@ def bundled_tritonserver(workdir: Path) -> tuple[list[str], dict[str, str]]:
             "PyTriton (which bundles tritonserver) is not installed: "
             "pip install 'dit-deploy[serve]'"
         ) from None
-    from .server import fix_python_backend_env
-
     dist = Path(workdir) / "tritonserver"
     if not dist.exists():
         skip = shutil.ignore_patterns("python_backend_stubs")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +142,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from .evaluation import backends
+
     p.add_argument(
         "--model",
         required=True,
@@ -155,8 +155,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "torch", "onnxruntime", "tensorrt"),
-        help="auto: torch for a model directory, onnxruntime for an export",
+        choices=backends(),
+        help="auto: torch for a model directory, onnxruntime for an export; or a runtime "
+        "backend for an export",
     )
     p.add_argument(
         "--device",
@@ -227,17 +228,3 @@ def register(subparsers: Any) -> None:
     )
     add_evaluate_arguments(p)
     p.set_defaults(handler=run_evaluate)
-
-
-def main_train(argv: Sequence[str] | None = None) -> int:
-    """``training/train.py``: the same as ``dit-deploy train``."""
-    from ..cli import main as front
-
-    return front(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-def main_evaluate(argv: Sequence[str] | None = None) -> int:
-    """``training/evaluate.py``: the same as ``dit-deploy evaluate``."""
-    from ..cli import main as front
-
-    return front(["evaluate", *(sys.argv[1:] if argv is None else argv)])

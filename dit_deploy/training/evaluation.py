@@ -25,7 +25,14 @@ from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from ..metrics import RISMetrics
 from ..progress import Progress
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+def backends() -> tuple[str, ...]:
+    """``--backend`` choices: auto, PyTorch, then every runtime backend of the table."""
+    from ..runtime.backends.table import backend_names
+
+    return ("auto", "torch", *backend_names())
+
+
 TORCH_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
@@ -60,8 +67,8 @@ def evaluate_model(opts: EvalOptions) -> dict[str, Any]:
         ConfigError: options that do not fit together (a torch backend for an export, ...).
         ArtifactError, CheckpointError, DatasetError, BackendUnavailableError: from loading.
     """
-    if opts.backend not in BACKENDS:
-        raise ConfigError(f"--backend must be one of {'|'.join(BACKENDS)}, got {opts.backend!r}")
+    if opts.backend not in backends():
+        raise ConfigError(f"--backend must be one of {'|'.join(backends())}, got {opts.backend!r}")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {opts.batch_size}")
     export = is_export(opts.model)
@@ -69,7 +76,7 @@ def evaluate_model(opts: EvalOptions) -> dict[str, Any]:
     if backend == "torch" and export:
         raise ConfigError(
             f"{opts.model} is an export (manifest.json); evaluate it with --backend "
-            "onnxruntime or tensorrt, or pass the PyTorch model directory"
+            f"{' or '.join(backends()[2:])}, or pass the PyTorch model directory"
         )
     if backend != "torch" and not export:
         raise ArtifactError(
@@ -147,9 +154,7 @@ def _evaluate_torch(opts: EvalOptions, refer) -> tuple[str, dict[str, float]]:
 def _evaluate_runtime(opts: EvalOptions, refer, backend: str) -> tuple[str, dict[str, float]]:
     from ..runtime import Predictor
 
-    device = opts.device
-    if device == "auto":
-        device = "cuda" if backend == "tensorrt" else "cpu"
+    device = None if opts.device == "auto" else opts.device  # None: the backend's default
     predictor = Predictor(
         opts.model,
         backend=backend,

@@ -1,33 +1,26 @@
-"""Runtime backends: one small interface, heavy imports only when a backend is chosen."""
+"""Runtime backends: one table (``table.TABLE``), one small interface, heavy imports only when
+a backend is opened."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import BackendUnavailableError, PrecisionUnavailableError
 from .base import Backend
+from .table import (
+    GRAPH_PRECISIONS,
+    BackendRow,
+    Execution,
+    GraphRequest,
+    backend_names,
+    backend_row,
+    check_execution,
+    executions,
+    precisions,
+    register,
+)
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-# execution precisions a manifest may name for a graph (``GraphSpec.execution``): the graph
-# file is unchanged and the backend runs it at this precision
-EXECUTIONS = {"openvino-bf16": ("openvino", "bf16")}
-
-
-def check_execution(name: str, execution: str) -> None:
-    """Refuse (typed error) an execution precision that backend ``name`` cannot provide."""
-    if not execution:
-        return
-    if execution not in EXECUTIONS:
-        raise PrecisionUnavailableError(
-            f"execution precision {execution!r} is unknown to this dit-deploy "
-            f"(knows: {', '.join(EXECUTIONS)}); upgrade dit-deploy"
-        )
-    wanted = EXECUTIONS[execution][0]
-    if wanted != name:
-        raise PrecisionUnavailableError(
-            f"this precision is an execution mode of {wanted} ({execution}): open it with "
-            f"backend={wanted!r}, or choose precision fp32/fp16/int8 for {name}"
-        )
+# open_backend keywords that are GraphRequest fields; the rest are backend options
+_REQUEST_FIELDS = ("precision", "max_batch", "inputs", "source_sha256", "cuda_graph")
 
 
 def open_backend(
@@ -42,25 +35,31 @@ def open_backend(
 
     ``execution``: the manifest's execution precision for this graph ("" = the graph's own
     types; ``openvino-bf16`` = run the FP32 graph in BF16, only on ``openvino``).
-    ``options`` go to the backend (tensorrt: ``cuda_graph``, ``source_sha256``; onnxruntime:
-    ``precision``, ``max_batch`` for the TensorRT provider's flags and profile, ``optimization``,
-    ``cache_dir``; openvino: ``streams``, ``hint``, ``cache_dir``).
+    ``options``: ``precision``, ``max_batch``, ``inputs`` (ONNX Runtime's TensorRT provider
+    flags and profile), ``source_sha256``, ``cuda_graph`` (tensorrt), and backend keywords
+    (onnxruntime: ``optimization``, ``cache_dir``; openvino: ``streams``, ``hint``,
+    ``cache_dir``).
     """
-    check_execution(name, execution)
-    if name == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(graph, device=device, threads=threads, **options)
-    if name == "openvino":
-        from .openvino import OpenVINOBackend
-
-        mode = EXECUTIONS[execution][1] if execution else "f32"
-        return OpenVINOBackend(graph, device=device, threads=threads, execution=mode, **options)
-    if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
-
-        return TensorRTBackend(graph, device=device, threads=threads, **options)
-    raise BackendUnavailableError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    row = backend_row(name)
+    mode = check_execution(name, execution)
+    fields = {k: options.pop(k) for k in _REQUEST_FIELDS if k in options}
+    if fields.get("inputs") is not None:
+        fields["inputs"] = tuple(fields["inputs"])
+    request = GraphRequest(Path(graph), device, threads, execution=mode, options=options, **fields)
+    return row.open(request)
 
 
-__all__ = ["BACKENDS", "EXECUTIONS", "Backend", "check_execution", "open_backend"]
+__all__ = [
+    "GRAPH_PRECISIONS",
+    "Backend",
+    "BackendRow",
+    "Execution",
+    "GraphRequest",
+    "backend_names",
+    "backend_row",
+    "check_execution",
+    "executions",
+    "open_backend",
+    "precisions",
+    "register",
+]

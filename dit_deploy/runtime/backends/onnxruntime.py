@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import ArtifactError, BackendUnavailableError
 from ..manifest import TensorSpec
 from .base import Backend
+from .table import GraphRequest
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -78,11 +79,12 @@ def tensorrt_provider_options(
 def _graph_in_manifest(graph: Path) -> tuple[str, list[TensorSpec] | None]:
     """(precision, input specs) of ``graph`` from the manifest beside it; ("fp32", None)
     for a graph outside an export directory."""
-    from ..manifest import MANIFEST_FILE, read_manifest
+    from ..export import Export
+    from ..manifest import MANIFEST_FILE
 
     if not (graph.parent / MANIFEST_FILE).is_file():
         return "fp32", None
-    manifest = read_manifest(graph.parent)
+    manifest = Export.open(graph.parent).manifest
     tables = [("fp32", manifest.graphs), *manifest.precisions.items()]
     for precision, table in tables:
         for spec in table.values():
@@ -147,6 +149,7 @@ def session_providers(
     precision: str | None = None,
     cache_dir: str | Path | None = None,
     max_batch: int = 8,
+    inputs: Sequence[TensorSpec] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The (provider, options) list a session over ``graph`` on ``device`` gets: needs no
     device, so the whole GPU set-up runs (and is tested) on any machine. ``available``
@@ -156,11 +159,11 @@ def session_providers(
     for provider in providers:
         options: dict[str, Any] = {}
         if provider == "TensorrtExecutionProvider":
-            found_precision, inputs = _graph_in_manifest(graph)
+            if precision is None or inputs is None:  # a bare call: the manifest beside it
+                found_precision, found_inputs = _graph_in_manifest(graph)
+                precision, inputs = precision or found_precision, inputs or found_inputs
             cache = Path(cache_dir) if cache_dir else graph.parent / "ort_trt_cache"
-            options = tensorrt_provider_options(
-                precision or found_precision, inputs, cache, max_batch
-            )
+            options = tensorrt_provider_options(precision, inputs, cache, max_batch)
             options["device_id"] = device_id
         elif provider == "CUDAExecutionProvider":
             # TF32 off: our FP32 engines clear it too, so an "fp32" cell is FP32 everywhere
@@ -186,6 +189,7 @@ class OnnxRuntimeBackend(Backend):
         cache_dir: str | Path | None = None,
         precision: str | None = None,
         max_batch: int = 8,
+        inputs: Sequence[TensorSpec] | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -218,7 +222,7 @@ class OnnxRuntimeBackend(Backend):
         if not self.path.is_file():
             raise ArtifactError(f"graph not found: {self.path}; re-export the model")
         planned = session_providers(
-            self.path, device, device_id, available, precision, cache_dir, max_batch
+            self.path, device, device_id, available, precision, cache_dir, max_batch, inputs
         )
         self.tensorrt_options: dict[str, Any] | None = dict(planned).get(
             "TensorrtExecutionProvider"
@@ -248,3 +252,30 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
         return dict(zip(names, self.session.run(names, dict(feeds)), strict=True))
+
+
+def open_graph(request: GraphRequest) -> OnnxRuntimeBackend:
+    """The backend table's opener: a session over an ONNX graph on the request's device."""
+    return OnnxRuntimeBackend(
+        request.path,
+        device=request.device,
+        threads=request.threads,
+        precision=request.precision,
+        max_batch=request.max_batch,
+        inputs=request.inputs,
+        **request.options,
+    )
+
+
+def unavailable_reason(precision: str, device: str) -> str | None:
+    """The backend table's probe: a GPU device needs its execution provider in this
+    onnxruntime (the CPU provider is always there)."""
+    del precision  # the provider, not the precision, decides
+    provider = _PROVIDERS[device][0]
+    if device == "cpu":
+        return None
+    import onnxruntime
+
+    if provider in onnxruntime.get_available_providers():
+        return None
+    return f"ONNX Runtime here has no {provider} (needs onnxruntime-gpu and an NVIDIA GPU)"

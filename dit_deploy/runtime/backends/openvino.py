@@ -25,6 +25,7 @@ import numpy as np
 from ...errors import ArtifactError, BackendUnavailableError, ConfigError, PrecisionUnavailableError
 from ..manifest import TensorSpec
 from .base import Backend
+from .table import GraphRequest
 
 EXECUTIONS = ("f32", "bf16")
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -174,3 +175,21 @@ class OpenVINOBackend(Backend):
             return {spec.name: np.asarray(result[spec.name]) for spec in self.outputs}
         finally:
             self._requests.put(request)
+
+
+def open_graph(request: GraphRequest) -> OpenVINOBackend:
+    """The backend table's opener: an ONNX graph compiled for the CPU (``request.execution``
+    ``bf16`` runs it in BF16)."""
+    return OpenVINOBackend(
+        request.path,
+        device=request.device,
+        threads=request.threads,
+        execution=request.execution or "f32",
+        **request.options,
+    )
+
+
+def unavailable_reason(precision: str, device: str) -> str | None:
+    """The backend table's probe: BF16 needs BF16 units, as OpenVINO's CPU plugin reports."""
+    del device  # the table allows only the CPU
+    return bf16_unavailable_reason() if precision == "bf16" else None

@@ -37,6 +37,7 @@ from ..devices import (
 )
 from ..engine_sidecar import EngineSidecar, check_sidecar, read_sidecar
 from .base import Backend
+from .table import GraphRequest
 
 _TENSORRT_HINT = (
     "the tensorrt package is not installed: pip install 'dit-deploy[gpu]' on a machine with an "
@@ -315,3 +316,26 @@ class TensorRTBackend(Backend):
     def __del__(self) -> None:
         if getattr(self, "_states", None):
             self.close()
+
+
+def open_graph(request: GraphRequest) -> TensorRTBackend:
+    """The backend table's opener: a built engine (``request.path``) on a GPU."""
+    return TensorRTBackend(
+        request.path,
+        device=request.device,
+        threads=request.threads,
+        cuda_graph=request.cuda_graph,
+        source_sha256=request.source_sha256 or None,
+        **request.options,
+    )
+
+
+def unavailable_reason(precision: str, device: str) -> str | None:
+    """The backend table's probe: cuda-python's runtime bindings (the table checks the GPU
+    and the tensorrt package)."""
+    del precision, device  # every engine precision needs the same stack
+    try:
+        import_cudart()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
