@@ -108,6 +108,15 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
     assert {"cpu", "cores", "threads", "gpus", "versions"} <= set(env)
     assert "torch" in env["versions"] and "onnxruntime" in env["versions"]
     cells = {c["label"]: c for c in report["cells"]}
+    # the floors of this CPU, and each CPU cell's distance to its precision's floor
+    floors = report["floors"]
+    assert floors["isa"] == env["cpu_kernels"].split(" ")[0] and floors["threads"] == 1
+    assert {"fp32", "int8"} <= set(floors["floor_ms"]) and float(floors["gflop"]["2"]) > 0
+    for label in ("onnxruntime cpu fp32 (fused)", "openvino cpu fp32 (fused)"):
+        for batch in ("1", "2"):
+            lat = cells[label]["result"]["latency"][batch]
+            assert lat["x_floor"] == pytest.approx(lat["p50"] / floors["floor_ms"]["fp32"][batch],
+                                                   rel=0.01)  # fmt: skip
     ort = cells["onnxruntime cpu fp32 (fused)"]["result"]
     assert ort["status"] == "ok"
     assert set(ort["latency"]) == {"1", "2"}
@@ -145,6 +154,7 @@ def test_report_schema_and_files(tiny_export, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "r" / name).stat().st_size > 0
     md = markdown(report)
     assert "| onnxruntime cpu fp32 (fused) |" in md and "## Environment" in md
+    assert f"ISA family {floors['isa']}" in md and "Floors (" in md and "x floor" in md
     # the command that repeats the run, from the options (not sys.argv), and the data's path
     assert report["command"].startswith(f"dit-bench {tiny_export} ")
     for part in ("--limit 4", "--batch 1,2", "--rounds 3", "--threads 1", "--json"):

@@ -132,3 +132,14 @@ def test_modules_and_functions_stay_small() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_big.append(f"{name}: {node.name} {length} lines")
     assert not too_big, too_big
+
+
+def test_every_console_script_names_a_callable() -> None:
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) >= {"dit-deploy", "dit-bench"}
+    for name, target in scripts.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr, None)), (name, target)

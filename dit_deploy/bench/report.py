@@ -26,6 +26,7 @@ COLUMNS = [
     "p99 ms",
     "pairs/s",
     "speed-up",
+    "x floor",
     "spread",
     "peak MB",
     "status",
@@ -95,6 +96,7 @@ def row(cell: dict[str, Any], batch: str, short_status: bool = False) -> list[st
         _fmt(lat.get("p99"), ".1f"),
         _fmt(lat.get("pairs_per_s"), ".2f"),
         "-" if not speedup else f"{speedup['median']:.2f}x",
+        _fmt(lat.get("x_floor"), ".1f"),
         "-" if spread is None else f"±{100 * spread / 2:.0f}%",
         _fmt(r.get("peak_rss_mb"), ".0f"),
         status,
@@ -104,7 +106,7 @@ def row(cell: dict[str, Any], batch: str, short_status: bool = False) -> list[st
 # the columns a narrow terminal keeps, most wanted first (the full table is in report.md)
 KEEP_ORDER = [
     "backend / precision", "status", "p50 ms", "speed-up", "mask agr.", "mIoU", "pairs/s",
-    "spread", "max err", "p90 ms", "oIoU", "P@0.5", "p99 ms", "size MB", "peak MB",
+    "x floor", "spread", "max err", "p90 ms", "oIoU", "P@0.5", "p99 ms", "size MB", "peak MB",
 ]  # fmt: skip
 
 
@@ -145,7 +147,7 @@ def print_table(report: dict[str, Any], console=None) -> None:
     kept = fitting_columns(rows, console.width)
     table = Table(
         title=f"dit-bench: {report['model']} on {report['data']['name']} "
-        f"({report['data']['pairs']} pairs), batch {batch}",
+        f"({report['data']['pairs']} pairs), batch {batch}\n{machine_line(report)}",
         show_lines=False,
     )
     for i in kept:
@@ -190,6 +192,10 @@ def how_measured(report: dict[str, Any]) -> str:
     )
     if "load_at_start" in env:
         text += "\nMachine at start: " + describe(env["load_at_start"])
+    if "floors" in report:
+        from .floors import describe as describe_floors
+
+        text += "\n" + describe_floors(report["floors"])
     return text
 
 
@@ -207,10 +213,19 @@ def plot_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
     ]
 
 
+def machine_line(report: dict[str, Any]) -> str:
+    """The CPU, its ISA family (what decides INT8/BF16 speed and numerics) and its cores."""
+    env = report["environment"]
+    isa = env.get("cpu_kernels", "?").split(" ")[0]
+    return f"{env['cpu']}, ISA family {isa}, {env['cores']} cores, {env['threads']} threads"
+
+
 def markdown(report: dict[str, Any]) -> str:
     batch = str(report["batches"][0])
     lines = [
         f"# dit-bench report: {report['model']}",
+        "",
+        f"Machine: {machine_line(report)}",
         "",
         f"Command: `{report['command']}`",
         "",

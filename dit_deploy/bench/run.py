@@ -19,6 +19,8 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError
 from .cells import plan_cells
+from .floors import add_distances, compute_floors
+from .floors import describe as describe_floors
 from .report import environment
 from .stats import NOISE_LIMIT
 
@@ -166,6 +168,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         "budget_s": opts.budget,
     }
     load = machine_load()
+    floors = _floors(export_dir, batches, opts.threads, log)
     with tempfile.TemporaryDirectory() as tmp, Progress("bench", 0) as progress:
         results, baseline = run_matrix(
             cells, request, Path(tmp), opts.rounds, opts.noise_limit, progress.describe
@@ -174,6 +177,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
             if "logits_file" in cell:
                 cell["logits"] = np.load(cell.pop("logits_file"))
     _add_parity(results, manifest.mask_threshold)
+    add_distances(results, floors)
     return {
         "model": manifest.config_name,
         "export_dir": str(export_dir),
@@ -188,5 +192,24 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         "rounds": opts.rounds,
         "noise_limit": opts.noise_limit,
         "baseline": baseline,
+        "floors": floors,
         "cells": results,
     }
+
+
+def _floors(
+    export_dir: Path, batches: list[int], threads: int | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The compute floors of the export's preferred layout on this CPU (measured before the
+    cells load, so on the same quiet machine they are timed on)."""
+    from ..errors import DITError
+    from ..runtime.export import Export
+
+    export = Export.open(export_dir)
+    graphs = [export.graph_path(role) for role in export.roles()]
+    try:
+        floors = compute_floors(graphs, batches, threads)
+    except DITError as exc:
+        floors = {"reason": str(exc)}
+    log(describe_floors(floors))
+    return floors
