@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .atomic import umask
+
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>[a-z0-9]+)-(?P<pid>\d+)-[^/]*$")
 
 
@@ -37,7 +39,9 @@ def work_dir(target: str | Path, kind: str) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.{kind}-{os.getpid()}-"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700); mkdir would not
+    return tmp
 
 
 def _leftovers(target: Path) -> list[tuple[Path, str, int]]:

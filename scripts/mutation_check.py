@@ -334,6 +334,15 @@ MUTATIONS = (
         '            execution="",',
         ("tests/test_backend_table.py",),
     ),
+    Mutation(
+        "atomic writes: the mode open gives",
+        "dit_deploy/atomic.py",
+        "        os.fchmod(fd, 0o666 & ~umask())\n",
+        "",
+        (
+            "tests/test_reliability.py::test_atomic_writes_and_work_dirs_get_the_modes_open_and_mkdir_give",
+        ),
+    ),
 )
 
 

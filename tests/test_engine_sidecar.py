@@ -95,7 +95,7 @@ def test_round_trip_uses_tensor_specs(tmp_path):
     back = read_sidecar(engine)
     assert back == _sidecar()
     assert isinstance(back.inputs[0], TensorSpec) and back.inputs[0].shape[0] == "batch"
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*tmp*")) and not list(tmp_path.glob(".*"))
 
 
 def _write(tmp_path: Path, mutate) -> Path:

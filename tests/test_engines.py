@@ -236,7 +236,7 @@ def test_build_writes_engine_and_sidecar_tf32_off(export_dir, gpu_machine):
     assert sidecar.outputs == [TensorSpec("logits", "float32", ["batch", 1, 2, 2])]
     assert sidecar.profile["shapes"]["image"] == [[1, 3, 8, 8], [2, 3, 8, 8], [4, 3, 8, 8]]
     assert (sidecar.gpu_name, sidecar.compute_capability) == ("NVIDIA H200", "9.0")
-    assert not list(export_dir.glob("*.tmp"))
+    assert not list(export_dir.glob("*tmp*")) and not list(export_dir.glob(".*"))
 
 
 def test_version_compatible_build_loads_back_with_host_code_allowed(export_dir, gpu_machine):

@@ -318,3 +318,21 @@ def test_cli_checks_options_before_any_work(tiny_export, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code = cli(["export", "--pretrained", "dit-tiny-synthetic", "--out", str(tmp_path / "file")])
     assert code == 1 and "is a file" in capsys.readouterr().err
+
+
+def test_atomic_writes_and_work_dirs_get_the_modes_open_and_mkdir_give(tmp_path):
+    import os
+    import stat
+
+    from dit_deploy.artifact_dir import work_dir
+    from dit_deploy.atomic import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "manifest.json", "{}")
+        made = work_dir(tmp_path / "export", "export")
+    finally:
+        os.umask(old)
+    # a server running as another user must read an export (temporaries start private)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(made.stat().st_mode) == 0o755

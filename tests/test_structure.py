@@ -136,6 +136,7 @@ def test_modules_and_functions_stay_small() -> None:
 
 def test_every_console_script_names_a_callable() -> None:
     import importlib
+
     import tomllib
 
     scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]

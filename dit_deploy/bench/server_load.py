@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..atomic import write_text_atomic
 from ..errors import ConfigError
 from .stats import summarize
 
@@ -313,7 +314,5 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     for path, text in zip(
         paths, (json.dumps(report, indent=2) + "\n", markdown(report)), strict=True
     ):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return [*paths, plot(report, out_dir / "latency_vs_throughput.png")]

@@ -8,9 +8,9 @@ no FP16/INT8 flags, precision constraints or INT8 calibrators any more). No
 parts of a graph run in FP32 (TensorRT enables TF32 by default); the sidecar records it.
 
 Everything that can fail cheaply is checked before the long build: the GPU, cuda-python,
-TensorRT, the options this TensorRT supports. The engine is written to ``.tmp``, loaded back
-(with host code allowed for version-compatible plans) and only then renamed; on any failure
-the ``.tmp`` is removed. The timing cache is one file per GPU architecture and TensorRT
+TensorRT, the options this TensorRT supports. The engine is loaded back (with host code
+allowed for version-compatible plans) and only then written, atomically
+(:mod:`dit_deploy.atomic`). The timing cache is one file per GPU architecture and TensorRT
 version (``timing_cache_file``): attached only when TensorRT accepts it, and saved merged with
 the file's previous entries once the engine is committed (an unwritable cache costs a note,
 never the engine).
@@ -25,13 +25,13 @@ Polygraphy is used where it is the better tool: comparing engines with ONNX Runt
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_bytes_atomic
 from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from ..hashing import sha256_file
 from ..runtime.devices import GpuInfo, gpu_info, gpu_unavailable_reason
@@ -162,14 +162,6 @@ def _network_flags(trt: Any) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def timing_cache_file(path: Path, compute_capability: str, tensorrt_version: str) -> Path:
     """The file of ``--timing-cache PATH`` for one GPU architecture and TensorRT version:
     ``timing.cache`` -> ``timing.sm90.trt10.13.3.cache``. Timings are only valid for both,
@@ -208,7 +200,8 @@ def _save_timing_cache(trt: Any, config: Any, path: Path, previous: bytes, log) 
         if old is not None and not cache.combine(old, False):
             log(f"could not merge the previous entries of {path}; saving this build's only")
     try:
-        _write_atomic(path, bytes(cache.serialize()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, bytes(cache.serialize()))
     except OSError as exc:
         log(f"could not save the timing cache {path} ({exc}); the engine is written")
 
@@ -360,7 +353,6 @@ def build_engine(
     export_dir = options.export_dir
     onnx_path = export_dir / spec.file
     engine_path = export_dir / engine_file(spec.file)
-    tmp = engine_path.with_name(engine_path.name + ".tmp")
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder, network, _parser = _parse(trt, logger, onnx_path)  # _parser: keeps the weights
@@ -381,19 +373,13 @@ def build_engine(
             f"TensorRT failed to build {onnx_path.name}; see the TensorRT log above"
         )
     plan_bytes = bytes(serialized)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(plan_bytes)
-        engine = _load_back(trt, logger, plan_bytes, options.version_compatible)
-        if engine is None:
-            raise ArtifactError(
-                f"TensorRT built {engine_path.name} but cannot load it back; see the TensorRT "
-                "log above"
-            )
-        sidecar = _sidecar(trt, gpu, options, manifest, spec, built, _io_specs(trt, engine))
-        os.replace(tmp, engine_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    engine = _load_back(trt, logger, plan_bytes, options.version_compatible)
+    if engine is None:
+        raise ArtifactError(
+            f"TensorRT built {engine_path.name} but cannot load it back; see the TensorRT log above"
+        )
+    sidecar = _sidecar(trt, gpu, options, manifest, spec, built, _io_specs(trt, engine))
+    write_bytes_atomic(engine_path, plan_bytes)
     write_sidecar(engine_path, sidecar)
     if cache_path is not None:  # after the engine is committed: a cache error cannot lose it
         _save_timing_cache(trt, config, cache_path, previous_cache, log)

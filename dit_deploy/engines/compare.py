@@ -41,8 +41,8 @@ class CompareOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision: choose one of {PRECISIONS}")
-        if self.layout not in ("fused", "split"):
-            raise ConfigError("--layout: choose fused or split")
+        if self.layout not in LAYOUT_ROLES:
+            raise ConfigError(f"--layout: choose one of {', '.join(LAYOUT_ROLES)}")
         if self.candidate not in ("tensorrt", "onnxruntime"):
             raise ConfigError("--candidate: choose tensorrt or onnxruntime")
         if self.batch < 1:

@@ -25,12 +25,12 @@ same table of cases, ``tests/fixtures/engine_compat_cases.json``):
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..errors import ArtifactError
 from .manifest import GRAPH_PRECISIONS, TensorSpec
 
@@ -101,12 +101,8 @@ def sidecar_path(engine: str | Path) -> Path:
 
 
 def write_sidecar(engine: str | Path, sidecar: EngineSidecar) -> Path:
-    """Write the sidecar atomically (tmp + rename)."""
-    path = sidecar_path(engine)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(sidecar.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write the sidecar atomically."""
+    return write_text_atomic(sidecar_path(engine), json.dumps(sidecar.to_dict(), indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------ schema

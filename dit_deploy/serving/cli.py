@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from ..atomic import write_bytes_atomic
 from ..cli_types import HelpFormatter, port, positive_int
 from ..errors import ConfigError
 from ..runtime.backends import backend_names, backend_row, precisions
@@ -285,12 +286,8 @@ def run_client(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, data: bytes) -> None:
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
 
 
 def run_triton_repo(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ old checkpoint or the new one, and what it left behind is put back or deleted by
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -43,36 +42,14 @@ def recover_output_dir(out: Path, log: Callable[[str], None] | None = None) -> l
 
 
 def write_output_text(path: Path, text: str) -> None:
-    """Replace ``path`` atomically (:func:`~dit_deploy.atomic.write_text_atomic`), with the
-    mode a plain ``open`` would give it (the temporary file is private, 0600)."""
+    """Replace ``path`` atomically (:func:`~dit_deploy.atomic.write_text_atomic`)."""
     write_text_atomic(path, text)
-    path.chmod(0o666 & ~_umask())
-
-
-def _new_work_dir(target: Path) -> Path:
-    """A temporary directory beside ``target`` with the mode ``mkdir`` would give it."""
-    tmp = work_dir(target, WORK_KIND)
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700)
-    return tmp
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it where Linux shows it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    umask = os.umask(0o077)  # meanwhile another thread's new files are private, not open
-    os.umask(umask)
-    return umask
 
 
 def _swap_in_built(target: Path, build: Callable[[Path], None]) -> None:
     """``build(tmp)`` in a temporary directory, then make it ``target``; on failure the
     temporary directory is removed and ``target`` is left as it was."""
-    tmp = _new_work_dir(target)
+    tmp = work_dir(target, WORK_KIND)
     try:
         build(tmp)
         swap_in(tmp, target)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_types import HelpFormatter
+from ..runtime.manifest import LAYOUT_ROLES
 
 TRAIN_EXAMPLES = """examples:
   # the authors' recipe: 4 GPUs x 16 = batch 64, fp32, 40 epochs
@@ -170,7 +171,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="torch: fp32|tf32|bf16|fp16 (autocast); runtime: the export's graph precision "
         "(fp32|fp16|int8|...)",
     )
-    p.add_argument("--layout", default=None, help="runtime: split|fused (default: the export's)")
+    p.add_argument(
+        "--layout",
+        default=None,
+        choices=tuple(LAYOUT_ROLES),
+        help="runtime: the graphs (default: fused if exported, else split)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="pairs per forward")
     p.add_argument("--workers", type=int, default=2, help="torch: data-loading processes")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: library's)")
