@@ -164,7 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         help="no plain INT8 of ours (where quantize takes too long, e.g. ViT-B today)",
     )
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if min(args.calib, args.pairs, args.threads, args.rounds, args.calls) < 1:
+        p.error("--calib, --pairs, --threads, --rounds and --calls take positive numbers")
+    if args.export is not None and not (args.export / "manifest.json").is_file():
+        p.error(f"--export {args.export}: not an export directory (no manifest.json)")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out {args.out}: cannot create it ({exc.strerror})")
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        p.error("needs NNCF: pip install nncf (not a dependency of dit-deploy)")
     from dit_deploy.atomic import write_text_atomic
     from dit_deploy.bench.machine import describe, machine_load
     from dit_deploy.precision.chain import PairInputs

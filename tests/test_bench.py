@@ -207,3 +207,19 @@ def test_runtime_cells_are_sized_for_the_batches_benchmarked(tiny_export):
     cell = {"backend": "onnxruntime", "device": "cpu", "layout": "fused", "precision": "fp32"}
     req = {"cell": cell, "export_dir": str(tiny_export), "batches": [1, 8], "threads": 1}
     assert _open_runner(req).predictor.max_batch == 8
+
+
+def test_an_unusable_report_dir_is_refused_before_the_work_and_leaves_nothing(
+    tiny_export, tmp_path, capsys
+):
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file" / "r", Path("/proc") / "dit-bench-report"):
+        assert main([str(tiny_export), *TINY, "--report-dir", str(bad)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a writable directory" in err, err
+        assert "Floors" not in capsys.readouterr().out  # nothing measured
+    fresh = tmp_path / "a" / "b"
+    from dit_deploy.bench.cli import _check_writable_dir
+
+    _check_writable_dir(fresh)  # writable: checked by making it, then left as it was
+    assert not (tmp_path / "a").exists()

@@ -4,8 +4,8 @@ precision available on this machine, and keeps going when one of them fails."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -162,14 +162,24 @@ def _server_main(args: argparse.Namespace) -> int:
 
 
 def _check_writable_dir(path: Path) -> None:
-    """Refuse a directory path that could not be created or written, without creating it."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
+    """Refuse a report directory that cannot be created or written, before the work: the
+    directories are made, a probe file written, and whatever this made is removed again."""
+    import tempfile
+
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".dit-bench-probe-"):
+            pass
+    except OSError as exc:
         raise ConfigError(
-            f"--report-dir {path}: {existing} is not a writable directory; choose another path"
-        )
+            f"--report-dir {path}: not a writable directory ({exc.strerror or exc}); choose "
+            "another path"
+        ) from None
+    finally:
+        for directory in made:  # deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def bench_from_args(args: argparse.Namespace) -> int:
