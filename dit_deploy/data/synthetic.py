@@ -4,17 +4,10 @@ Each scene (default 128 x 128 RGB PNG) holds 3-5 non-overlapping objects on a no
 background. Objects differ in shape (circle, square, triangle, cross), colour (red, green,
 blue, yellow, purple, orange), size (small, big) and position, and are sampled so that
 several share a shape or a colour: the image alone does not tell which one is meant. Each
-scene gets 1-3 expressions, each for a different object, drawn from a small grammar::
-
-    attribute   the [small|big] [<colour>] <shape>|one     "the small blue square"
-    position    the leftmost <head> / the <head> at the bottom    "the green one at the bottom"
-    size        the biggest|largest|smallest <head>        "the biggest triangle"
-    relation    the <head> (to the) left of|right of|above|below the <head>
-                "the yellow square left of the red circle"
-
-An expression is emitted only if it denotes exactly its target in its scene, with margins
-(positions at least ``POSITION_MARGIN`` x size apart, areas at least ``AREA_RATIO`` apart) so
-that it is unambiguous to a human too. Masks are the exact visible pixels of the target.
+scene gets 1-3 expressions, each for a different object, drawn from a small grammar
+(attribute, position, size, relation: :mod:`.synthetic_grammar`), each kept only if it
+denotes exactly its target, unambiguously to a human too. Masks are the exact visible pixels
+of the target.
 
 The output uses the ``refer`` layout, so :class:`~dit_deploy.data.refer.ReferDataset` reads it::
 
