@@ -55,16 +55,26 @@ MAX_PIXELS = 300_000  # the samples have 135k and 240k pixels
 START_TIMEOUT_S = 120
 
 
+_HANDED_OUT: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
 def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    """``n`` free ports, none handed out before in this session: servers started together
+    pick theirs before any binds them, and the kernel may offer one port to two of them."""
+    with _PORTS_LOCK:
+        socks, ports = [], []
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+                _HANDED_OUT.add(port)
+        for s in socks:
+            s.close()
+        return ports
 
 
 def _png(width: int, height: int) -> bytes:

@@ -376,3 +376,29 @@ def test_load_test_waits_for_the_server_counters_to_cover_the_answered_requests(
     # a server that never catches up is read until the wait runs out, then taken as it is
     lagging = _settled_metrics(lambda _u: {"count": 10.0}, "m", {}, 20, wait_s=0.0)
     assert lagging == {"count": 10.0}
+
+
+def test_readiness_probe_reads_a_non_http_listener_as_not_ready():
+    """Another server's gRPC (HTTP/2) on the HTTP port: not ready, never a traceback."""
+    import socket
+    import threading
+
+    from dit_deploy.serving.server import _ready
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x40\x00\x00\r\n\r\n")
+        conn.close()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        assert _ready(f"http://127.0.0.1:{listener.getsockname()[1]}") is False
+    finally:
+        thread.join(10)
+        listener.close()

@@ -15,6 +15,7 @@ Ctrl-C stop accepting work, let in-flight requests finish (up to ``drain_s``), t
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -238,7 +239,7 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
             return r.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or not HTTP on that port
         return False
 
 
