@@ -245,7 +245,7 @@ def measured_gflops(threads: int, bf16_units: bool) -> dict[str, dict[str, Any]]
         except Exception:  # noqa: BLE001 - a runtime that cannot run it has no floor to give
             continue
         if rate > best.get(precision, {}).get("gflops", 0.0):
-            best[precision] = {"gflops": round(rate, 1), "by": runtime}
+            best[precision] = {"gflops": float(f"{rate:.4g}"), "by": runtime}
     return best
 
 
