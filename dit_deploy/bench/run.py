@@ -20,7 +20,6 @@ import numpy as np
 from ..errors import BackendUnavailableError, ConfigError
 from .cells import plan_cells
 from .floors import add_distances, compute_floors
-from .floors import describe as describe_floors
 from .report import environment
 from .stats import NOISE_LIMIT
 
@@ -168,7 +167,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         "budget_s": opts.budget,
     }
     load = machine_load()
-    floors = _floors(export_dir, batches, opts.threads, log)
+    floors = _floors(export_dir, batches, opts.threads)
     with tempfile.TemporaryDirectory() as tmp, Progress("bench", 0) as progress:
         results, baseline = run_matrix(
             cells, request, Path(tmp), opts.rounds, opts.noise_limit, progress.describe
@@ -197,9 +196,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
     }
 
 
-def _floors(
-    export_dir: Path, batches: list[int], threads: int | None, log: Callable[[str], None]
-) -> dict[str, Any]:
+def _floors(export_dir: Path, batches: list[int], threads: int | None) -> dict[str, Any]:
     """The compute floors of the export's preferred layout on this CPU (measured before the
     cells load, so on the same quiet machine they are timed on)."""
     from ..errors import DITError
@@ -211,5 +208,4 @@ def _floors(
         floors = compute_floors(graphs, batches, threads)
     except DITError as exc:
         floors = {"reason": str(exc)}
-    log(describe_floors(floors))
-    return floors
+    return floors  # printed once, under the table (report.how_measured)
