@@ -26,10 +26,9 @@ from ..runtime.export import Export
 from ..runtime.graph_chain import GraphChain, layout_of
 from ..runtime.manifest import GraphSpec, Manifest, verify_file
 from ..runtime.verified_on import PAIRS_FILE, StoredPairs, write_pairs
-from .chain import PairInputs, chains
+from .chain import chains
 from .plan import PLAN_FILE, PrecisionPlan, read_plans, write_plans
-from .record import scheme_of, stored_pairs, verification_entry
-from .samples import PairSource
+from .record import scheme_of, verification_entry
 from .verify import LayoutReport
 
 
@@ -109,26 +108,17 @@ class Verified:
 
 
 def verification(
-    export: Export,
-    prepare: PairInputs,
-    fp32: dict[str, GraphChain],
-    pairs_source: PairSource,
     precision: str,
     weight_bits: int,
-    candidate: dict[str, GraphChain],
+    pairs: StoredPairs,
+    fresh: bool,
+    stored: dict[str, float],
     reports: list[LayoutReport],
 ) -> Verified:
-    """What ``precision`` was verified on: the ``verified`` entry, and the stored pairs."""
-    export_dir, manifest = export.path, export.manifest
-    pairs, fresh = stored_pairs(export_dir, manifest, prepare, fp32, pairs_source)
+    """What ``precision`` was verified on: the ``verified`` entry (``stored``: layout -> the
+    stored pairs' agreement here), and the stored pairs if ``fresh`` (new ones to write)."""
     entry = verification_entry(
-        precision,
-        scheme_of(precision, weight_bits),
-        default_backend(precision),
-        candidate,
-        pairs,
-        reports,
-        manifest.mask_threshold,
+        precision, scheme_of(precision, weight_bits), default_backend(precision), stored, reports
     )
     return Verified(entry, pairs if fresh else None)
 

@@ -15,7 +15,6 @@ them under ``precisions``.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -31,8 +30,9 @@ from ..errors import ConfigError, ValidationError
 from ..exporters.onnx_io import save_onnx
 from ..hashing import sha256_file
 from ..runtime.export import Export
-from ..runtime.graph_chain import GraphChain, layout_of
+from ..runtime.graph_chain import GraphChain
 from ..runtime.manifest import GraphSpec, Manifest, cached_sha256
+from ..runtime.verified_on import StoredPairs
 from .chain import PairInputs, chains
 from .fp16 import DEFAULT_FP32_OPS, convert_fp16
 from .graph_checks import fp16_problems, int8_problems
@@ -46,9 +46,11 @@ from .int8 import (
     quantize_int8,
     unknown_nodes,
 )
+from .int8_prepare import Int8Inputs, ProgressFactory, int8_sources
 from .plan import PrecisionPlan, RolePlan, pairs_hash, read_plan
+from .record import layout_agreement, stored_pairs
 from .samples import PairSource
-from .smooth import MIN_GAIN, SMOOTH_SUFFIX
+from .smooth import SMOOTH_SUFFIX
 from .verify import (
     DEFAULT_FLOORS,
     Floor,
@@ -57,9 +59,6 @@ from .verify import (
     compare_layout,
     default_floor,
 )
-
-ProgressFactory = Callable[[str, int], Callable[[int], None]]
-SMOOTH_CHECK_PAIRS = 8  # held-out pairs that decide, per activation, whether to smooth
 
 
 def _no_progress(_desc: str, _total: int) -> Callable[[int], None]:
@@ -184,8 +183,10 @@ def _convert_one(
     fp32: dict[str, GraphChain],
     progress: ProgressFactory,
     extra: tuple[str, ...] = (),
+    measured: bool = False,
 ) -> dict[str, object]:
-    """Write ``out`` (``role`` at ``opts.precision``); returns what was done, for the report."""
+    """Write ``out`` (``role`` at ``opts.precision``); returns what was done, for the report.
+    ``measured``: this run's calibration pass wrote the role's ranges (not a cache hit)."""
     import onnx
 
     base = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
@@ -211,15 +212,17 @@ def _convert_one(
         names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
         excluded = [n for n in (*opts.int8.exclude, *extra) if n in set(names)]
         int8 = Int8Options(**{**vars(opts.int8), "exclude": tuple(excluded)})
-        bar = progress(f"calibrate {role}", len(opts.calib))
-        reader = StreamingCalibrationReader(opts.calib, role, prepare, fp32, bar)
+        reader = None
+        if not cache.is_file():  # not ranged by .int8_prepare (other calibration methods)
+            bar = progress(f"calibrate {role}", len(opts.calib))
+            reader = StreamingCalibrationReader(opts.calib, role, prepare, fp32, bar)
         result: Int8Result = quantize_int8(src, out, role, reader, cache, int8)
         model = onnx.load(str(out))
         detail = {
             "method": int8.method,
             "calibration": opts.calib.describe(),
             "calibration_cache": str(result.cache),
-            "cache_hit": result.cache_hit,
+            "cache_hit": result.cache_hit and not measured,
             "op_types": list(int8.op_types),
             "excluded": excluded,
             "dequantize_nodes": result.quantized_nodes,
@@ -264,12 +267,13 @@ def _check_int8(
 
 
 def _verify_layouts(
-    job: _Job, candidate: dict[str, GraphChain], floor: Floor
-) -> list[LayoutReport]:
+    job: _Job, candidate: dict[str, GraphChain], floor: Floor, pairs: StoredPairs
+) -> tuple[list[LayoutReport], dict[str, float]]:
     """Every layout of ``candidate`` compared with FP32 on the evaluation pairs (and timed),
-    checked against ``floor``."""
+    checked against ``floor``; and layout -> the stored ``pairs``' agreement. Each layout's
+    graphs are closed once it is done: at ViT-B both layouts at two precisions held 6 GB."""
     opts, fp32, prepare = job.opts, job.fp32, job.prepare
-    reports = []
+    reports, stored = [], {}
     for layout in job.manifest.layouts:
         bar = job.progress(f"verify {layout}", len(opts.eval))
         report = compare_layout(
@@ -287,7 +291,11 @@ def _verify_layouts(
             report.latency_fp32_ms = chain_latency_ms(fp32[layout], feeds, opts.latency_runs)
             report.latency_ms = chain_latency_ms(candidate[layout], feeds, opts.latency_runs)
         reports.append(report.check(floor))
-    return reports
+        threshold = job.manifest.mask_threshold
+        stored[layout] = layout_agreement(pairs, layout, fp32[layout], candidate[layout], threshold)
+        fp32[layout].close()
+        candidate[layout].close()
+    return reports, stored
 
 
 def run_quantize(
@@ -336,7 +344,8 @@ def run_quantize(
         else:
             outcomes = _convert_all(replace(job, roles=roles), files, sources, extra)
             candidate = chains(files, opts.threads)
-        reports = _verify_layouts(job, candidate, floor)
+        pairs, fresh = stored_pairs(export_dir, manifest, prepare, manifest.layouts, opts.eval)
+        reports, stored = _verify_layouts(job, candidate, floor, pairs)
         result = QuantizeResult(export_dir, opts.precision, outcomes, reports, floor, plan=plan)
         failed = [r for r in reports if not r.ok]
         if failed:
@@ -347,14 +356,7 @@ def run_quantize(
                 + "\n  ".join(f"{r.layout}: {'; '.join(r.failures)}" for r in failed),
             )
         verified = verification(
-            export,
-            prepare,
-            fp32,
-            opts.eval,
-            opts.precision,
-            opts.int8.weight_bits,
-            candidate,
-            reports,
+            opts.precision, opts.int8.weight_bits, pairs, fresh, stored, reports
         )
         install(export, tmp, files, roles, opts.precision, plan, verified)
         result.written = True
@@ -392,63 +394,33 @@ class _Job:
     tmp: Path
     log: Callable[[str], None]
     progress: ProgressFactory
+    measured_ranges: set[str] = field(default_factory=set)  # roles ranged by this run's pass
 
 
 def _int8_sources(
     job: _Job, reuse: dict[str, list[str]] | None = None
 ) -> tuple[dict[str, Path], dict[str, list[str]]]:
-    """Role -> the FP32 graph to convert: the export's, or for INT8 with smoothing a
-    smoothed copy in ``tmp`` (:mod:`.smooth`: channel maxima from the calibration pairs, the
-    choice per activation from its MatMuls' INT8 error on the first pairs of the search
-    set, or ``reuse``'s choice: role -> activations, from a plan; cached like the ranges);
-    and role -> the activations smoothed."""
-    import onnx
-
-    from .smooth import cached_smoothing, smooth
-
+    """Role -> the FP32 graph to convert (:mod:`.int8_prepare`: the export's, or for INT8
+    with smoothing a smoothed copy in ``tmp``; for MinMax calibration the ranges written to
+    the range cache) and role -> the activations smoothed; ``reuse``: role -> activations,
+    a plan's choice of smoothing."""
     files = job.manifest.graph_files(job.export_dir)
-    alpha = job.opts.int8.smooth
-    if job.opts.precision != "int8" or alpha is None or job.opts.calib is None:
+    opts = job.opts
+    if opts.precision != "int8" or opts.calib is None:
         return {role: files[role] for role in job.roles}, {}
-    sources, chosen = {}, {}
-    held_out = job.opts.resolved_search()  # not the calibration pairs, nor the verdict's
-    for role in job.roles:
-        model = onnx.load(str(files[role]))
-        chain = job.fp32[layout_of(role)]
-
-        def feeds(source: PairSource, limit: int, role=role, chain=chain):
-            bar = job.progress(f"smooth {role}", min(len(source), limit))
-            for pair in itertools.islice(source, limit):
-                inputs, _ = job.prepare([pair])
-                bar(1)
-                yield chain.role_inputs(role, inputs)
-
-        found, hit = cached_smoothing(
-            model,
-            lambda f=feeds: f(job.opts.calib, len(job.opts.calib)),
-            lambda f=feeds: f(held_out, SMOOTH_CHECK_PAIRS),
-            alpha,
-            job.opts.cache_dir or default_cache_dir(),
-            role,
-            job.manifest.graphs[role].sha256 or sha256_file(files[role]),
-            [job.opts.calib, held_out],
-            job.opts.threads,
-            job.opts.int8.weight_levels,
-        )
-        strengths = found.strengths()
-        why = f"smoothing the others lowers their INT8 error by less than {MIN_GAIN:.0%}"
-        if reuse is not None:
-            strengths = {name: alpha for name in reuse[role] if name in found.maxima}
-            why = "as the plan says"
-        smoothed, _changed = smooth(model, found.maxima, strengths)
-        sources[role] = job.tmp / f"{role}.smoothed.onnx"
-        save_onnx(smoothed, sources[role])
-        chosen[role] = sorted(strengths)
-        job.log(
-            f"{role}: {len(strengths)} of {len(found.errors)} MatMul/Gemm input(s) smoothed "
-            f"(alpha {alpha}; {why})" + (" [cached]" if hit else "")
-        )
-    return sources, chosen
+    inputs = Int8Inputs(
+        opts.calib,
+        opts.resolved_search(),
+        opts.int8,
+        opts.cache_dir or default_cache_dir(),
+        opts.threads,
+    )
+    found = int8_sources(
+        job.export_dir, job.manifest, job.roles, inputs, job.prepare, job.tmp, job.log,
+        job.progress, reuse,
+    )  # fmt: skip
+    job.measured_ranges.update(found.measured_ranges)
+    return found.files, found.smoothed
 
 
 def _search_method(opts: QuantizeOptions) -> str:
@@ -563,8 +535,9 @@ def _convert_all(
         start = time.perf_counter()
         nodes = (extra or {}).get(role, ())
         detail = _convert_one(
-            role, sources[role], out, spec, job.opts, job.prepare, job.fp32, job.progress, nodes
-        )
+            role, sources[role], out, spec, job.opts, job.prepare, job.fp32, job.progress, nodes,
+            role in job.measured_ranges,
+        )  # fmt: skip
         outcomes.append(
             GraphOutcome(
                 role,

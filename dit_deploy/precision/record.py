@@ -4,7 +4,7 @@ that re-verify it on another kind of CPU (the rule: :mod:`dit_deploy.runtime.ver
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +35,32 @@ def stored_pairs(
     export_dir: Path,
     manifest: Manifest,
     prepare: PairInputs,
-    fp32: Mapping[str, GraphChain],
+    layouts: Sequence[str],
     source: PairSource,
 ) -> tuple[StoredPairs, bool]:
-    """The export's stored pairs if they are intact and made from these FP32 graphs (False),
-    else new ones: the first ``STORED_PAIRS`` of ``source`` and their FP32 logits (True)."""
+    """The export's stored pairs if they are intact, made from these FP32 graphs and cover
+    ``layouts`` (False), else new ones: the first ``STORED_PAIRS`` of ``source`` with no
+    FP32 logits yet (True; :func:`layout_agreement` adds each layout's)."""
     hashes = {role: spec.sha256 for role, spec in manifest.graphs.items()}
     if manifest.verification_pairs:
         try:
             pairs = read_pairs(export_dir, manifest)
-            if pairs.fp32_sha256 == hashes and set(pairs.reference) >= set(fp32):
+            if pairs.fp32_sha256 == hashes and set(pairs.reference) >= set(layouts):
                 return pairs, False
         except ArtifactError:
             pass  # damaged or stale: made again below
     feeds, _ = prepare(list(itertools.islice(source, STORED_PAIRS)))
-    feeds = round_feeds(feeds)
-    reference = {layout: chain.logits(feeds) for layout, chain in fp32.items()}
-    return StoredPairs(feeds, reference, hashes), True
+    return StoredPairs(round_feeds(feeds), {}, hashes), True
+
+
+def layout_agreement(
+    pairs: StoredPairs, layout: str, fp32: GraphChain, candidate: GraphChain, threshold: float
+) -> float:
+    """The stored pairs' mask agreement of ``candidate`` with FP32 in ``layout`` (the FP32
+    logits computed and kept in ``pairs`` if it has none for the layout yet)."""
+    if layout not in pairs.reference:
+        pairs.reference[layout] = fp32.logits(pairs.feeds)
+    return agreement(candidate.logits(pairs.feeds), pairs.reference[layout], threshold)
 
 
 def scheme_of(precision: str, weight_bits: int) -> dict[str, Any]:
@@ -63,17 +72,12 @@ def verification_entry(
     precision: str,
     scheme: Mapping[str, Any],
     backend: str,
-    candidate: Mapping[str, GraphChain],
-    pairs: StoredPairs,
+    stored: Mapping[str, float],
     reports: list[LayoutReport],
-    threshold: float,
 ) -> dict[str, Any]:
     """``verified[precision]`` after a verification on this machine: the scheme and one
-    record (the stored pairs' agreement measured through ``candidate`` here)."""
-    stored = {
-        layout: agreement(chain.logits(pairs.feeds), pairs.reference[layout], threshold)
-        for layout, chain in candidate.items()
-    }
+    record (``stored``: layout -> the stored pairs' agreement measured here,
+    :func:`layout_agreement`)."""
     measured = {
         r.layout: {
             "pairs": r.pairs,

@@ -93,26 +93,40 @@ def _values(
         yield values
 
 
+def channel_sizes(model) -> dict[str, int]:
+    """Smoothable activation -> K, its channel count (the consumers' weight K axis)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return {a: int(inits[cs[0].weight].dims[cs[0].axis]) for a, cs in smoothable(model).items()}
+
+
 def channel_maxima(
     model,
     feeds: Iterable[Mapping[str, np.ndarray]],
     names: Iterable[str],
     threads: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Name -> max |x| per last-axis channel (K,) of each tensor over ``feeds``."""
-    peaks: dict[str, np.ndarray] = {}
-    for values in _values(model, feeds, list(names), threads):
-        for name, value in values.items():
-            value = np.abs(np.asarray(value, np.float32))
-            peak = value.reshape(-1, value.shape[-1]).max(axis=0)
-            peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
-    return peaks
+    """Name -> max |x| per last-axis channel (K,) of each smoothable tensor over ``feeds``
+    (the graph's own inputs), from :mod:`.calibration_pass`'s in-graph reductions."""
+    from .calibration_pass import collect_stats
+
+    sizes = channel_sizes(model)
+    channels = {n: sizes[n] for n in names if n in sizes}
+    stats = collect_stats(
+        "fused", {"dit_fused": model}, {"dit_fused": ((), channels)}, feeds, threads
+    )["dit_fused"]
+    return stats.channel_max
 
 
-def _fake_int8(x: np.ndarray, absmax: np.ndarray | float, levels: int = 127) -> np.ndarray:
-    """Symmetric INT8 quantize-dequantize with scale ``absmax / levels`` (broadcast; 127,
-    or 64 for 7-bit weights)."""
-    scale = np.maximum(np.asarray(absmax, np.float64), 1e-12) / levels
+def _int8_codes(w: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel INT8 of a (K, N) weight: (codes (K, N) int8, scale (N,)),
+    ``codes * scale`` being what :mod:`.int8` makes of it."""
+    scale = np.maximum(np.abs(w).max(axis=0), 1e-12).astype(np.float32) / levels
+    return np.clip(np.round(w / scale), -levels, levels).astype(np.int8), scale
+
+
+def _fake_int8(x: np.ndarray, absmax: float, levels: int = 127) -> np.ndarray:
+    """Symmetric per-tensor INT8 quantize-dequantize with scale ``absmax / levels``."""
+    scale = np.float32(max(absmax, 1e-12) / levels)
     return np.clip(np.round(x / scale), -levels, levels) * scale
 
 
@@ -121,64 +135,88 @@ def _as_kn(weight: np.ndarray, axis: int) -> np.ndarray:
     return weight if axis == 0 else weight.T
 
 
+class Int8ErrorEstimate:
+    """Per activation, the relative INT8 error of its MatMuls/Gemms as it is and smoothed
+    with ``alpha``: sum |Q(x) Q(W) - x W| / sum |x W| over the values :meth:`add` is given
+    (at most ``rows`` rows of x from each), the activation's scale from ``maxima`` (per
+    tensor), the weights' per output channel with ``weight_levels`` (127, or 64 for 7-bit
+    weights), as :mod:`.int8` quantizes them.
+
+    FP32 products (a relative error of a few percent needs no float64) and the quantized
+    weights kept as INT8 codes and scales: at ViT-B the exact weights and both variants
+    would otherwise hold 2 GB as float64.
+    """
+
+    def __init__(
+        self,
+        model,
+        maxima: Mapping[str, np.ndarray],
+        alpha: float,
+        rows: int = 512,
+        weight_levels: int = 127,
+    ) -> None:
+        from onnx import numpy_helper
+
+        inits = {t.name: t for t in model.graph.initializer}
+        self.rows = rows
+        self.consumers = {a: c for a, c in smoothable(model).items() if a in maxima}
+        self._variants: dict[str, list[tuple[np.ndarray | None, float, list]]] = {}
+        self._weights: dict[str, list[np.ndarray]] = {}
+        for a, cs in self.consumers.items():
+            ws = [
+                _as_kn(numpy_helper.to_array(inits[c.weight]), c.axis).astype(np.float32)
+                for c in cs
+            ]
+            x_max = maxima[a].astype(np.float32)
+            s = migration_scales(x_max, np.max([np.abs(w).max(axis=1) for w in ws], axis=0), alpha)
+            self._weights[a] = ws
+            plain = [_int8_codes(w, weight_levels) for w in ws]
+            smoothed = [_int8_codes(w * s[:, None], weight_levels) for w in ws]
+            self._variants[a] = [
+                (None, float(x_max.max()), plain),
+                (s, float((x_max / s).max()), smoothed),
+            ]
+        self._sums = {a: np.zeros(2) for a in self.consumers}
+        self._total = dict.fromkeys(self.consumers, 0.0)
+
+    def add(self, values: Mapping[str, np.ndarray]) -> None:
+        """Fold in one pair's activations (name -> value, (..., K))."""
+        for a, x in values.items():
+            if a not in self.consumers:
+                continue
+            x = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+            x = x[:: max(1, len(x) // self.rows)][: self.rows]
+            exact = [x @ w for w in self._weights[a]]
+            self._total[a] += sum(float(np.abs(y).sum(dtype=np.float64)) for y in exact)
+            for i, (s, absmax, quantized) in enumerate(self._variants[a]):
+                xq = _fake_int8(x if s is None else x / s, absmax)
+                for (codes, scale), y in zip(quantized, exact, strict=True):
+                    got = (xq @ codes.astype(np.float32)) * scale
+                    self._sums[a][i] += float(np.abs(got - y).sum(dtype=np.float64))
+
+    def result(self) -> dict[str, tuple[float, float]]:
+        """Activation -> (error as it is, error smoothed)."""
+        return {
+            a: tuple(float(v) / max(self._total[a], 1e-30) for v in self._sums[a])
+            for a in self.consumers
+        }
+
+
 def int8_errors(
     model,
     feeds: Iterable[Mapping[str, np.ndarray]],
     maxima: Mapping[str, np.ndarray],
     alpha: float,
     threads: int | None = None,
-    rows: int = 1024,
+    rows: int = 512,
     weight_levels: int = 127,
 ) -> dict[str, tuple[float, float]]:
-    """Activation -> (INT8 error as it is, INT8 error smoothed with ``alpha``) of its
-    MatMuls/Gemms: sum |Q(x) Q(W) - x W| / sum |x W| over ``feeds`` (at most ``rows`` rows of
-    x each), the activation's scale from ``maxima`` (per tensor), the weights' per output
-    channel with ``weight_levels`` (127, or 64 for 7-bit weights), as :mod:`.int8` quantizes
-    them."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    consumers = {a: c for a, c in smoothable(model).items() if a in maxima}
-    weights = {
-        a: [_as_kn(numpy_helper.to_array(inits[c.weight]).astype(np.float64), c.axis) for c in cs]
-        for a, cs in consumers.items()
-    }
-    variants: dict[str, list[tuple[np.ndarray, float, list[np.ndarray]]]] = {}
-    for a, ws in weights.items():
-        x_max = maxima[a].astype(np.float64)
-        s = migration_scales(x_max, np.max([np.abs(w).max(axis=1) for w in ws], axis=0), alpha)
-        s = s.astype(np.float64)
-        variants[a] = [
-            (
-                np.ones_like(x_max),
-                float(x_max.max()),
-                [_fake_int8(w, np.abs(w).max(0), weight_levels) for w in ws],
-            ),
-            (
-                s,
-                float((x_max / s).max()),
-                [
-                    _fake_int8(w * s[:, None], np.abs(w * s[:, None]).max(0), weight_levels)
-                    for w in ws
-                ],
-            ),
-        ]
-    sums = {a: np.zeros(2) for a in consumers}
-    total = dict.fromkeys(consumers, 0.0)
-    for values in _values(model, feeds, sorted(consumers), threads):
-        for a, x in values.items():
-            x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-            x = x[:: max(1, len(x) // rows)][:rows]
-            exact = [x @ w for w in weights[a]]
-            total[a] += sum(float(np.abs(y).sum()) for y in exact)
-            for i, (s, absmax, quantized) in enumerate(variants[a]):
-                xq = _fake_int8(x / s, absmax)
-                sums[a][i] += sum(
-                    float(np.abs(xq @ wq - y).sum()) for wq, y in zip(quantized, exact, strict=True)
-                )
-    return {
-        a: (sums[a][0] / max(total[a], 1e-30), sums[a][1] / max(total[a], 1e-30)) for a in consumers
-    }
+    """:class:`Int8ErrorEstimate` of ``model``'s smoothable activations over ``feeds`` (the
+    graph's own inputs)."""
+    estimate = Int8ErrorEstimate(model, maxima, alpha, rows, weight_levels)
+    for values in _values(model, feeds, sorted(estimate.consumers), threads):
+        estimate.add(values)
+    return estimate.result()
 
 
 @dataclass
@@ -201,6 +239,63 @@ class Smoothing:
         }
 
 
+class SmoothingCache:
+    """Where the :class:`Smoothing` of one graph, measured on given pairs with a given
+    ``alpha``, is kept (``cache_dir/ROLE.smoothing.KEY.npz``); a damaged entry reads as
+    missing."""
+
+    def __init__(
+        self,
+        model,
+        cache_dir: Path,
+        role: str,
+        graph_sha256: str,
+        sources: Sequence[PairSource],
+        alpha: float,
+        weight_levels: int = 127,
+    ) -> None:
+        self.alpha = alpha
+        self.names = sorted(smoothable(model))
+        key = json.dumps(
+            {
+                "graph": graph_sha256,
+                "data": [s.key() for s in sources],
+                "names": self.names,
+                "alpha": alpha,
+                "estimate": "fp32-512-rows",  # how the errors are measured (Int8ErrorEstimate)
+                **({"weight_levels": weight_levels} if weight_levels != 127 else {}),
+            },
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.path = Path(cache_dir) / f"{role}.smoothing.{digest}.npz"
+
+    def load(self) -> Smoothing | None:
+        names = self.names
+        wanted = sorted([f"max:{n}" for n in names] + [f"err:{n}" for n in names])
+        if not self.path.is_file():
+            return None
+        try:
+            with np.load(self.path) as data:
+                if sorted(data.files) != wanted:
+                    return None
+                maxima = {n: data[f"max:{n}"] for n in names}
+                errors = {
+                    n: (float(data[f"err:{n}"][0]), float(data[f"err:{n}"][1])) for n in names
+                }
+                return Smoothing(self.alpha, maxima, errors)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            return None
+
+    def save(self, found: Smoothing) -> None:
+        arrays = {f"max:{n}": found.maxima[n] for n in self.names}
+        arrays |= {f"err:{n}": np.array(found.errors[n]) for n in self.names}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.path, buffer.getvalue())
+
+
 def cached_smoothing(
     model,
     calib: Callable[[], Iterable[Mapping[str, np.ndarray]]],
@@ -213,43 +308,18 @@ def cached_smoothing(
     threads: int | None = None,
     weight_levels: int = 127,
 ) -> tuple[Smoothing, bool]:
-    """The :class:`Smoothing` of ``model``: channel maxima over ``calib()``, errors over
-    ``held_out()`` (the pairs ``sources`` name, in that order). From ``cache_dir`` when the
-    same graph was measured on the same pairs with the same ``alpha`` (neither is then
-    called); and whether the cache was hit. A damaged cache entry is measured again."""
-    names = sorted(smoothable(model))
-    key = json.dumps(
-        {
-            "graph": graph_sha256,
-            "data": [s.key() for s in sources],
-            "names": names,
-            "alpha": alpha,
-            **({"weight_levels": weight_levels} if weight_levels != 127 else {}),
-        },
-        sort_keys=True,
-    )
-    path = Path(cache_dir) / f"{role}.smoothing.{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    wanted = sorted([f"max:{n}" for n in names] + [f"err:{n}" for n in names])
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                if sorted(data.files) == wanted:
-                    maxima = {n: data[f"max:{n}"] for n in names}
-                    errors = {
-                        n: (float(data[f"err:{n}"][0]), float(data[f"err:{n}"][1])) for n in names
-                    }
-                    return Smoothing(alpha, maxima, errors), True
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-            pass
-    maxima = channel_maxima(model, calib(), names, threads)
+    """The :class:`Smoothing` of one graph fed its own inputs: channel maxima over
+    ``calib()``, errors over ``held_out()`` (the pairs ``sources`` name, in that order). From
+    the :class:`SmoothingCache` when the same graph was measured on the same pairs with the
+    same ``alpha`` (neither is then called); and whether the cache was hit."""
+    cache = SmoothingCache(model, cache_dir, role, graph_sha256, sources, alpha, weight_levels)
+    found = cache.load()
+    if found is not None:
+        return found, True
+    maxima = channel_maxima(model, calib(), cache.names, threads)
     errors = int8_errors(model, held_out(), maxima, alpha, threads, weight_levels=weight_levels)
     found = Smoothing(alpha, maxima, errors)
-    arrays = {f"max:{n}": v for n, v in found.maxima.items()}
-    arrays |= {f"err:{n}": np.array(v) for n, v in found.errors.items()}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, buffer.getvalue())
+    cache.save(found)
     return found, False
 
 
