@@ -38,6 +38,7 @@ from ..runtime.graph_chain import LOGITS, GraphChain, layout_of
 from ..runtime.manifest import LAYOUT_ROLES
 from .chain import PairInputs, chains
 from .fp16 import convert_fp16
+from .layout_alias import FUSED, FUSED_PREFIX, fused_twins
 from .plan import KeptNode
 from .samples import PairSource
 from .tensor_stats import FP16_MAX, observe, relative_errors
@@ -455,6 +456,15 @@ def search_int8(
             )
             return report.ok
 
+        twins = _twins(kept, qmodels) if layout == "fused" else None
+        if twins is not None:  # the split layout's plan, if it passes here too
+            split = [(k.error, FUSED, twins[(r, k.node)]) for r in FUSED_PREFIX for k in kept[r]]
+            if attempt(split, "the split layout's nodes"):
+                why = "its twin in the split graphs is kept (the split layout's search)"
+                kept[FUSED] = [
+                    _kept(fp32_models[FUSED], n, e, flops[FUSED], why) for e, _, n in split
+                ]
+                continue
         good = _shortest_prefix(lambda k, o=order: attempt(o[:k], "prefix"), len(order))
         chosen = order[:good]
         # the prefix ends where one node tipped the gates; the largest nodes in it may each
@@ -464,18 +474,15 @@ def search_int8(
             trial = [c for c in chosen if c != item]
             if attempt(trial, f"requantize {item[2]}"):
                 chosen = trial
+        why = f"INT8 sensitivity: among the largest ({rank.replace('_', ' ')})"
         for error, role, name in chosen:
-            op = next(n.op_type for n in fp32_models[role].graph.node if n.name == name)
-            kept[role].append(
-                KeptNode(
-                    name,
-                    op,
-                    f"INT8 sensitivity: among the largest ({rank.replace('_', ' ')})",
-                    error,
-                    flops[role].get(name),
-                )
-            )
+            kept[role].append(_kept(fp32_models[role], name, error, flops[role], why))
     return kept, _int8_shares(ctx, qmodels, flops, kept), rounds
+
+
+def _kept(fp32_model, name: str, error: float, flops: Mapping[str, float], why: str) -> KeptNode:
+    op = next(n.op_type for n in fp32_model.graph.node if n.name == name)
+    return KeptNode(name, op, why, error, flops.get(name))
 
 
 def _sensitivities(
@@ -494,6 +501,12 @@ def _sensitivities(
     for role in ctx.roles:
         feeds = ctx.role_feeds(role, ctx.search, 1)[0]
         flops[role] = compute_flops(fp32_models[role], feeds, ctx.threads)
+        twins = _twins(ranked, qmodels) if role == FUSED else None
+        if twins is not None:  # the same nodes: each measured once, in the split layout
+            errors = {twin: ranked[r][1][name] for (r, name), twin in twins.items()}
+            ranked[role] = (max(ranked[r][0] for r in FUSED_PREFIX), errors)
+            log(f"{role}: sensitivities of its nodes' twins in the split graphs")
+            continue
         cache = None
         if cache_dir is not None:
             key = _digest("alone", sha256_file(quantized[role]), ctx.search.key(), ctx.eval_batch)
@@ -503,6 +516,14 @@ def _sensitivities(
         )
         ranked[role] = (baseline, errors)
     return flops, ranked
+
+
+def _twins(done: Mapping[str, object], qmodels: Mapping[str, object]):
+    """:func:`.layout_alias.fused_twins` of the quantized nodes, if the split roles are done."""
+    if not all(r in done for r in FUSED_PREFIX) or FUSED not in qmodels:
+        return None
+    split = {r: quantized_nodes(qmodels[r]) for r in FUSED_PREFIX}
+    return fused_twins(split, quantized_nodes(qmodels[FUSED]))
 
 
 def _int8_shares(
