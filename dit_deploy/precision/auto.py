@@ -41,6 +41,7 @@ from .fp16 import convert_fp16
 from .layout_alias import FUSED, FUSED_PREFIX, fused_twins
 from .plan import KeptNode
 from .samples import PairSource
+from .sensitivity import GatedGraph
 from .tensor_stats import FP16_MAX, observe, relative_errors
 from .verify import Floor, LayoutReport, compare_layout
 
@@ -348,21 +349,25 @@ class _Errors:
 
     def __call__(self, graph: Path) -> float:
         backend = open_backend("onnxruntime", graph, "cpu", self.ctx.threads)
+        try:
+            names = [s.name for s in backend.inputs]
+            return self.error(lambda values: backend.run({n: values[n] for n in names}))
+        finally:
+            backend.close()
+
+    def error(self, run: Callable[[dict], dict]) -> float:
+        """The error with the role's graph computed by ``run`` (values -> its outputs)."""
         roles = self.chain.roles
         later = roles[roles.index(self.role) + 1 :]
         total, count = 0.0, 0
-        try:
-            for values, ref in zip(self.upstream, self.reference, strict=True):
-                values = dict(values)
-                names = [s.name for s in backend.inputs]
-                values.update(backend.run({n: values[n] for n in names}))
-                for role in later:
-                    values.update(self.chain.run_role(role, values))
-                diff = np.abs(values[LOGITS].astype(np.float64) - ref)
-                total += float(diff.sum()) if np.isfinite(diff).all() else float("inf")
-                count += diff.size
-        finally:
-            backend.close()
+        for values, ref in zip(self.upstream, self.reference, strict=True):
+            values = dict(values)
+            values.update(run(values))
+            for role in later:
+                values.update(self.chain.run_role(role, values))
+            diff = np.abs(values[LOGITS].astype(np.float64) - ref)
+            total += float(diff.sum()) if np.isfinite(diff).all() else float("inf")
+            count += diff.size
         return total / max(count, 1)
 
     def close(self) -> None:
@@ -386,29 +391,29 @@ def sensitivity(
     that node quantized (every other Q/DQ pair of the graph removed; the rest of the layout
     FP32), cached in ``cache`` by graph and search pairs.
 
-    Alone, not "all but one": removing one Q/DQ pair from the fully quantized graph was
+    One session for all nodes (:class:`.sensitivity.GatedGraph`). Alone, not "all but
+    one": removing one Q/DQ pair from the fully quantized graph was
     measured first and misranks, because quantization errors cancel between nodes (on the
     tiny model a node whose removal made the all-INT8 error worse carried most of the
     error left at the end of the search)."""
     if cache is not None and cache.is_file():
         data = json.loads(cache.read_text())
         return float(data["baseline"]), {k: float(v) for k, v in data["errors"].items()}
-    import onnx
-
     measure = _Errors(ctx, role, {**ctx.sources, role: base[role]})
+    gated = None
     try:
         baseline = measure(base[role])
         errors: dict[str, float] = {}
         nodes = quantized_nodes(qmodel)
+        gated = GatedGraph(qmodel, fp32_model, nodes, ctx.threads)
         for index, name in enumerate(nodes):
-            variant = ctx.work / f"{role}.variant.onnx"
-            others = set(nodes) - {name}
-            onnx.save(without_qdq(qmodel, fp32_model, others), str(variant))
-            errors[name] = measure(variant)
+            errors[name] = measure.error(gated.runner(name))
             if (index + 1) % 20 == 0 or index + 1 == len(nodes):
                 log(f"{role}: sensitivity {index + 1}/{len(nodes)} nodes")
     finally:
         measure.close()
+        if gated is not None:
+            gated.close()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cache, json.dumps({"baseline": baseline, "errors": errors}) + "\n")
@@ -509,7 +514,8 @@ def _sensitivities(
             continue
         cache = None
         if cache_dir is not None:
-            key = _digest("alone", sha256_file(quantized[role]), ctx.search.key(), ctx.eval_batch)
+            sha = sha256_file(quantized[role])
+            key = _digest("alone-gated", sha, ctx.search.key(), ctx.eval_batch)
             cache = Path(cache_dir) / f"{role}.sensitivity.{key[:16]}.json"
         baseline, errors = sensitivity(
             ctx, role, qmodels[role], fp32_models[role], base, cache, log

@@ -8,9 +8,11 @@ per consumer, named nodes excludable.
 
 Calibration streams (image, expression) pairs one at a time through the shared
 preprocessing and tokenizer; each graph sees what the FP32 graphs upstream of it produce.
-``CalibStridedMinMax`` = 1 makes ONNX Runtime fold every sample into the running ranges (or
-histograms) at once, so memory stays flat however many samples are used; the ranges are
-cached in a JSON file (``calibration_cache_path``) keyed by graph, data and method.
+For MinMax (the default) :mod:`.int8_prepare` has already written the ranges into the cache
+file (one FP32 pass per layout, :mod:`.calibration_pass`), so ``quantize_static`` reads them
+and calibrates nothing. Entropy and percentile calibrate here: ``CalibStridedMinMax`` = 1
+makes ONNX Runtime fold every sample into its histograms at once. The ranges are cached in a
+JSON file (``calibration_cache_path``) keyed by graph, data and method.
 
 The graph given here is usually already smoothed (:mod:`.smooth`, ``Int8Options.smooth``):
 activation outlier channels moved into the per-channel weights before the ranges are taken.
