@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ViT-B-size numbers in docs/benchmarks.md: a random-weight ViT-B DIT (the authors'
 # released size) exported, quantized (FP16, INT8) and benchmarked against PyTorch in ONE
-# dit-bench run. About 25 minutes on 2 cores; needs ~10 GB of RAM for the INT8 step.
+# dit-bench run. About 25 minutes on 2 cores; the INT8 step peaks at about 4 GB of RAM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import onnx
 
-from dit_deploy.precision.auto import quantized_nodes
 from dit_deploy.precision.int8 import DEFAULT_OP_TYPES
 from dit_deploy.precision.layout_alias import FUSED_PREFIX, fused_twins
 from dit_deploy.precision.pipeline import run_quantize
+from dit_deploy.precision.sensitivity import quantized_nodes
 from dit_deploy.precision.verify import Floor
 from dit_deploy.runtime.manifest import read_manifest
 from tests.conftest import copy_export

@@ -17,17 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 from dit_deploy.errors import ArtifactError, ConfigError
 from dit_deploy.hashing import sha256_file
 from dit_deploy.precision import cli as quantize_cli
-from dit_deploy.precision.auto import (
-    _shortest_prefix,
-    fill_gaps,
-    quantized_nodes,
-    rank_nodes,
-    without_qdq,
-)
+from dit_deploy.precision.auto import _shortest_prefix, fill_gaps, rank_nodes
 from dit_deploy.precision.graph_checks import int8_problems
 from dit_deploy.precision.pipeline import QuantizeFailed, QuantizeOptions, run_quantize
 from dit_deploy.precision.plan import PLAN_FILE, read_plan
 from dit_deploy.precision.samples import PairSource
+from dit_deploy.precision.sensitivity import quantized_nodes, without_qdq
 from dit_deploy.precision.verify import AUTO_FLOORS, Floor
 from dit_deploy.runtime import read_manifest
 from tests.conftest import copy_export
@@ -240,7 +235,8 @@ def test_int8_auto_keeps_a_ranked_prefix_and_reports_flop_share(int8_auto, tiny_
     assert all(d > 0 for d in density) and density == sorted(density, reverse=True)
     # ... of the ranking of every quantizable node: the shortest passing prefix, less the
     # large nodes the search put back in INT8 ("requantize NODE ... ok")
-    from dit_deploy.precision.auto import compute_flops, rank_nodes
+    from dit_deploy.precision.auto import rank_nodes
+    from dit_deploy.precision.sensitivity import compute_flops
 
     (sensitivity,) = _cache.glob("mask_decoder.sensitivity.*.json")
     errors = json.loads(sensitivity.read_text())["errors"]

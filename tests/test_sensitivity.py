@@ -7,9 +7,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from dit_deploy.precision.auto import quantized_nodes, without_qdq
 from dit_deploy.precision.int8 import Int8Options, quantize_int8
-from dit_deploy.precision.sensitivity import GatedGraph
+from dit_deploy.precision.sensitivity import GatedGraph, quantized_nodes, without_qdq
 from tests.test_precision_smooth import _feeds, _graph, _Reader
 
 

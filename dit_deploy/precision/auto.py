@@ -10,9 +10,11 @@ filled, so there are few islands (few Casts).
 
 INT8 (:func:`search_int8`): from the fully quantized graphs, each quantized node is kept
 quantized alone (every other Q/DQ pair removed) and the logits error against FP32 measured
-on the search pairs (cached); nodes are then kept unquantized in order of that error per FLOP, the
-shortest prefix that passes the gates is found (doubling, then bisection), so the rest stays INT8;
-the largest nodes of that prefix are then tried back in INT8 one at a time. The INT8
+on the first search pairs (:mod:`.sensitivity`, cached; the fused graph's nodes take their
+split twins' errors, :mod:`.layout_alias`); nodes are then kept unquantized in order of
+that error per FLOP, the shortest prefix that passes the gates is found (doubling, then
+bisection), so the rest stays INT8; the largest nodes of that prefix are then tried back
+in INT8 one at a time; the fused layout first tries the split layout's plan. The INT8
 share of the MatMul/Gemm/Conv FLOPs is measured on the FP32 graph's real shapes.
 
 The gates are those of the final verification (:class:`.verify.Floor`) with a margin
@@ -22,102 +24,20 @@ pairs.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_text_atomic
-from ..runtime.backends import open_backend
-from ..runtime.graph_chain import LOGITS, GraphChain, layout_of
 from ..runtime.manifest import LAYOUT_ROLES
-from .chain import PairInputs, chains
 from .fp16 import convert_fp16
-from .layout_alias import FUSED, FUSED_PREFIX, fused_twins
+from .layout_alias import FUSED, FUSED_PREFIX
 from .plan import KeptNode
-from .samples import PairSource
-from .sensitivity import GatedGraph
+from .search_context import Log, SearchContext
+from .sensitivity import quantized_nodes, sensitivities, split_twins, without_qdq
 from .tensor_stats import FP16_MAX, observe, relative_errors
-from .verify import Floor, LayoutReport, compare_layout
-
-QDQ = ("QuantizeLinear", "DequantizeLinear")
-COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
-Log = Callable[[str], None]
-
-
-@dataclass
-class SearchContext:
-    """What both searches need: the FP32 graphs, the pairs and the gates."""
-
-    sources: dict[str, Path]  # role -> FP32 graph
-    roles: Sequence[str]  # the roles being converted
-    prepare: PairInputs
-    fp32: dict[str, GraphChain]
-    calib: PairSource
-    search: PairSource
-    floor: Floor
-    threshold: float
-    work: Path  # a scratch directory
-    threads: int | None = None
-    eval_batch: int = 4
-    max_rounds: int = 12
-    # the search gates on a quarter less loss than allowed: the verdict comes from other
-    # pairs, and on the bundled model a plan found at exactly the floor missed it there by
-    # 0.0004 mask IoU (docs/benchmarks.md, "Automatic mixed precision")
-    margin: float = 0.25
-
-    @property
-    def search_floor(self) -> Floor:
-        keep = 1.0 - self.margin
-        limit = self.floor.max_logit_error
-        return Floor(
-            1.0 - (1.0 - self.floor.min_mask_iou) * keep,
-            self.floor.max_miou_drop * keep,
-            None if limit is None else limit * keep,
-        )
-
-    def gates(self, files: Mapping[str, Path], layouts: Sequence[str]) -> list[LayoutReport]:
-        """The gates on the search pairs for ``files`` (role -> graph), per layout."""
-        candidate = chains(files, self.threads)
-        try:
-            return [
-                compare_layout(
-                    layout,
-                    self.fp32[layout],
-                    candidate[layout],
-                    self.prepare,
-                    self.search,
-                    self.threshold,
-                    self.eval_batch,
-                ).check(self.search_floor)
-                for layout in layouts
-            ]
-        finally:
-            for chain in candidate.values():
-                chain.close()
-
-    def role_feeds(self, role: str, source: PairSource, limit: int) -> list[dict]:
-        """The FP32 inputs of ``role`` for the first ``limit`` pairs of ``source``, one each."""
-        chain = self.fp32[layout_of(role)]
-        feeds = []
-        for index, pair in enumerate(source):
-            if index == limit:
-                break
-            prepared, _ = self.prepare([pair])
-            feeds.append(chain.role_inputs(role, prepared))
-        return feeds
-
-    def layouts(self) -> list[str]:
-        return [
-            layout
-            for layout, roles in LAYOUT_ROLES.items()
-            if layout in self.fp32 and any(r in self.roles for r in roles)
-        ]
+from .verify import LayoutReport
 
 
 def _round(reports: Sequence[LayoutReport], kept: int, **extra: object) -> dict[str, object]:
@@ -259,167 +179,6 @@ def search_fp16(
 
 
 # ---------------------------------------------------------------------------- INT8
-def quantized_nodes(model, op_types: Sequence[str] = COMPUTE_OPS) -> list[str]:
-    """Names of the ``op_types`` nodes that read a DequantizeLinear output."""
-    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return [n.name for n in model.graph.node if n.op_type in op_types and set(n.input) & dq]
-
-
-def without_qdq(qmodel, fp32_model, nodes: set[str]):
-    """A copy of ``qmodel`` where ``nodes`` read the FP32 tensors and weights again (their
-    Q/DQ pairs, and the INT8 weights no one reads any more, removed)."""
-    model = copy.deepcopy(qmodel)
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    originals = {n.name: n for n in fp32_model.graph.node}
-    weights = {t.name: t for t in fp32_model.graph.initializer}
-    present = {t.name for t in graph.initializer}
-    for node in graph.node:
-        if node.name not in nodes:
-            continue
-        for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            original = originals[node.name].input[i]
-            node.input[i] = original
-            if original in weights and original not in present:
-                graph.initializer.append(weights[original])
-                present.add(original)
-    _prune(graph)
-    return model
-
-
-def _prune(graph) -> None:
-    outputs = {o.name for o in graph.output}
-    changed = True
-    while changed:
-        used = {name for n in graph.node for name in n.input} | outputs
-        dead = [n for n in graph.node if n.op_type in QDQ and n.output[0] not in used]
-        for node in dead:
-            graph.node.remove(node)
-        changed = bool(dead)
-    used = {name for n in graph.node for name in n.input}
-    for init in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(init)
-
-
-def compute_flops(model, feeds: Mapping[str, np.ndarray], threads: int | None = None):
-    """Node name -> multiply-add FLOPs (x2) of every MatMul/Gemm/Conv for one input."""
-    nodes = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
-    names = sorted({x for n in nodes for x in [*n.input[:2], n.output[0]]})
-    stats = observe(model, [feeds], names, threads=threads)
-    shapes = {k: s.shape for k, s in stats.items()}
-    shapes.update({t.name: tuple(t.dims) for t in model.graph.initializer})
-    shapes.update({k: tuple(v.shape) for k, v in feeds.items()})
-    flops: dict[str, float] = {}
-    for node in nodes:
-        out = shapes.get(node.output[0])
-        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
-        if out is None or a is None or b is None:
-            continue
-        if node.op_type == "Conv":
-            k = float(np.prod(b[1:]))
-        elif node.op_type == "Gemm":
-            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
-            k = float(a[0] if trans_a else a[-1])
-        else:
-            k = float(a[-1])
-        flops[node.name] = 2.0 * float(np.prod(out)) * k
-    return flops
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class _Errors:
-    """Logits mean |error| vs FP32 on the search pairs for variants of one role's graph,
-    with every other graph of its layout fixed (upstream outputs computed once)."""
-
-    def __init__(self, ctx: SearchContext, role: str, base: Mapping[str, Path]) -> None:
-        self.ctx, self.role = ctx, role
-        self.layout = layout_of(role)
-        self.chain = GraphChain.from_files(self.layout, base, threads=ctx.threads)
-        self.upstream, self.reference = [], []
-        for chunk in _chunks(list(ctx.search), ctx.eval_batch):
-            feeds, _ = ctx.prepare(chunk)
-            self.reference.append(ctx.fp32[self.layout].logits(feeds).astype(np.float64))
-            self.upstream.append(self.chain.forward(feeds, upto=role))
-
-    def __call__(self, graph: Path) -> float:
-        backend = open_backend("onnxruntime", graph, "cpu", self.ctx.threads)
-        try:
-            names = [s.name for s in backend.inputs]
-            return self.error(lambda values: backend.run({n: values[n] for n in names}))
-        finally:
-            backend.close()
-
-    def error(self, run: Callable[[dict], dict]) -> float:
-        """The error with the role's graph computed by ``run`` (values -> its outputs)."""
-        roles = self.chain.roles
-        later = roles[roles.index(self.role) + 1 :]
-        total, count = 0.0, 0
-        for values, ref in zip(self.upstream, self.reference, strict=True):
-            values = dict(values)
-            values.update(run(values))
-            for role in later:
-                values.update(self.chain.run_role(role, values))
-            diff = np.abs(values[LOGITS].astype(np.float64) - ref)
-            total += float(diff.sum()) if np.isfinite(diff).all() else float("inf")
-            count += diff.size
-        return total / max(count, 1)
-
-    def close(self) -> None:
-        self.chain.close()
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def sensitivity(
-    ctx: SearchContext,
-    role: str,
-    qmodel,
-    fp32_model,
-    base: Mapping[str, Path],
-    cache: Path | None,
-    log: Log,
-) -> tuple[float, dict[str, float]]:
-    """The all-INT8 error of ``role``'s layout and, per quantized node, the error with only
-    that node quantized (every other Q/DQ pair of the graph removed; the rest of the layout
-    FP32), cached in ``cache`` by graph and search pairs.
-
-    One session for all nodes (:class:`.sensitivity.GatedGraph`). Alone, not "all but
-    one": removing one Q/DQ pair from the fully quantized graph was
-    measured first and misranks, because quantization errors cancel between nodes (on the
-    tiny model a node whose removal made the all-INT8 error worse carried most of the
-    error left at the end of the search)."""
-    if cache is not None and cache.is_file():
-        data = json.loads(cache.read_text())
-        return float(data["baseline"]), {k: float(v) for k, v in data["errors"].items()}
-    measure = _Errors(ctx, role, {**ctx.sources, role: base[role]})
-    gated = None
-    try:
-        baseline = measure(base[role])
-        errors: dict[str, float] = {}
-        nodes = quantized_nodes(qmodel)
-        gated = GatedGraph(qmodel, fp32_model, nodes, ctx.threads)
-        for index, name in enumerate(nodes):
-            errors[name] = measure.error(gated.runner(name))
-            if (index + 1) % 20 == 0 or index + 1 == len(nodes):
-                log(f"{role}: sensitivity {index + 1}/{len(nodes)} nodes")
-    finally:
-        measure.close()
-        if gated is not None:
-            gated.close()
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cache, json.dumps({"baseline": baseline, "errors": errors}) + "\n")
-    return baseline, errors
-
-
 def search_int8(
     ctx: SearchContext,
     quantized: Mapping[str, Path],
@@ -438,7 +197,7 @@ def search_int8(
     qmodels = {role: onnx.load(str(quantized[role])) for role in ctx.roles}
     fp32_models = {role: onnx.load(str(ctx.sources[role])) for role in ctx.roles}
     base = {**ctx.sources, **{r: Path(quantized[r]) for r in ctx.roles}}
-    flops, ranked = _sensitivities(ctx, quantized, qmodels, fp32_models, base, cache_dir, log)
+    flops, ranked = sensitivities(ctx, quantized, qmodels, fp32_models, base, cache_dir, log)
     kept: dict[str, list[KeptNode]] = {role: [] for role in ctx.roles}
     rounds: list[dict[str, object]] = []
     for layout in ctx.layouts():
@@ -461,7 +220,7 @@ def search_int8(
             )
             return report.ok
 
-        twins = _twins(kept, qmodels) if layout == "fused" else None
+        twins = split_twins(kept, qmodels) if layout == "fused" else None
         if twins is not None:  # the split layout's plan, if it passes here too
             split = [(k.error, FUSED, twins[(r, k.node)]) for r in FUSED_PREFIX for k in kept[r]]
             if attempt(split, "the split layout's nodes"):
@@ -488,48 +247,6 @@ def search_int8(
 def _kept(fp32_model, name: str, error: float, flops: Mapping[str, float], why: str) -> KeptNode:
     op = next(n.op_type for n in fp32_model.graph.node if n.name == name)
     return KeptNode(name, op, why, error, flops.get(name))
-
-
-def _sensitivities(
-    ctx: SearchContext,
-    quantized: Mapping[str, Path],
-    qmodels: Mapping[str, object],
-    fp32_models: Mapping[str, object],
-    base: Mapping[str, Path],
-    cache_dir: Path | None,
-    log: Log,
-) -> tuple[dict[str, dict[str, float]], dict[str, tuple[float, dict[str, float]]]]:
-    """Role -> FLOPs per node, role -> (baseline, error per node quantized alone)."""
-    from ..hashing import sha256_file
-
-    flops, ranked = {}, {}
-    for role in ctx.roles:
-        feeds = ctx.role_feeds(role, ctx.search, 1)[0]
-        flops[role] = compute_flops(fp32_models[role], feeds, ctx.threads)
-        twins = _twins(ranked, qmodels) if role == FUSED else None
-        if twins is not None:  # the same nodes: each measured once, in the split layout
-            errors = {twin: ranked[r][1][name] for (r, name), twin in twins.items()}
-            ranked[role] = (max(ranked[r][0] for r in FUSED_PREFIX), errors)
-            log(f"{role}: sensitivities of its nodes' twins in the split graphs")
-            continue
-        cache = None
-        if cache_dir is not None:
-            sha = sha256_file(quantized[role])
-            key = _digest("alone-gated", sha, ctx.search.key(), ctx.eval_batch)
-            cache = Path(cache_dir) / f"{role}.sensitivity.{key[:16]}.json"
-        baseline, errors = sensitivity(
-            ctx, role, qmodels[role], fp32_models[role], base, cache, log
-        )
-        ranked[role] = (baseline, errors)
-    return flops, ranked
-
-
-def _twins(done: Mapping[str, object], qmodels: Mapping[str, object]):
-    """:func:`.layout_alias.fused_twins` of the quantized nodes, if the split roles are done."""
-    if not all(r in done for r in FUSED_PREFIX) or FUSED not in qmodels:
-        return None
-    split = {r: quantized_nodes(qmodels[r]) for r in FUSED_PREFIX}
-    return fused_twins(split, quantized_nodes(qmodels[FUSED]))
 
 
 def _int8_shares(

@@ -447,7 +447,8 @@ def _search_method(opts: QuantizeOptions) -> str:
 def _search(job: _Job, sources: dict[str, Path]) -> PrecisionPlan:
     """Search the nodes to keep at higher precision (see :mod:`.auto`); ``sources``: role ->
     the FP32 graph converted (smoothed for INT8)."""
-    from .auto import SearchContext, scratch, search_fp16, search_int8
+    from .auto import scratch, search_fp16, search_int8
+    from .search_context import SearchContext
 
     assert job.opts.calib is not None
     search = job.opts.resolved_search()
