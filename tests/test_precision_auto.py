@@ -235,18 +235,13 @@ def test_int8_auto_keeps_a_ranked_prefix_and_reports_flop_share(int8_auto, tiny_
     assert all(d > 0 for d in density) and density == sorted(density, reverse=True)
     # ... of the ranking of every quantizable node: the shortest passing prefix, less the
     # large nodes the search put back in INT8 ("requantize NODE ... ok")
+    from dit_deploy.graph_flops import node_flops
     from dit_deploy.precision.auto import rank_nodes
-    from dit_deploy.precision.sensitivity import compute_flops
 
     (sensitivity,) = _cache.glob("mask_decoder.sensitivity.*.json")
     errors = json.loads(sensitivity.read_text())["errors"]
     spec = read_manifest(tiny_export).graphs["mask_decoder"]
-    rng = np.random.default_rng(0)
-    feeds = {
-        t.name: rng.normal(size=[1 if d == "batch" else d for d in t.shape]).astype(t.dtype)
-        for t in spec.inputs
-    }
-    flops = compute_flops(onnx.load(tiny_export / spec.file), feeds)
+    flops = node_flops(onnx.load(tiny_export / spec.file), batch=1)
     order = [n for _, _, n in rank_nodes({"mask_decoder": errors}, {"mask_decoder": flops})]
     back = {
         line.split("(requantize ", 1)[1].split(")", 1)[0]

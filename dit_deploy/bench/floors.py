@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..graph_flops import graph_gflop
+
 # the GEMM measured: a ViT MLP's shape class (tokens x 768 -> 3072), large enough that the
 # kernels reach their steady rate, small enough to measure in a second per precision
 GEMM = (256, 768, 3072)
@@ -30,68 +32,6 @@ MEASURE_S = 0.4  # timed runs per (runtime, precision), after one warm-up
 # precisions whose floor is a measured GEMM rate; a cell's precision -> its floor's precision
 # (CPUs have no FP16 arithmetic: ONNX Runtime computes FP16 graphs' products in FP32)
 FLOOR_OF = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "bf16": "bf16"}
-
-
-def graph_gflop(path: Path, batch: int) -> float:
-    """GFLOP (2 x multiply-adds) of a graph's MatMul/Gemm/Conv/ConvTranspose nodes at
-    ``batch``, with every shape from ONNX Runtime's symbolic shape inference (it follows the
-    Shape/Reshape arithmetic that ONNX's own inference leaves unknown); typed error if a
-    product's shape stays unknown."""
-    import onnx
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    from ..errors import ArtifactError
-
-    model = onnx.load(str(path), load_external_data=False)
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = batch
-    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.input,
-                                         *inferred.graph.output)}  # fmt: skip
-    shapes.update({t.name: list(t.dims) for t in inferred.graph.initializer})
-    nodes = [n for n in inferred.graph.node if n.op_type in PRODUCTS]
-    macs = [_node_macs(node, shapes) for node in nodes]
-    unknown = [n.name or n.op_type for n, m in zip(nodes, macs, strict=True) if not m]
-    if unknown:
-        raise ArtifactError(f"{path.name}: no shape for {unknown[:3]}; cannot count its FLOPs")
-    return 2 * sum(macs) / 1e9
-
-
-PRODUCTS = ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Conv", "ConvTranspose")
-
-
-def _dims(value) -> list[int] | None:
-    dims = value.type.tensor_type.shape.dim
-    out = [d.dim_value for d in dims]
-    return out if all(v > 0 for v in out) else None
-
-
-def _node_macs(node, shapes: dict[str, list[int] | None]) -> int:
-    """Multiply-adds of one node (0 for other ops or unknown shapes)."""
-    out = shapes.get(node.output[0]) if node.output else None
-    if node.op_type in ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"):
-        a = shapes.get(node.input[0])
-        if not out or not a:
-            return 0
-        k = a[-2] if node.op_type == "Gemm" and _attr(node, "transA", 0) else a[-1]
-        return int(np.prod(out)) * k
-    if node.op_type == "Conv":
-        w = shapes.get(node.input[1])
-        if not out or not w:
-            return 0
-        return int(np.prod(out)) * int(np.prod(w[1:]))
-    if node.op_type == "ConvTranspose":
-        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
-        if not x or not w:
-            return 0
-        return int(np.prod(x)) * int(np.prod(w[1:]))
-    return 0
-
-
-def _attr(node, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 def nominal_gflops(machine, threads: int, mhz: float | None) -> dict[str, float | None]:

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_text_atomic
+from ..graph_flops import node_flops
 from ..runtime.backends import open_backend
 from ..runtime.graph_chain import LOGITS, GraphChain, layout_of
 from .layout_alias import FUSED, FUSED_PREFIX, fused_twins
 from .search_context import Log, SearchContext
-from .tensor_stats import observe
 
 GATE = "sensitivity_gate:"  # + node name: the gate input of that node
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -149,31 +149,6 @@ def _prune(graph) -> None:
         graph.initializer.remove(init)
 
 
-def compute_flops(model, feeds: Mapping[str, np.ndarray], threads: int | None = None):
-    """Node name -> multiply-add FLOPs (x2) of every MatMul/Gemm/Conv for one input."""
-    nodes = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
-    names = sorted({x for n in nodes for x in [*n.input[:2], n.output[0]]})
-    stats = observe(model, [feeds], names, threads=threads)
-    shapes = {k: s.shape for k, s in stats.items()}
-    shapes.update({t.name: tuple(t.dims) for t in model.graph.initializer})
-    shapes.update({k: tuple(v.shape) for k, v in feeds.items()})
-    flops: dict[str, float] = {}
-    for node in nodes:
-        out = shapes.get(node.output[0])
-        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
-        if out is None or a is None or b is None:
-            continue
-        if node.op_type == "Conv":
-            k = float(np.prod(b[1:]))
-        elif node.op_type == "Gemm":
-            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
-            k = float(a[0] if trans_a else a[-1])
-        else:
-            k = float(a[-1])
-        flops[node.name] = 2.0 * float(np.prod(out)) * k
-    return flops
-
-
 def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -289,14 +264,15 @@ def sensitivities(
 
     flops, ranked = {}, {}
     for role in ctx.roles:
-        feeds = ctx.role_feeds(role, ctx.search, 1)[0]
-        flops[role] = compute_flops(fp32_models[role], feeds, ctx.threads)
         twins = split_twins(ranked, qmodels) if role == FUSED else None
         if twins is not None:  # the same nodes: each measured once, in the split layout
+            flops[role] = {twin: flops[r][name] for (r, name), twin in twins.items()}
             errors = {twin: ranked[r][1][name] for (r, name), twin in twins.items()}
             ranked[role] = (max(ranked[r][0] for r in FUSED_PREFIX), errors)
             log(f"{role}: sensitivities of its nodes' twins in the split graphs")
             continue
+        products = {n.name for n in fp32_models[role].graph.node if n.op_type in COMPUTE_OPS}
+        flops[role] = {n: f for n, f in node_flops(fp32_models[role]).items() if n in products}
         cache = None
         if cache_dir is not None:
             sha = sha256_file(quantized[role])
