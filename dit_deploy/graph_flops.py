@@ -2,9 +2,9 @@
 
 Every shape comes from ONNX Runtime's symbolic shape inference (it follows the
 Shape/Reshape arithmetic that ONNX's own inference leaves unknown), run on a skeleton of
-the graph whose large weights carry no data: counting a ViT-B graph runs nothing and copies
-no weight. Used by the bench's compute floors and by the INT8 search (what each node costs,
-what share of the FLOPs stays INT8).
+the graph whose large product weights carry no data: counting a ViT-B graph runs nothing
+and copies none of its weights. Used by the bench's compute floors and by the INT8 search
+(what each node costs, what share of the FLOPs stays INT8).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from .errors import ArtifactError
 
 PRODUCTS = ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Conv", "ConvTranspose")
-_KEEP_DATA_UP_TO = 4096  # elements: smaller constants keep their data (shape arithmetic)
+_KEEP_DATA_UP_TO = 4096  # elements: smaller weights keep their data
 
 
 def node_flops(model, batch: int = 1) -> dict[str, int]:
@@ -54,9 +54,11 @@ def graph_gflop(path: Path, batch: int) -> float:
 
 
 def _skeleton(model):
-    """A new model with ``model``'s graph, its large initializers without data (dims and type
-    kept)."""
+    """A new model with ``model``'s graph, the large weights only products read without
+    their data (dims and type kept; the inference computes on other constants' values)."""
     from onnx import ModelProto, TensorProto
+
+    others = {name for n in model.graph.node if n.op_type not in PRODUCTS for name in n.input}
 
     out = ModelProto()
     out.ir_version = model.ir_version
@@ -68,7 +70,7 @@ def _skeleton(model):
     graph.output.extend(model.graph.output)
     graph.value_info.extend(model.graph.value_info)
     for init in model.graph.initializer:
-        if int(np.prod(init.dims)) > _KEEP_DATA_UP_TO and init.data_type != TensorProto.INT64:
+        if int(np.prod(init.dims)) > _KEEP_DATA_UP_TO and init.name not in others:
             init = TensorProto(name=init.name, dims=init.dims, data_type=init.data_type)
         graph.initializer.append(init)
     return out
