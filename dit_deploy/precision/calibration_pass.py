@@ -130,7 +130,9 @@ def stats_model(model, absmax: Sequence[str], channels: Mapping[str, int], raw: 
     return probe
 
 
-def _session(model, threads: int | None):
+def _session(model: bytes, threads: int | None):
+    """An ONNX Runtime session over a serialized model (as ONNX Runtime's calibrator sets it
+    up)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -143,9 +145,7 @@ def _session(model, threads: int | None):
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class ObservedLayout:
@@ -154,22 +154,27 @@ class ObservedLayout:
     Args:
         layout: ``split`` or ``fused``.
         models: role -> FP32 ``ModelProto`` of every role of the layout (observed or not).
-        extended: role -> the extended copy to run instead (:func:`stats_model`).
+        extend: role -> the extended copy to run instead (:func:`stats_model`), or None to
+            run the role as it is; called once per role, and each copy is dropped as soon
+            as its session is open (at ViT-B a copy is 0.5 GB).
     """
 
     def __init__(
         self,
         layout: str,
         models: Mapping[str, object],
-        extended: Mapping[str, object],
+        extend: Callable[[str], object | None],
         threads: int | None = None,
     ) -> None:
         self.roles = LAYOUT_ROLES[layout]
         self._sessions = {}
         self._outputs: dict[str, list[str]] = {}
         for role in self.roles:
-            model = extended.get(role, models[role])
-            self._sessions[role] = _session(model, threads)
+            model = extend(role)
+            data = (models[role] if model is None else model).SerializeToString()
+            del model
+            self._sessions[role] = _session(data, threads)
+            del data
             self._outputs[role] = [o.name for o in models[role].graph.output]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -200,12 +205,14 @@ def collect_stats(
 ) -> dict[str, GraphStats]:
     """Role -> :class:`GraphStats` over ``feeds`` (prepared pairs) for each role of
     ``observe`` (role -> (tensors to range, activation -> K for channel maxima))."""
-    extended = {
-        role: stats_model(models[role], absmax, channels)
-        for role, (absmax, channels) in observe.items()
-    }
-    runner = ObservedLayout(layout, models, extended, threads)
-    del extended
+
+    def extend(role: str):
+        if role not in observe:
+            return None
+        absmax, channels = observe[role]
+        return stats_model(models[role], absmax, channels)
+
+    runner = ObservedLayout(layout, models, extend, threads)
     stats = {role: GraphStats() for role in observe}
     try:
         for feed in feeds:

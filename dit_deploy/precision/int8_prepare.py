@@ -43,6 +43,7 @@ from .smooth import (
     SmoothingCache,
     channel_sizes,
     smooth,
+    smoothable,
 )
 
 SMOOTH_CHECK_PAIRS = 8  # held-out pairs that decide, per activation, whether to smooth
@@ -189,14 +190,20 @@ def _source(role, model, file, found, reuse, tmp, log, cached=False):
 def _smoothing_check(layout, models, roles, stats, inputs, prepare, progress):
     """Role -> activation -> (INT8 error as is, smoothed), over the held-out pairs, every
     role of ``roles`` observed in one run of the layout per pair."""
+    consumers = {r: sorted(smoothable(models[r])) for r in roles}
+    runner = ObservedLayout(
+        layout,
+        models,
+        lambda r: stats_model(models[r], (), {}, consumers[r]) if r in roles else None,
+        inputs.threads,
+    )
+    # after the sessions: the weights' INT8 codes are not needed while they are built
+    levels = inputs.int8.weight_levels
     estimates = {
         r: Int8ErrorEstimate(models[r], stats[r].channel_max, inputs.int8.smooth,
-                             weight_levels=inputs.int8.weight_levels)
+                             weight_levels=levels)
         for r in roles
     }  # fmt: skip
-    extended = {r: stats_model(models[r], (), {}, sorted(estimates[r].consumers)) for r in roles}
-    runner = ObservedLayout(layout, models, extended, inputs.threads)
-    del extended
     limit = min(len(inputs.held_out), SMOOTH_CHECK_PAIRS)
     bar = progress(f"smoothing check {layout}", limit)
     try:
