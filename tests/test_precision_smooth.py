@@ -262,3 +262,27 @@ def test_plan_reuse_with_another_smoothing_is_refused(tiny_export, tmp_path):
     assert {n.name for n in model.graph.node if n.name.endswith("/smooth")} == {
         names[0] + "/smooth"
     }
+
+
+def test_pair_bounded_weights_keep_every_adjacent_pair_within_the_int16_budget():
+    """|c_2k| + |c_2k+1| <= 128 along K for every output channel, never coarser than 7 bits,
+    and on Gaussian weights finer than 7 bits (more levels for the largest weight)."""
+    from dit_deploy.precision.int8 import pair_bounded_codes
+
+    rng = np.random.default_rng(8)
+    for shape, k_axis in (((63, 40), 0), ((40, 64), 1)):
+        w = rng.standard_normal(shape)
+        w[3] *= 6.0  # an outlier row/column
+        codes, scale = pair_bounded_codes(w, k_axis)
+        assert codes.dtype == np.int8 and codes.shape == w.shape
+        kn = np.moveaxis(np.abs(codes.astype(np.int32)), k_axis, 0)
+        padded = np.concatenate([kn, np.zeros_like(kn[:1])]) if len(kn) % 2 else kn
+        assert padded.reshape(-1, 2, kn.shape[1]).sum(axis=1).max() <= 128
+        wk = np.moveaxis(w, k_axis, 0)
+        assert np.all(np.abs(wk - codes_f(codes, scale, k_axis)) <= scale / 2 + 1e-6)
+        assert np.all(scale <= np.abs(wk).max(axis=0) / 64 + 1e-7)  # never coarser than 7 bits
+        assert np.median(np.abs(wk).max(axis=0) / scale) > 70  # finer than 7 bits
+
+
+def codes_f(codes, scale, k_axis):
+    return np.moveaxis(codes.astype(np.float64), k_axis, 0) * scale
