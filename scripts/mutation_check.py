@@ -293,11 +293,18 @@ MUTATIONS = (
         ("tests/test_cpp_runtime.py::test_ctest_suite",),
     ),
     Mutation(
-        "int8: 7-bit weights (no 16-bit overflow without VNNI)",
+        "int8: pair-bounded weights (no 16-bit overflow without VNNI)",
         "dit_deploy/precision/int8.py",
-        "reduce_range=options.weight_bits == 7,",
-        "reduce_range=False,",
+        "        bound_weight_pairs(model, onnx.load(str(graph)))\n",
+        "        pass\n",
         ("tests/test_verified_on.py",),
+    ),
+    Mutation(
+        "int8: pairs bounded along K, not along the output channels",
+        "dit_deploy/precision/int8.py",
+        "    wk = np.moveaxis(np.asarray(w, np.float64), k_axis, 0)  # (K, N)",
+        "    wk = np.moveaxis(np.asarray(w, np.float64), 1 - k_axis, 0)  # (K, N)",
+        ("tests/test_precision_smooth.py::test_pair_bounded_weights_keep_every_adjacent_pair_within_the_int16_budget",),
     ),
     Mutation(
         "int8: activation second operands widened to the weights' range",

@@ -171,10 +171,11 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         choices=sorted(WEIGHT_BITS),
         default=DEFAULT_WEIGHT_BITS,
-        help="INT8: bits of the second operand of every quantized MatMul/Conv. 7 gives the "
-        "same masks on every x86 CPU (no 16-bit overflow without VNNI); 8 is a little more "
-        "accurate where the CPU has VNNI/AMX, and is refused or re-verified on AVX2 "
-        "(default: %(default)s)",
+        help="INT8: the second operand of every quantized MatMul/Conv. 7 gives the same "
+        "masks on every x86 CPU (no 16-bit pair overflow without VNNI: each adjacent pair of "
+        "MatMul weights sums to at most 128 in magnitude, other operands within +-64); 8 is a "
+        "little more accurate where the CPU has VNNI/AMX, and is refused or re-verified on "
+        "AVX2 (default: %(default)s)",
     )
     cal.add_argument(
         "--cache-dir",
