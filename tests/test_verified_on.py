@@ -133,9 +133,9 @@ def test_quantize_records_what_it_was_verified_on(verified):
 
 def test_int8_second_operands_cannot_overflow_sixteen_bit_pair_sums(verified):
     """No pair of products can overflow vpmaddubsw's int16 (u8 255 x (|w_2k| + |w_2k+1|) <=
-    255 x 128 < 32767): MatMul/Gemm weights bounded per adjacent pair along K (most of them
-    then use more than 7 bits), Conv weights within +-64, and activation second operands
-    scaled to +-64."""
+    255 x 128 < 32767): weights bounded per adjacent pair along K (in both orders a Conv's K
+    is flattened in; most weights then use more than 7 bits), and activation second
+    operands scaled to +-64."""
     model = onnx.load(str(verified / "dit_fused.int8.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -151,14 +151,16 @@ def test_int8_second_operands_cannot_overflow_sixteen_bit_pair_sums(verified):
             continue
         codes = np.abs(inits[dq.input[0]].astype(np.int32))
         weights += 1
-        if node.op_type == "Conv":
-            assert codes.max() <= 64, node.name
-            continue
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        kn = codes.T if node.op_type == "Gemm" and trans_b else codes
-        if len(kn) % 2:
-            kn = np.concatenate([kn, np.zeros_like(kn[:1])])
-        assert kn.reshape(-1, 2, kn.shape[1]).sum(axis=1).max() <= 128, node.name
+        if node.op_type == "Conv":  # K flattened as (C, kh, kw) and as (kh, kw, C)
+            n = len(codes)
+            orders = [codes.reshape(n, -1).T, np.moveaxis(codes, 1, -1).reshape(n, -1).T]
+        else:
+            orders = [codes.T if node.op_type == "Gemm" and trans_b else codes]
+        for kn in orders:
+            if len(kn) % 2:
+                kn = np.concatenate([kn, np.zeros_like(kn[:1])])
+            assert kn.reshape(-1, 2, kn.shape[1]).sum(axis=1).max() <= 128, node.name
         wider += int(codes.max() > 64)
     assert weights > 10 and activations > 0
     assert wider > weights // 2  # the pair bound leaves most weights more than 7 bits

@@ -45,8 +45,8 @@ DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
 # ONNX Runtime and oneDNN run signed activations there as u8 = s8 + 128, so 8-bit weights
 # (255 * 127 * 2 = 64770 > 32767) saturate and 7-bit weights (255 * 64 * 2 = 32640) cannot.
 # What cannot overflow is a pair whose |w_2k| + |w_2k+1| <= 128 (255 * 128 = 32640): the
-# "7" scheme bounds each adjacent pair along K of a MatMul/Gemm weight so (see
-# bound_weight_pairs), which leaves most weights 8 bits of range; other weights get 7 bits.
+# "7" scheme bounds each adjacent pair along K of every MatMul/Gemm/Conv weight so (see
+# bound_weight_pairs), which leaves most weights nearly 8 bits of range.
 WEIGHT_BITS = {8: 127, 7: 64}
 PAIR_BUDGET = 127  # per-pair scale: rounding adds at most 1, so |c_2k| + |c_2k+1| <= 128
 DEFAULT_WEIGHT_BITS = 7  # one graph whose INT8 numerics are the same on every x86 CPU
@@ -314,21 +314,41 @@ def pair_bounded_codes(w: np.ndarray, k_axis: int) -> tuple[np.ndarray, np.ndarr
     |codes| summing past 128; never coarser than 7 bits. Returns (codes int8 like ``w``,
     scales (N,) float32)."""
     wk = np.moveaxis(np.asarray(w, np.float64), k_axis, 0)  # (K, N)
-    magnitude = np.abs(wk)
-    if len(magnitude) % 2:
-        magnitude = np.concatenate([magnitude, np.zeros_like(magnitude[:1])])
-    pairs = magnitude.reshape(-1, 2, magnitude.shape[1]).sum(axis=1)  # (K/2, N)
-    scale = np.minimum(pairs.max(axis=0) / PAIR_BUDGET, np.abs(wk).max(axis=0) / 64.0)
-    scale = np.maximum(scale, 1e-12).astype(np.float32)
+    scale = _pair_scale([wk])
     codes = np.clip(np.round(wk / scale), -127, 127).astype(np.int8)
     return np.moveaxis(codes, 0, k_axis), scale
+
+
+def conv_pair_bounded_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pair_bounded_codes` of a Conv weight (N, C, kh, kw), per output channel, with
+    pairs taken in both orders the CPU kernels flatten K in: (C, kh, kw) (ONNX Runtime's
+    NCHW im2col) and (kh, kw, C) (its NHWC kernels and oneDNN's channel-innermost blocks)."""
+    w = np.asarray(w, np.float64)
+    n = w.shape[0]
+    orders = [w.reshape(n, -1).T, np.moveaxis(w, 1, -1).reshape(n, -1).T]
+    scale = _pair_scale(orders)
+    codes = np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127)
+    return codes.astype(np.int8), scale
+
+
+def _pair_scale(orders: list[np.ndarray]) -> np.ndarray:
+    """Per-channel scale (N,) that keeps |round(w_2k / s)| + |round(w_2k+1 / s)| <= 128 in
+    every (K, N) ``orders`` of one weight, and at most 7 bits' step."""
+    peak = np.abs(orders[0]).max(axis=0)
+    pair_peak = np.zeros_like(peak)
+    for wk in orders:
+        magnitude = np.abs(wk)
+        if len(magnitude) % 2:
+            magnitude = np.concatenate([magnitude, np.zeros_like(magnitude[:1])])
+        pairs = magnitude.reshape(-1, 2, magnitude.shape[1]).sum(axis=1)  # (K/2, N)
+        pair_peak = np.maximum(pair_peak, pairs.max(axis=0))
+    return np.maximum(np.minimum(pair_peak / PAIR_BUDGET, peak / 64.0), 1e-12).astype(np.float32)
 
 
 def _seven_bit_codes(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric 7-bit codes (+-64) and scales per channel along ``axis``."""
     others = tuple(i for i in range(w.ndim) if i != axis)
-    peak = np.abs(w).max(axis=others) if others else np.abs(w)
-    scale = np.maximum(peak / 64.0, 1e-12).astype(np.float32)
+    scale = np.maximum(np.abs(w).max(axis=others) / 64.0, 1e-12).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
     codes = np.clip(np.round(w / scale.reshape(shape)), -64, 64).astype(np.int8)
@@ -339,9 +359,8 @@ def bound_weight_pairs(model, source) -> int:
     """Rewrite the INT8 codes of every constant weight of ``model`` (quantized from ``source``,
     its FP32 graph) so that no pair of products overflows ``vpmaddubsw``'s int16 on CPUs
     without VNNI: MatMul/Gemm weights with :func:`pair_bounded_codes` (on the bundled model
-    a median of 78 levels instead of 64: 7-bit-safe INT8 agrees with FP32 at 0.970 where
-    plain 7-bit agreed at 0.961), other weights (Conv: the kernels' K order is their own)
-    with 7 bits. Returns the number of weights rewritten."""
+    a median of 78 levels instead of 64), Conv weights with :func:`conv_pair_bounded_codes`,
+    any other with 7 bits. Returns the number of weights rewritten."""
     from onnx import numpy_helper
 
     floats = {t.name: t for t in source.graph.initializer}
@@ -360,10 +379,12 @@ def bound_weight_pairs(model, source) -> int:
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         consumers = users.get(dq.output[0], [])
         k_axis = _k_axis(consumers, w, axis)
-        if k_axis is None:
-            codes, scale = _seven_bit_codes(w, axis % w.ndim) if w.ndim > 1 else (None, None)
-        else:
+        if k_axis is not None:
             codes, scale = pair_bounded_codes(w, k_axis)
+        elif w.ndim == 4 and axis == 0 and all(n.op_type == "Conv" for n in consumers):
+            codes, scale = conv_pair_bounded_codes(w)
+        else:
+            codes, scale = _seven_bit_codes(w, axis % w.ndim) if w.ndim > 1 else (None, None)
         if codes is None:
             continue
         old_scale = numpy_helper.to_array(inits[scale_name])
