@@ -304,7 +304,9 @@ MUTATIONS = (
         "dit_deploy/precision/int8.py",
         "    wk = np.moveaxis(np.asarray(w, np.float64), k_axis, 0)  # (K, N)",
         "    wk = np.moveaxis(np.asarray(w, np.float64), 1 - k_axis, 0)  # (K, N)",
-        ("tests/test_precision_smooth.py::test_pair_bounded_weights_keep_every_adjacent_pair_within_the_int16_budget",),
+        (
+            "tests/test_precision_smooth.py::test_pair_bounded_weights_keep_every_adjacent_pair_within_the_int16_budget",
+        ),
     ),
     Mutation(
         "int8: activation second operands widened to the weights' range",
