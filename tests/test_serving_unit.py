@@ -198,6 +198,13 @@ def test_urls_and_error_classes():
     assert type(classify(TritonException("", "StatusCode.UNAVAILABLE"), url)) is (
         ServerUnavailableError
     )
+    try:  # a server that closes the connection without answering (killed, stopping)
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as reset:
+            raise TritonException("connection closed.", None) from reset
+    except TritonException as closed:
+        assert type(classify(closed, url)) is ServerUnavailableError
     assert type(classify(TimeoutError("timed out"), url)) is ServerTimeoutError
     assert type(classify(TritonException("Deadline Exceeded", None), url)) is ServerTimeoutError
     other = classify(TritonException("model crashed", "500"), url)

@@ -100,7 +100,7 @@ def classify(exc: BaseException, url: str) -> ServerError:
             status=status,
             server_message=message,
         )
-    if isinstance(exc, (ConnectionError, OSError)) or any(t in low for t in _REFUSED):
+    if _network_error(exc) or any(t in low for t in _REFUSED):
         return ServerUnavailableError(
             f"cannot reach a Triton server at {url} ({message}); is it running? start one with "
             "'dit-deploy serve EXPORT_DIR'",
@@ -114,6 +114,18 @@ def classify(exc: BaseException, url: str) -> ServerError:
         status=status,
         server_message=message,
     )
+
+
+def _network_error(exc: BaseException) -> bool:
+    """A socket error, or a client library's error raised from one (geventhttpclient's
+    ``HTTPConnectionClosed`` is raised from the ``ConnectionResetError`` of a server that
+    closed the connection without answering: it is gone or stopping)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (ConnectionError, OSError)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class DITClient:
