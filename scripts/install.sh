@@ -38,6 +38,10 @@ if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
     || echo "install: chromium not installed; tests/test_demo.py will skip"
 fi
+# NVIDIA's perf_analyzer, the load generator the serving tests and docs/benchmarks.md run
+# against `dit-deploy serve` (on glibc < 2.38 with Debian 13's runtime beside it; see there).
+bash scripts/install_perf_analyzer.sh \
+  || echo "install: perf_analyzer not installed; its serving test will skip"
 # dit-deploy serve: tritonserver's python-backend stub links libpython3.X.so.1.0, which Debian
 # ships in libpython3.X (python3 itself does not pull it in).
 if ! .venv/bin/python -c 'import pathlib, sys, sysconfig as s; d, n = s.get_config_var("LIBDIR"), s.get_config_var("INSTSONAME"); sys.exit(not (d and n and (pathlib.Path(d) / n).exists()))'; then

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -429,6 +430,69 @@ def test_a_generic_client_sees_triton_errors_and_reads_the_statistics(servers, d
 
 def _no_nan(token: str):
     raise AssertionError(f"{token} on the wire: not JSON")
+
+
+def _perf_analyzer() -> str:
+    import shutil
+
+    venv_bin = Path(sys.executable).parent
+    found = shutil.which("perf_analyzer", path=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
+    if found is None:
+        skip_or_require(
+            "DIT_REQUIRE_PERF_ANALYZER", "perf_analyzer not installed (install_perf_analyzer.sh)"
+        )
+    return found
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_measures_serve_with_no_token_and_counts_bad_requests(
+    servers, protocol, tmp_path
+):
+    """NVIDIA's perf_analyzer, run as the README documents it on the file `dit-deploy
+    perf-data` writes: it reads the statistics API (no token), measures, and its request count
+    is the server's; on a garbage image it stops with Triton's 400 / INVALID_ARGUMENT."""
+    import base64
+    import struct
+    import urllib.request
+
+    binary = _perf_analyzer()
+    server = servers["fp16"]  # the default batching policy
+    url = (server.http if protocol == "http" else server.grpc).split("://")[1]
+    load = tmp_path / "load.json"
+    subprocess.run([sys.executable, "-m", "dit_deploy.cli", "perf-data", str(load),
+                    str(PAIRS[0][0]), PAIRS[0][1], str(PAIRS[1][0]), PAIRS[1][1]],
+                   check=True, capture_output=True)  # fmt: skip
+
+    def successes() -> int:
+        with urllib.request.urlopen(f"{server.http}/v2/models/dit/stats", timeout=10) as r:
+            return json.loads(r.read())["model_stats"][0]["inference_stats"]["success"]["count"]
+
+    def run(data: Path, csv: Path) -> subprocess.CompletedProcess:
+        argv = [binary, "-m", "dit", "-u", url, "-i", protocol, "--input-data", str(data),
+                "--concurrency-range", "1:2", "-f", str(csv),
+                "--measurement-mode", "count_windows", "--measurement-request-count", "12",
+                "--stability-percentage", "100", "--max-trials", "6"]  # fmt: skip
+        return subprocess.run(argv, capture_output=True, text=True, timeout=180)
+
+    before = successes()
+    done = run(load, tmp_path / "pa.csv")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = (tmp_path / "pa.csv").read_text().splitlines()
+    assert rows[0].startswith("Concurrency,Inferences/Second")
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
+    # every request it sent (warm-up and measurement windows) was a success on the server
+    counted = sum(int(n) for n in re.findall(r"Request count: (\d+)", done.stdout))
+    assert counted >= 2 * 3 * 12 and successes() - before >= counted
+
+    garbage = b"GIF89a garbage"
+    bad = {"data": [{name: {"content": {"b64": base64.b64encode(
+        struct.pack("<I", len(v)) + v).decode()}, "shape": [1]}
+        for name, v in (("IMAGE", garbage), ("TEXT", b"the cat"))}]}  # fmt: skip
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    failed = run(tmp_path / "bad.json", tmp_path / "bad.csv")
+    assert failed.returncode != 0
+    assert "not an image file" in failed.stdout + failed.stderr
 
 
 def _session_rss_mb(session: int) -> float:
