@@ -10,7 +10,10 @@ On one machine, in one run, alternating in-process and served rounds:
   throughput on a CPU); once more encoding the mask as the server must (PNG and RLE: the
   server's ensemble always produces every output of the contract);
 - served: ``dit-deploy serve`` with its default batching policy, driven over gRPC by the
-  load generator of ``dit-bench --server`` at concurrency 1 and 8 (p50, throughput);
+  load generator of ``dit-bench --server`` at concurrency 1 and 8 (p50, throughput), and by
+  NVIDIA's perf_analyzer (``.venv/bin/perf_analyzer``, scripts/install_perf_analyzer.sh) over
+  gRPC and HTTP at concurrency 1, 2, 4 and 8 on the file ``dit-deploy perf-data`` writes for
+  the same pairs (``--no-perf-analyzer`` leaves it out);
 - policies: the same server with ``--instances 1`` (every core per request) and with a
   2 ms queue delay, at the same concurrencies.
 
@@ -94,10 +97,8 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _served(export: Path, extra: list[str], seconds: float, log_dir: Path) -> dict:
-    import signal
-
-    from dit_deploy.bench import server_load
+def _start(export: Path, extra: list[str], log_dir: Path):
+    """``dit-deploy serve`` on free ports, ready; (process, http, grpc, metrics ports)."""
     from dit_deploy.serving.client import DITClient
 
     http, grpc, metrics = _free_ports(3)
@@ -106,23 +107,34 @@ def _served(export: Path, extra: list[str], seconds: float, log_dir: Path) -> di
             *extra]  # fmt: skip
     with open(log_dir / f"serve-{http}.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        ready, deadline = DITClient(f"http://127.0.0.1:{http}", timeout_s=5), time.time() + 180
-        while not ready.is_ready():
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"serve did not start; see {log_dir / f'serve-{http}.log'}")
-            time.sleep(0.3)
-        opts = server_load.LoadOptions(
-            url=f"grpc://127.0.0.1:{grpc}", concurrency=[1, 8], duration_s=seconds,
-            metrics_url=f"http://127.0.0.1:{metrics}/metrics",
-        )  # fmt: skip
-        report = server_load.run_load(opts, log=lambda *_: None)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
+    ready, deadline = DITClient(f"http://127.0.0.1:{http}", timeout_s=5), time.time() + 180
+    while not ready.is_ready():
+        if proc.poll() is not None or time.time() > deadline:
             proc.kill()
+            raise SystemExit(f"serve did not start; see {log_dir / f'serve-{http}.log'}")
+        time.sleep(0.3)
+    return proc, http, grpc, metrics
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _dit_bench(grpc: int, metrics: int, seconds: float) -> dict:
+    """``dit-bench --server``'s load generator at concurrency 1 and 8."""
+    from dit_deploy.bench import server_load
+
+    opts = server_load.LoadOptions(
+        url=f"grpc://127.0.0.1:{grpc}", concurrency=[1, 8], duration_s=seconds,
+        metrics_url=f"http://127.0.0.1:{metrics}/metrics",
+    )  # fmt: skip
+    report = server_load.run_load(opts, log=lambda *_: None)
     out = {}
     for level in report["levels"]:
         n = level["concurrency"]
@@ -133,7 +145,97 @@ def _served(export: Path, extra: list[str], seconds: float, log_dir: Path) -> di
     return out
 
 
+def _pipeline_counts(http: int) -> tuple[int, int]:
+    """(inferences, executions) of the served python model, from the statistics API."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{http}/v2/models/dit_pipeline/stats"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        stats = json.loads(r.read())["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def _perf_analyzer(binary: str, data: Path, ports: tuple[int, int], seconds: float) -> dict:
+    """perf_analyzer over gRPC and HTTP, one invocation per concurrency level (the batch
+    size formed is read from the statistics API around it)."""
+    out: dict = {}
+    http = ports[0]
+    for protocol, port in (("grpc", ports[1]), ("http", ports[0])):
+        for n in (1, 2, 4, 8):
+            csv = data.with_suffix(f".{protocol}{n}.csv")
+            before = _pipeline_counts(http)
+            argv = [binary, "-m", "dit", "-u", f"127.0.0.1:{port}", "-i", protocol,
+                    "--input-data", str(data), "--concurrency-range", f"{n}:{n}",
+                    "--measurement-interval", str(int(seconds * 1000 / 2)),
+                    "--max-trials", "6", "-f", str(csv)]  # fmt: skip
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise SystemExit(f"perf_analyzer failed ({done.returncode}): {done.stdout[-800:]}")
+            after = _pipeline_counts(http)
+            header, row = csv.read_text().splitlines()[:2]
+            cell = dict(zip(header.split(","), row.split(","), strict=True))
+            key = f"pa_{protocol}_c{n}"
+            out[f"{key}_rps"] = float(cell["Inferences/Second"])
+            out[f"{key}_p50_ms"] = float(cell["p50 latency"]) / 1e3
+            execs = after[1] - before[1]
+            out[f"{key}_batch"] = (after[0] - before[0]) / execs if execs else None
+    return out
+
+
+def _round(args, policies: dict, pa: str | None, data: Path, rounds: dict) -> None:
+    rounds["in-process"].append(_in_process(args.export, args.duration))
+    rounds["in-process + encode"].append(_in_process(args.export, args.duration, True))
+    for name, extra in policies.items():
+        proc, http, grpc, metrics = _start(args.export, extra, args.out)
+        try:
+            row = _dit_bench(grpc, metrics, args.duration)
+            if pa and name == "default":
+                row |= _perf_analyzer(pa, data, (http, grpc), args.duration)
+        finally:
+            _stop(proc)
+        rounds[name].append(row)
+
+
+def _table(result: dict, policies: dict, with_pa: bool) -> list[str]:
+    inproc, enc = result["in-process"], result["in-process + encode"]
+    best = inproc["best_rps"]
+    lines = [
+        "| | c1 p50 ms | c1 p50 - in-process | c8 req/s | c8 / best in-process | c8 batch |",
+        "|---|---|---|---|---|---|",
+        f"| in-process | {inproc['p50_ms']:.1f} | | {best:.0f} (best) | 1.00 | |",
+        f"| in-process + PNG/RLE encoding | {enc['p50_ms']:.1f} | "
+        f"{enc['p50_ms'] - inproc['p50_ms']:+.1f} | {enc['best_rps']:.0f} | "
+        f"{enc['best_rps'] / best:.2f} | |",
+    ]
+    for name in policies:
+        s = result[name]
+        lines.append(
+            f"| serve, {name} (dit-bench) | {s['c1_p50_ms']:.1f} | "
+            f"{s['c1_p50_ms'] - inproc['p50_ms']:+.1f} | {s['c8_rps']:.0f} | "
+            f"{s['c8_rps'] / best:.2f} | {s['c8_batch']:.2f} |"
+        )
+        for protocol in ("grpc", "http") if with_pa and name == "default" else ():
+            k = f"pa_{protocol}"
+            lines.append(
+                f"| serve, {name} (perf_analyzer {protocol}) | {s[f'{k}_c1_p50_ms']:.1f} | "
+                f"{s[f'{k}_c1_p50_ms'] - inproc['p50_ms']:+.1f} | {s[f'{k}_c8_rps']:.0f} | "
+                f"{s[f'{k}_c8_rps'] / best:.2f} | {s[f'{k}_c8_batch']:.2f} |"
+            )
+    if with_pa:
+        s = result["default"]
+        lines += ["", "perf_analyzer against serve (default policy): req/s, p50 ms, avg batch",
+                  "", "| concurrency | gRPC req/s | gRPC p50 | gRPC batch | HTTP req/s | HTTP p50 "
+                  "| HTTP batch |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for n in (1, 2, 4, 8):
+            cells = [f"{s[f'pa_{p}_c{n}_rps']:.0f} | {s[f'pa_{p}_c{n}_p50_ms']:.1f} | "
+                     f"{s[f'pa_{p}_c{n}_batch']:.2f}" for p in ("grpc", "http")]  # fmt: skip
+            lines.append(f"| {n} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
+    import shutil
+
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -141,12 +243,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians kept)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "serving")
+    p.add_argument("--no-perf-analyzer", action="store_true", help="leave perf_analyzer out")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1:
         p.error("--duration must be > 0 and --rounds >= 1")
     if not (args.export / "manifest.json").is_file():
         p.error(f"no export at {args.export}; run the main job first (dit-deploy)")
+    pa = None
+    if not args.no_perf_analyzer:
+        pa = shutil.which("perf_analyzer", path=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
+        if pa is None:
+            p.error("perf_analyzer not found: bash scripts/install_perf_analyzer.sh "
+                    "(or --no-perf-analyzer)")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
+    from dit_deploy.bench.server_load import bundled_pairs
+    from dit_deploy.serving.perf_data import write_perf_input_data
+
+    data = write_perf_input_data(bundled_pairs(), args.out / "perf_data.json")
     load = os.getloadavg()[0]
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()  # fmt: skip
@@ -158,37 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     rounds.update({k: [] for k in policies})
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", flush=True)
-        rounds["in-process"].append(_in_process(args.export, args.duration))
-        rounds["in-process + encode"].append(_in_process(args.export, args.duration, True))
-        for name, extra in policies.items():
-            rounds[name].append(_served(args.export, extra, args.duration, args.out))
+        _round(args, policies, pa, data, rounds)
 
     def med(rows: list[dict]) -> dict:
         return {k: statistics.median(r[k] for r in rows if r.get(k) is not None)
                 for k in rows[0] if any(r.get(k) is not None for r in rows)}  # fmt: skip
 
     result = {name: med(rows) for name, rows in rounds.items()}
-    inproc = result["in-process"]
     lines = [
         f"machine: {cpu} ({kind}), {os.cpu_count()} cores, load {load:.2f} at the start; "
         f"{args.rounds} alternating rounds of {args.duration:g} s, medians",
         "",
-        "| | c1 p50 ms | c1 p50 - in-process | c8 req/s | c8 / best in-process | c8 batch |",
-        "|---|---|---|---|---|---|",
-        f"| in-process | {inproc['p50_ms']:.1f} | | {inproc['best_rps']:.0f} (best) | 1.00 | |",
+        *_table(result, policies, pa is not None),
     ]
-    enc = result["in-process + encode"]
-    lines.append(
-        f"| in-process + PNG/RLE encoding | {enc['p50_ms']:.1f} | "
-        f"{enc['p50_ms'] - inproc['p50_ms']:+.1f} | {enc['best_rps']:.0f} | "
-        f"{enc['best_rps'] / inproc['best_rps']:.2f} | |"
-    )
-    for name in policies:
-        s = result[name]
-        lines.append(
-            f"| serve, {name} | {s['c1_p50_ms']:.1f} | {s['c1_p50_ms'] - inproc['p50_ms']:+.1f} | "
-            f"{s['c8_rps']:.0f} | {s['c8_rps'] / inproc['best_rps']:.2f} | {s['c8_batch']:.2f} |"
-        )
     print("\n".join(lines))
     (args.out / "serving.json").write_text(
         json.dumps({"cpu": cpu, "kind": kind, "load": load, "result": result}, indent=1)

@@ -37,18 +37,25 @@ def rle_counts(mask: np.ndarray) -> list[int]:
 
 
 def _counts_to_string(counts: list[int]) -> str:
-    out: list[str] = []
-    for i, count in enumerate(counts):
-        x = count - counts[i - 2] if i > 2 else count
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift, as COCO's C code on a signed long
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+    """COCO's compact string of run lengths, all runs at once (a server encodes one per
+    request: a Python loop over the characters cost 0.2-0.3 ms of the GIL per mask)."""
+    if not counts:
+        return ""
+    x = np.asarray(counts, dtype=np.int64)
+    x[3:] -= x[1:-2].copy()  # from the fourth count on: the difference to the count two before
+    # Each value becomes 5-bit groups, low first; bit 5 marks "more follows", and the last
+    # group's bit 4 carries the sign (the loop of COCO's C code, one group per column here).
+    groups = np.zeros((x.size, 14), dtype=np.uint8)  # 14 x 5 bits hold any int64
+    live = np.ones(x.size, dtype=bool)
+    for k in range(groups.shape[1]):
+        c = x & 0x1F
+        x >>= 5  # arithmetic shift, as COCO's C code on a signed long
+        more = np.where(c & 0x10, x != -1, x != 0)
+        groups[:, k] = np.where(live, c + 48 + 0x20 * more, 0)
+        live &= more
+        if not live.any():
+            break
+    return groups[groups != 0].tobytes().decode("ascii")
 
 
 def _string_to_counts(text: str) -> list[int]:
@@ -117,12 +124,15 @@ def rle_json(mask: np.ndarray) -> str:
 
 
 def encode_png(mask: np.ndarray) -> bytes:
-    """A (H, W) bool mask as an 8-bit grayscale PNG (0 background, 255 foreground)."""
+    """A (H, W) bool mask as a 1-bit grayscale PNG (black background, white foreground:
+    0 / 255 to any reader that expands to 8 bits; Pillow opens it in mode "1")."""
     buf = io.BytesIO()
-    # zlib level 1: a two-valued mask compresses well anyway, and a server encodes one per
-    # request (0.48 ms instead of 0.66 for a 300 x 451 mask)
-    image = Image.fromarray(_as_mask(mask).astype(np.uint8) * 255, mode="L")
-    image.save(buf, format="PNG", compress_level=1)
+    # 1 bit per pixel and zlib's run-length strategy: a server encodes one mask per request,
+    # and Pillow's adaptive row filters on 8-bit masks cost 0.75 ms of 0.8 (0.25 ms here, and
+    # half the bytes)
+    # C order first: Pillow copies a Fortran-ordered mask pixel by pixel (5x slower)
+    rows = np.ascontiguousarray(_as_mask(mask))
+    Image.fromarray(rows).save(buf, format="PNG", compress_level=1, compress_type=3)
     return buf.getvalue()
 
 

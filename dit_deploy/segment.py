@@ -1,7 +1,7 @@
 """``dit-deploy segment IMAGE TEXT [TEXT ...]``: the mask of each expression in one image.
 
-For each expression: the mask at the image's size (8-bit PNG, 0 / 255) and an overlay (the
-image dimmed outside the mask, the mask outlined), both written atomically into
+For each expression: the mask at the image's size (1-bit grayscale PNG, 0 / 255) and an
+overlay (the image dimmed outside the mask, the mask outlined), both written atomically into
 ``--out-dir`` as ``<image stem>.<k>.mask.png`` and ``<image stem>.<k>.overlay.png``, and one
 line (or ``--json``) with the score, the mask's share of the image and the paths. The
 expressions of one call run as one batch of the in-process Predictor (no torch).

@@ -48,10 +48,36 @@ def test_counts_start_with_background_run():
     assert sum(rle_counts(mask)) == mask.size
 
 
-def test_png_round_trip():
+def test_rle_matches_pycocotools_on_many_masks():
+    """Random shapes, densities and run lengths (long runs: negative differences, several
+    5-bit groups), in both memory orders."""
+    rng = np.random.default_rng(1)
+    for k in range(60):
+        h, w = (int(v) for v in rng.integers(1, 200, 2))
+        if k % 3 == 0:
+            mask = rng.random((h, w)) < rng.random()
+        else:  # runs of random lengths along the column-major order
+            flips = rng.random(h * w) < 10.0 ** rng.uniform(-4, -1)
+            mask = (np.cumsum(flips) % 2 == 1).reshape((h, w), order="F")
+        if k % 2:
+            mask = np.asfortranarray(mask)
+        theirs = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert encode_rle(mask)["counts"] == theirs["counts"].decode("ascii"), k
+
+
+def test_png_round_trip_is_one_bit_grayscale():
+    import io
+
+    from PIL import Image
+
     mask = np.zeros((9, 13), bool)
     mask[2:5, 3:11] = True
-    assert np.array_equal(decode_png(encode_png(mask)), mask)
+    for m in (mask, np.asfortranarray(mask), mask.astype(np.uint8)):
+        png = encode_png(m)
+        assert np.array_equal(decode_png(png), mask)
+        with Image.open(io.BytesIO(png)) as img:
+            assert img.format == "PNG" and img.mode == "1" and img.size == (13, 9)
+            assert set(np.unique(np.asarray(img.convert("L")))) == {0, 255}
 
 
 @pytest.mark.parametrize(

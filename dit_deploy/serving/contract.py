@@ -7,7 +7,7 @@ tensor   type    dims  meaning
 ======== ======= ===== ==========================================================
 IMAGE    BYTES   [1]   the encoded image file (JPEG, PNG, WebP, BMP, TIFF, ...)
 TEXT     BYTES   [1]   the referring expression, UTF-8
-MASK_PNG BYTES   [1]   the mask at the ORIGINAL image size, 8-bit PNG (0 / 255)
+MASK_PNG BYTES   [1]   the mask at the ORIGINAL image size, 1-bit grayscale PNG (0 / 255)
 MASK_RLE BYTES   [1]   the same mask as COCO compressed RLE, JSON (pycocotools reads it)
 SCORE    FP32    [1]   :attr:`dit_deploy.postprocess.MaskResult.score`
 ======== ======= ===== ==========================================================
