@@ -32,6 +32,7 @@ VERBS_OF = {
     "dit_deploy.segment": ("segment",),
     "dit_deploy.demo": ("demo",),
     "dit_deploy.bench.cli": ("bench",),
+    "dit_deploy.runtime.tune_cli": ("tune",),
     "dit_deploy.training.cli": ("train", "evaluate"),
     "dit_deploy.serving.cli": ("serve", "client", "triton-repo", "perf-data"),
     "dit_deploy.batch.cli": ("batch",),

@@ -22,6 +22,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def auto_or_positive_int(text: str) -> int | None:
+    """``auto`` (None: decided by the command, e.g. measured) or an integer >= 1."""
+    return None if text.strip().lower() == "auto" else positive_int(text)
+
+
 def _float_in(low: float, high: float, unit: str = "") -> Callable[[str], float]:
     """A parser of numbers in [low, high] (``unit`` names them in messages)."""
 

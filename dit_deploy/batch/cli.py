@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_types import HelpFormatter, non_negative_float, positive_int
+from ..cli_types import HelpFormatter, auto_or_positive_int, non_negative_float, positive_int
 from ..runtime.backends import backend_names
 from ..runtime.manifest import LAYOUT_ROLES
 
@@ -54,8 +54,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="graph layout (auto: fused when exported, else split)",
     )
-    p.add_argument("--num-workers", type=positive_int, default=1, help="Predictor actors")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per model call")
+    p.add_argument(
+        "--num-workers",
+        type=auto_or_positive_int,
+        default=None,
+        help="Predictor actors (auto: the throughput plan measured for this export on this "
+        "machine, on a local CPU run; 1 on a cluster or GPUs)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=auto_or_positive_int,
+        default=None,
+        help="rows per model call (auto: as --num-workers; 8 on a cluster or GPUs)",
+    )
     p.add_argument(
         "--gpus-per-worker",
         type=non_negative_float,
@@ -64,9 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads",
-        type=positive_int,
-        default=1,
-        help="CPU threads (and Ray CPUs) of each worker",
+        type=auto_or_positive_int,
+        default=None,
+        help="CPU threads (and Ray CPUs) of each worker (auto: as --num-workers; 1 on a "
+        "cluster or GPUs)",
     )
     p.add_argument("--shard-size", type=positive_int, default=1000, help="rows per output shard")
     p.add_argument("--png", action="store_true", help="also write masks/<id>.png")

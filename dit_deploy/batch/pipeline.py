@@ -67,6 +67,9 @@ class BatchOptions:
             same job there resumes it.
         export: export directory (``manifest.json`` + graphs).
         threads: ONNX Runtime threads of each worker, and the CPUs each reserves in Ray.
+        num_workers, batch_size, threads: ``None`` takes the throughput plan measured for
+            this export on this machine (:mod:`dit_deploy.runtime.throughput`) on a local
+            CPU run, and 1 worker x 1 thread, batch 8 on a cluster or GPUs.
         shard_size: input rows per output shard (the unit of atomic writes and of resume).
         ray_address: ``None`` starts an embedded Ray on 127.0.0.1 for the job; otherwise the
             cluster to join (``auto``, ``ray://head:10001``).
@@ -80,10 +83,10 @@ class BatchOptions:
     backend: str = "onnxruntime"
     precision: str = "fp32"
     layout: str | None = None
-    num_workers: int = 1
-    batch_size: int = 8
+    num_workers: int | None = 1
+    batch_size: int | None = 8
     gpus_per_worker: float = 0.0
-    threads: int = 1
+    threads: int | None = 1
     shard_size: int = 1000
     png: bool = False
     ray_address: str | None = None
@@ -93,6 +96,8 @@ class BatchOptions:
     def __post_init__(self) -> None:
         self.out, self.export = Path(self.out), Path(self.export)
         for name in ("num_workers", "batch_size", "threads", "shard_size"):
+            if getattr(self, name) is None and name != "shard_size":
+                continue  # measured: see resolve_throughput
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_worker < 0:
@@ -109,6 +114,37 @@ class BatchOptions:
     def embedded_cpus(self) -> int:
         """CPUs of the embedded Ray: the workers' threads + at least one for CPU tasks."""
         return max(os.cpu_count() or 1, self.num_workers * self.threads + 1)
+
+
+def resolve_throughput(
+    options: BatchOptions, layout: str, log: Callable[[str], None]
+) -> tuple[BatchOptions, dict[str, Any]]:
+    """Options with every ``None`` of workers/threads/batch filled, and what decided them
+    (recorded in summary.json): the plan measured on this machine for a local CPU run, else
+    1 x 1 thread, batch 8 (a cluster's nodes are not this machine; GPUs batch)."""
+    import dataclasses
+
+    names = ("num_workers", "threads", "batch_size")
+    auto = [n for n in names if getattr(options, n) is None]
+    if not auto:
+        return options, {"source": "given"}
+    if options.ray_address is None and options.device == "cpu":
+        from ..runtime.throughput import plan_for
+
+        plan = plan_for(options.export, options.backend, options.precision, layout, log=log)
+        chosen = plan["chosen"]
+        picked = {"num_workers": chosen["workers"], "threads": chosen["threads"],
+                  "batch_size": chosen["batch"]}  # fmt: skip
+        info = {"source": "measured on this machine", "chosen": chosen,
+                "measured": plan["measured"], "created": plan["created"]}  # fmt: skip
+        log(f"batch: throughput plan: {chosen['workers']} worker(s) x {chosen['threads']} "
+            f"thread(s), batch {chosen['batch']} ({chosen['pairs_per_s']:.1f} pairs/s measured "
+            f"{plan['created']}; dit-deploy tune shows the table)")  # fmt: skip
+    else:
+        picked = {"num_workers": 1, "threads": 1, "batch_size": 8}
+        info = {"source": "defaults (a cluster or GPUs: not measured here)"}
+    filled = dataclasses.replace(options, **{n: picked[n] for n in auto})
+    return filled, {**info, "auto": auto}
 
 
 def _resolve_export(options: BatchOptions) -> tuple[str, dict[str, Any]]:
@@ -171,6 +207,7 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
     started = time.perf_counter()
     require_ray()  # fail fast, naming the extra, when Ray Data is not installed
     layout, export_record = _resolve_export(options)
+    options, throughput = resolve_throughput(options, layout, log)
     source = read_source(options.source, options.data)
     plan = ShardPlan(len(source), options.shard_size)
     job = job_record(source, options.shard_size, export_record, options.png)
@@ -204,6 +241,7 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
         )
     summary = _summarize(options, source, plan, layout, done, writer, ray_info)
     summary.update(wall_s=round(time.perf_counter() - started, 3), **timing.summary(writer.rows_ok))
+    summary["throughput_plan"] = throughput
     atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     log(
         f"batch: finished: {summary['ok']} rows segmented, {summary['errors']} errors "

@@ -21,6 +21,7 @@ from ..runtime.verified_on import (
     PrecisionMismatchError,
     StoredPairs,
     agreement,
+    backend_version,
     read_pairs,
     record_for,
     reverify,
@@ -88,18 +89,9 @@ def verification_entry(
         for r in reports
     }
     record = record_for(
-        this_machine(), precision, scheme, backend, _version(backend), stored, measured
+        this_machine(), precision, scheme, backend, backend_version(backend), stored, measured
     )
     return {"scheme": dict(scheme), "on": [record]}
-
-
-def _version(backend: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(backend)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def reverify_here(
@@ -145,7 +137,7 @@ def reverify_here(
             + ", ".join(f"{k} {got[k]:.4f} < {wanted[k]:.4f}" for k in short)
             + f"; nothing recorded. Quantize for this CPU here with: {again}"
         )
-    record = record_for(machine, precision, scheme, backend, _version(backend), got)
+    record = record_for(machine, precision, scheme, backend, backend_version(backend), got)
     same = (record["numerics"], record["kernels"])
     kept = [r for r in entry["on"] if (r.get("numerics"), r.get("kernels")) != same]
     verified = {**manifest.verified, precision: {**entry, "on": [*kept, record]}}

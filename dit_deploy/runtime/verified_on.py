@@ -109,6 +109,16 @@ def agreement(logits: np.ndarray, reference: np.ndarray, mask_threshold: float) 
     return float(np.logical_and(a, b).sum()) / union if union else 1.0
 
 
+def backend_version(backend: str) -> str:
+    """The installed version of a backend's distribution (``unknown`` when absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(backend)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def record_for(
     machine: Machine,
     precision: str,

@@ -131,12 +131,20 @@ class ServeOptions:
             raise ConfigError("--api-token is empty; give a secret, or leave the option out")
 
     def policy(self) -> BatchingPolicy:
-        """The batching policy with this command line's overrides applied."""
+        """The batching policy with this command line's overrides applied; on a CPU with
+        neither ``instances`` nor ``threads`` given, the throughput plan recorded for this
+        export on this machine (``dit-deploy tune``) where there is one."""
         base = batching_policy("cpu" if self.device == "cpu" else "cuda")
+        if self.device == "cpu" and self.instances is None and self.threads is None:
+            base = self._measured(base)
         instances = self.instances or base.instances
         threads = self.threads
         if threads is None and self.device == "cpu":
-            threads = max(1, (os.cpu_count() or 1) // instances)
+            threads = (
+                base.threads
+                if self.instances is None
+                else max(1, (os.cpu_count() or 1) // instances)
+            )
         delay = (
             base.max_queue_delay_us
             if self.max_queue_delay_us is None
@@ -145,6 +153,22 @@ class ServeOptions:
         overridden = (self.instances, self.threads, self.max_queue_delay_us) != (None,) * 3
         why = "from the command line" if overridden else base.why
         return BatchingPolicy(instances, threads, delay, why)
+
+    def _measured(self, base: BatchingPolicy) -> BatchingPolicy:
+        from ..runtime.throughput import recorded_plan
+
+        plan, why = recorded_plan(self.export_dir, self.backend, self.precision, self.layout)
+        if plan is None:
+            return BatchingPolicy(
+                base.instances, base.threads, base.max_queue_delay_us,
+                f"{base.why} ({why}: `dit-deploy tune {self.export_dir}` measures it)",
+            )  # fmt: skip
+        w, t = plan["chosen"]["workers"], plan["chosen"]["threads"]
+        return BatchingPolicy(
+            w, t, 0, f"CPU: {w} instance(s) x {t} thread(s), no queue delay: the throughput "
+            f"plan measured on this machine ({plan['chosen']['pairs_per_s']:.1f} pairs/s, "
+            f"{plan['created']})",
+        )  # fmt: skip
 
 
 def check_python_backend() -> None:
