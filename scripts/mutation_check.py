@@ -352,6 +352,20 @@ MUTATIONS = (
             "tests/test_reliability.py::test_atomic_writes_and_work_dirs_get_the_modes_open_and_mkdir_give",
         ),
     ),
+    Mutation(
+        "throughput plan: a plan for another machine or export is used",
+        "dit_deploy/runtime/throughput.py",
+        "    stale = [k for k, v in key.items() if plan.get(k) != v]",
+        "    stale = []",
+        ("tests/test_throughput.py",),
+    ),
+    Mutation(
+        "throughput plan: the best candidate is chosen",
+        "dit_deploy/runtime/throughput.py",
+        'chosen = max(table, key=lambda row: row["pairs_per_s"])',
+        "chosen = table[0]",
+        ("tests/test_throughput.py",),
+    ),
 )
 
 

@@ -167,8 +167,10 @@ def test_cli_help_shows_defaults_and_examples(capsys):
     text = capsys.readouterr().out
     assert "examples:" in text and "refcoco:val" in text and "--ray-address auto" in text
     assert "(default: 1000)" in text and "(default: onnxruntime)" in text
+    assert " ".join(text.split()).count("(default: auto:") == 3  # workers, threads, batch
     args = _parser().parse_args(["batch", "p.jsonl", "out", "--num-workers", "2", "--png"])
-    assert (args.num_workers, args.png, args.ray_address, args.threads) == (2, True, None, 1)
+    assert (args.num_workers, args.png, args.ray_address, args.threads) == (2, True, None, None)
+    assert _parser().parse_args(["batch", "p", "o", "--batch-size", "AUTO"]).batch_size is None
     with pytest.raises(SystemExit):
         _parser().parse_args(["batch", "p.jsonl", "out", "--batch-size", "0"])
 

@@ -158,3 +158,20 @@ def test_batch_auto_takes_the_plan_and_records_it(tiny_export, cache, tmp_path, 
     assert filled.num_workers == 1 and info["source"].startswith("defaults")
     given = BatchOptions("p.jsonl", tmp_path, tiny_export)
     assert resolve_throughput(given, "fused", print) == (given, {"source": "given"})
+
+
+def test_candidates_that_do_not_fit_in_memory_are_skipped(tiny_export, cache, monkeypatch):
+    """Several workers each hold the graphs: where they would not fit in the available memory
+    they are not started (one worker always is); the winner is the best measured."""
+    rates = {(1, 1): 10.0, (1, 8): 20.0}
+    four = [Candidate(1, 2, 1), Candidate(1, 2, 8), Candidate(2, 1, 1), Candidate(2, 1, 8)]
+    monkeypatch.setattr(tp, "candidates", lambda cores: four)
+    monkeypatch.setattr(tp, "measure", lambda *args: rates[(args[4].workers, args[4].batch)])
+    monkeypatch.setattr(
+        tp, "_available_bytes", lambda: tp.worker_memory_bytes(tiny_export, None, "fp32")
+    )
+    lines: list[str] = []
+    plan = tp.tune(tiny_export, seconds=0.1, log=lines.append)
+    assert [(r["workers"], r["batch"]) for r in plan["measured"]] == [(1, 1), (1, 8)]
+    assert plan["chosen"]["batch"] == 8
+    assert sum("skipped, 2 workers need" in line for line in lines) == 2

@@ -58,14 +58,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-workers",
         type=auto_or_positive_int,
         default=None,
-        help="Predictor actors (auto: the throughput plan measured for this export on this "
-        "machine, on a local CPU run; 1 on a cluster or GPUs)",
+        help="Predictor actors, or auto (default: auto: the throughput plan measured for this "
+        "export on this machine, on a local CPU run; 1 on a cluster or GPUs)",
     )
     p.add_argument(
         "--batch-size",
         type=auto_or_positive_int,
         default=None,
-        help="rows per model call (auto: as --num-workers; 8 on a cluster or GPUs)",
+        help="rows per model call, or auto (default: auto: as --num-workers; 8 on a cluster "
+        "or GPUs)",
     )
     p.add_argument(
         "--gpus-per-worker",
@@ -77,8 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=auto_or_positive_int,
         default=None,
-        help="CPU threads (and Ray CPUs) of each worker (auto: as --num-workers; 1 on a "
-        "cluster or GPUs)",
+        help="CPU threads (and Ray CPUs) of each worker, or auto (default: auto: as "
+        "--num-workers; 1 on a cluster or GPUs)",
     )
     p.add_argument("--shard-size", type=positive_int, default=1000, help="rows per output shard")
     p.add_argument("--png", action="store_true", help="also write masks/<id>.png")

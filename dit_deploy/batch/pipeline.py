@@ -30,6 +30,7 @@ from ..metrics import RISMetrics
 from ..runtime.backends import backend_names, backend_row
 from ..runtime.export import Export
 from ..runtime.manifest import LAYOUT_ROLES
+from ..runtime.throughput import worker_memory_bytes
 from . import stages
 from .cluster import RayInfo, connect, quiet_known_native_lines, require_ray
 from .shards import (
@@ -50,10 +51,6 @@ from .sources import SourceRows, read_source
 #: rows per Ray Data input block, in batches (a block is one prepare task)
 BATCHES_PER_BLOCK = 4
 PROGRESS_EVERY_S = 2.0
-#: a worker's memory reservation: the graphs' bytes this many times (ONNX Runtime holds the
-#: weights and its prepacked copies), plus room for one batch's activations
-WEIGHT_COPIES = 3
-ACTIVATION_BYTES = 256 << 20
 
 
 @dataclass
@@ -183,18 +180,6 @@ class _Timing:
             # rows segmented / pipeline time (the workers' start included, Ray's not)
             "rows_per_s": round(rows / self.pipeline_s, 2) if self.pipeline_s > 0 else None,
         }
-
-
-def worker_memory_bytes(export_dir: Path, layout: str, precision: str) -> int:
-    """Memory a Predictor worker reserves: its graphs (+ external data) x ``WEIGHT_COPIES``,
-    plus ``ACTIVATION_BYTES`` for a batch's activations."""
-    export = Export.open(export_dir)
-    weights = 0
-    for role in LAYOUT_ROLES[layout]:
-        path = export.graph_path(role, precision)
-        for file in (path, path.with_name(path.name + ".data")):
-            weights += file.stat().st_size if file.is_file() else 0
-    return WEIGHT_COPIES * weights + ACTIVATION_BYTES
 
 
 def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -29,11 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text_atomic
-from ..errors import InputError
+from ..errors import BackendUnavailableError, InputError
 
 SCHEMA = 1
 BATCHES = (1, 8)
 DEFAULT_SECONDS = 3.0
+#: a worker's memory: the graphs' bytes this many times (ONNX Runtime holds the weights and
+#: its prepacked copies), plus room for one batch's activations (Ray's reservation too)
+WEIGHT_COPIES = 3
+ACTIVATION_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,32 @@ def candidates(cores: int, batches: Sequence[int] = BATCHES) -> list[Candidate]:
         w *= 2
     workers.append(cores)
     return [Candidate(w, cores // w, b) for w in workers for b in batches]
+
+
+def worker_memory_bytes(export_dir: Path, layout: str | None, precision: str) -> int:
+    """Memory one Predictor worker needs: its graphs (+ external data) x ``WEIGHT_COPIES``,
+    plus ``ACTIVATION_BYTES`` for a batch's activations."""
+    from .export import Export
+    from .manifest import LAYOUT_ROLES
+
+    export = Export.open(export_dir)
+    weights = 0
+    for role in LAYOUT_ROLES[export.layout(layout)]:
+        path = export.graph_path(role, precision)
+        for file in (path, path.with_name(path.name + ".data")):
+            weights += file.stat().st_size if file.is_file() else 0
+    return WEIGHT_COPIES * weights + ACTIVATION_BYTES
+
+
+def _available_bytes() -> int:
+    """MemAvailable of /proc/meminfo (free pages where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _sample_rows(input_size: int, batch: int) -> list[tuple[Any, str]]:
@@ -123,7 +153,9 @@ def measure(export: Path, backend: str, precision: str, layout: str | None,
     got = _collect(procs, results)
     errors = [e for _, _, e in got if e]
     if errors:
-        raise InputError(f"throughput measurement of {candidate.label()} failed: {errors[0]}")
+        raise BackendUnavailableError(
+            f"throughput measurement of {candidate.label()} failed: {errors[0]}"
+        )
     return sum(n for n, _, _ in got) / max(s for _, s, _ in got)
 
 
@@ -184,10 +216,17 @@ def tune(export: Path, backend: str = "onnxruntime", precision: str = "fp32",
     ``{**key, "measured": [{workers, threads, batch, pairs_per_s}], "chosen": {...},
     "seconds", "created"}``."""
     key = _key(export, backend, precision, layout)
+    per_worker, room = worker_memory_bytes(export, layout, precision), _available_bytes()
+    todo = candidates(key["cores"])
     table = []
-    for i, cand in enumerate(candidates(key["cores"]), 1):
+    for i, cand in enumerate(todo, 1):
+        if cand.workers > 1 and cand.workers * per_worker > room:
+            need = cand.workers * per_worker / 2**30
+            log(f"tune: [{i}/{len(todo)}] {cand.label()}: skipped, {cand.workers} workers need "
+                f"{need:.1f} GiB, {room / 2**30:.1f} GiB available")  # fmt: skip
+            continue
         rate = measure(Path(export), backend, precision, layout, cand, seconds)
-        log(f"tune: [{i}/{len(candidates(key['cores']))}] {cand.label()}: {rate:.1f} pairs/s")
+        log(f"tune: [{i}/{len(todo)}] {cand.label()}: {rate:.1f} pairs/s")
         table.append({**asdict(cand), "pairs_per_s": round(rate, 2)})
     chosen = max(table, key=lambda row: row["pairs_per_s"])
     plan = {**key, "measured": table, "chosen": chosen, "seconds": seconds,
