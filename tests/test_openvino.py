@@ -115,6 +115,22 @@ def test_metadata_threads_streams_and_bad_settings(tiny_export):
         open_backend("openvino", tiny_export / "nope.onnx")
 
 
+def test_a_process_with_a_share_of_the_cores_does_not_pin_them(tiny_export, monkeypatch):
+    """OpenVINO pins a process's threads from the first core on: processes side by side
+    (batch workers, Triton instances of 1 thread) would share one core. Pinned only where
+    the process has every core."""
+    import os
+
+    graph = tiny_export / "dit_fused.onnx"
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    share = open_backend("openvino", graph, threads=1, cache_dir=False)
+    assert share.compiled_property("ENABLE_CPU_PINNING") in ("NO", "False", "false")
+    assert share.config["ENABLE_CPU_PINNING"] == "False"
+    for threads in (None, 4):
+        whole = open_backend("openvino", graph, threads=threads, cache_dir=False)
+        assert "ENABLE_CPU_PINNING" not in whole.config
+
+
 def test_concurrent_calls_agree(tiny_export):
     predictor = Predictor(tiny_export, backend="openvino", layout="fused", threads=1)
     feeds = _feeds(predictor)
