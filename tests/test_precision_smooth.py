@@ -223,6 +223,30 @@ def test_smoothing_is_recorded_and_another_strength_is_stale(tiny_export, tmp_pa
     assert "smoothed with alpha 0.8, not None" in stale_reason(out, "int8", opts.calib, None)
 
 
+def test_a_cached_rerun_reads_only_the_graphs_it_converts(tiny_export, tmp_path, monkeypatch):
+    """Smoothing choice and ranges cached: the layout's other FP32 graphs (hundreds of MB
+    each at ViT-B) are not read, and the INT8 graph is the same (only its recipe's
+    ``cache_hit`` differs)."""
+    from dit_deploy.precision import int8_prepare
+
+    opts = _options("int8", tmp_path / "c", keep_fp32=SPLIT_FP32)
+    first = copy_export(tiny_export, tmp_path / "a")
+    run_quantize(first, opts, log=_quiet)
+    read: list[str] = []
+    original = int8_prepare._LazyModels.__missing__
+
+    def counting(self, role):
+        read.append(role)
+        return original(self, role)
+
+    monkeypatch.setattr(int8_prepare._LazyModels, "__missing__", counting)
+    again = copy_export(tiny_export, tmp_path / "b")
+    run_quantize(again, opts, log=_quiet)
+    assert read == ["mask_decoder"]
+    a, b = (onnx.load(d / "mask_decoder.int8.onnx") for d in (first, again))
+    assert a.graph.SerializeToString() == b.graph.SerializeToString()  # metadata: cache_hit
+
+
 def test_plan_reuse_with_another_smoothing_is_refused(tiny_export, tmp_path):
     src = copy_export(tiny_export, tmp_path / "src")
     floor = Floor(min_mask_iou=0.0, max_miou_drop=1.0)

@@ -102,12 +102,25 @@ def int8_sources(
     return out
 
 
-def _prepare_layout(layout, files, mine, shas, inputs, prepare, tmp, log, progress, reuse, out):
-    import onnx
+class _LazyModels(dict):
+    """Role -> FP32 ``ModelProto``, each read from its file on first use (a ViT-B graph is
+    hundreds of MB; the calibration pass needs every role of a layout, a cached role none)."""
 
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        super().__init__()
+        self._files = files
+
+    def __missing__(self, role: str):
+        import onnx
+
+        self[role] = model = onnx.load(str(self._files[role]))
+        return model
+
+
+def _prepare_layout(layout, files, mine, shas, inputs, prepare, tmp, log, progress, reuse, out):
     int8, alpha = inputs.int8, inputs.int8.smooth
     minmax = int8.method == "minmax"
-    models = {r: onnx.load(str(files[r])) for r in LAYOUT_ROLES[layout]}
+    models = _LazyModels(files)  # where the caches hit, the other roles are never read
     caches = {
         r: SmoothingCache(models[r], inputs.cache_dir, r, shas[r], [inputs.calib, inputs.held_out],
                           alpha, int8.weight_levels)
