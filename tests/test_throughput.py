@@ -175,3 +175,16 @@ def test_candidates_that_do_not_fit_in_memory_are_skipped(tiny_export, cache, mo
     assert [(r["workers"], r["batch"]) for r in plan["measured"]] == [(1, 1), (1, 8)]
     assert plan["chosen"]["batch"] == 8
     assert sum("skipped, 2 workers need" in line for line in lines) == 2
+
+
+def test_a_plan_that_cannot_be_recorded_still_serves_the_run(tiny_export, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))  # under a file: unwritable
+    monkeypatch.setattr(tp, "candidates", lambda cores: [Candidate(1, 1, 1)])
+    monkeypatch.setattr(tp, "measure", lambda *args: 7.0)
+    lines: list[str] = []
+    plan = tp.plan_for(tiny_export, log=lines.append)
+    assert plan["chosen"]["pairs_per_s"] == 7.0
+    assert "could not record the plan" in lines[-1] and "this run only" in lines[-1]
+    assert tp.recorded_plan(tiny_export)[0] is None

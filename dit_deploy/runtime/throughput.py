@@ -232,8 +232,12 @@ def tune(export: Path, backend: str = "onnxruntime", precision: str = "fp32",
     plan = {**key, "measured": table, "chosen": chosen, "seconds": seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     path = _cache_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(plan, indent=1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(plan, indent=1))
+    except OSError as exc:  # the measurement still serves this run
+        log(f"tune: could not record the plan in {path.parent} ({exc.strerror or exc}); it is "
+            "used for this run only (XDG_CACHE_HOME chooses another cache directory)")  # fmt: skip
     return plan
 
 
