@@ -46,6 +46,8 @@ fraction = _float_in(0.0, 1.0)
 fraction.__doc__ = "A number in [0, 1]."
 points = _float_in(0.0, 100.0, " points")
 points.__doc__ = "An mIoU change in points, in [0, 100]."
+window_seconds = _float_in(0.1, 600.0, " s")
+window_seconds.__doc__ = "A measuring window in seconds, in [0.1, 600]."
 
 
 def non_negative_float(text: str) -> float:

@@ -95,6 +95,9 @@ def test_a_plan_for_another_machine_or_export_is_not_used(plan_and_export, cache
     assert got is None and field in why
     path.write_text("{not json")
     assert "unreadable" in tp.recorded_plan(export)[1]
+    for shape in ("[1, 2]", json.dumps(plan | {"chosen": {"workers": 0}})):
+        path.write_text(shape)
+        assert "malformed" in tp.recorded_plan(export)[1]
 
 
 def test_tune_verb_shows_the_recorded_plan(plan_and_export, monkeypatch, capsys):

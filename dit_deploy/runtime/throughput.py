@@ -252,18 +252,14 @@ def recorded_plan(export: Path, backend: str = "onnxruntime", precision: str = "
         return None, "no plan measured for this export and machine yet"
     except (OSError, ValueError) as exc:
         return None, f"the recorded plan {path} is unreadable ({exc})"
-    stale = [k for k, v in key.items() if plan.get(k) != v]
     chosen = plan.get("chosen") if isinstance(plan, dict) else None
-    if (
-        stale
-        or not isinstance(chosen, dict)
-        or not all(
-            isinstance(chosen.get(k), int) and chosen[k] >= 1
-            for k in ("workers", "threads", "batch")
-        )
+    if not isinstance(chosen, dict) or not all(
+        isinstance(chosen.get(k), int) and chosen[k] >= 1 for k in ("workers", "threads", "batch")
     ):
-        what = ", ".join(stale) or "shape"
-        return None, f"the recorded plan {path} was measured for another {what}"
+        return None, f"the recorded plan {path} is malformed (no workers/threads/batch chosen)"
+    stale = [k for k, v in key.items() if plan.get(k) != v]
+    if stale:
+        return None, f"the recorded plan {path} was measured for another {', '.join(stale)}"
     return plan, ""
 
 

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_types import HelpFormatter, _float_in
+from ..cli_types import HelpFormatter, window_seconds
 
 EPILOG = """examples:
   dit-deploy tune runs/dit-deploy/export                        # fp32, ONNX Runtime
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default="fp32", help="fp32, or a precision of the export")
     p.add_argument("--layout", choices=tuple(LAYOUT_ROLES), default=None,
                    help="graphs (None: fused if exported)")  # fmt: skip
-    p.add_argument("--seconds", type=_float_in(0.1, 600.0, " s"), default=3.0,
+    p.add_argument("--seconds", type=window_seconds, default=3.0,
                    help="measuring window per candidate")  # fmt: skip
     p.add_argument("--force", action="store_true", help="measure even if a plan is recorded")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
