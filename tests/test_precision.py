@@ -18,7 +18,7 @@ from onnx import TensorProto, numpy_helper
 from dit_deploy.cli import verb_main
 from dit_deploy.errors import ArtifactError, ConfigError
 from dit_deploy.precision.graph_checks import fp16_problems, int8_problems
-from dit_deploy.precision.int8 import Int8Options
+from dit_deploy.precision.int8 import Int8Options, batched_constant_matmuls
 from dit_deploy.precision.pipeline import QuantizeFailed, QuantizeOptions, run_quantize
 from dit_deploy.precision.samples import PairSource
 from dit_deploy.precision.verify import Floor
@@ -146,6 +146,10 @@ def test_int8_graph_properties(quantized):
         dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
         readers = {n.op_type for n in model.graph.node if set(n.input) & dq_out}
         assert readers <= {"MatMul", "Gemm", "Conv"}, readers
+        # attention's position-bias matmuls (tables with batch dims) stay FP32
+        tables = batched_constant_matmuls(model)
+        assert bool(tables) == (role in ("dit_encoder", "dit_fused")), (role, tables)
+        assert not any(set(n.input) & dq_out for n in model.graph.node if n.name in tables)
 
 
 def test_predictor_runs_each_precision(quantized):

@@ -269,6 +269,19 @@ def quantize_int8(
     return Int8Result(role, cache, hit, quantized, list(options.exclude))
 
 
+def batched_constant_matmuls(model) -> list[str]:
+    """MatMuls whose constant second operand has batch dimensions (rank > 2; the relative
+    position tables of DIT's attention): ONNX Runtime's per-channel INT8 weights are for
+    (K, N) matrices only (MatMulIntegerToFloat rejects the zero points otherwise), and these
+    small matmuls make attention's position bias, kept in FP32 as the einsums they replaced."""
+    ranks = {t.name: len(t.dims) for t in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and len(n.input) > 1 and ranks.get(n.input[1], 2) > 2
+    ]
+
+
 def restore_float_inputs(model, op_types: Sequence[str], exclude: Sequence[str] = ()) -> int:
     """Give every op that is not quantized its FP32 input back.
 

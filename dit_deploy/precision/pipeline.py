@@ -41,6 +41,7 @@ from .int8 import (
     Int8Options,
     Int8Result,
     StreamingCalibrationReader,
+    batched_constant_matmuls,
     cache_file,
     default_cache_dir,
     quantize_int8,
@@ -209,8 +210,11 @@ def _convert_one(
             opts.calib,
             opts.int8,
         )
-        names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node]
-        excluded = [n for n in (*opts.int8.exclude, *extra) if n in set(names)]
+        graph = onnx.load(str(src), load_external_data=False)
+        names = {n.name for n in graph.graph.node}
+        excluded = [n for n in (*opts.int8.exclude, *extra) if n in names]
+        excluded += [n for n in batched_constant_matmuls(graph) if n not in excluded]
+        del graph
         int8 = Int8Options(**{**vars(opts.int8), "exclude": tuple(excluded)})
         reader = None
         if not cache.is_file():  # not ranged by .int8_prepare (other calibration methods)
