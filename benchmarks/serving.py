@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/serving.py                       # the main job's export
     .venv/bin/python benchmarks/serving.py EXPORT --duration 10 --out runs/serving
+    .venv/bin/python benchmarks/serving.py runs/vit_b/export --duration 40 --rounds 1 \
+        --default-policy-only --no-perf-analyzer        # ViT-B: compute-bound requests
 
 On one machine, in one run, alternating in-process and served rounds:
 
@@ -307,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians kept)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "serving")
     p.add_argument("--no-perf-analyzer", action="store_true", help="leave perf_analyzer out")
+    p.add_argument(
+        "--default-policy-only",
+        action="store_true",
+        help="serve only with its default batching policy (large models: each policy is a "
+        "server start and two measurements)",
+    )
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1:
         p.error("--duration must be > 0 and --rounds >= 1")
@@ -330,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     kind = "AVX512-VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "other"
     policies = {"default": [], "--instances 1": ["--instances", "1"],
                 "2 ms delay": ["--max-queue-delay-us", "2000"]}  # fmt: skip
+    if args.default_policy_only:
+        policies = {"default": []}
     names = ("in-process", "in-process + encode", *(f"processes, batch {b}"
                                                      for b in PROCESS_BATCHES))  # fmt: skip
     rounds: dict[str, list[dict]] = {k: [] for k in names}
