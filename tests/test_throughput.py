@@ -114,9 +114,9 @@ def test_tune_verb_shows_the_recorded_plan(plan_and_export, monkeypatch, capsys)
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def _write_plan(export: Path, chosen: dict) -> dict:
+def _write_plan(export: Path, chosen: dict, measured: list[dict] | None = None) -> dict:
     key = tp._key(export, "onnxruntime", "fp32", None)
-    plan = {**key, "measured": [chosen], "chosen": chosen, "seconds": 1.0,
+    plan = {**key, "measured": measured or [chosen], "chosen": chosen, "seconds": 1.0,
             "created": "2026-12-07T00:00:00Z"}  # fmt: skip
     path = tp._cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,3 +191,47 @@ def test_a_plan_that_cannot_be_recorded_still_serves_the_run(tiny_export, tmp_pa
     assert plan["chosen"]["pairs_per_s"] == 7.0
     assert "could not record the plan" in lines[-1] and "this run only" in lines[-1]
     assert tp.recorded_plan(tiny_export)[0] is None
+
+
+def _row(workers: int, threads: int, batch: int, rate: float) -> dict:
+    return {"workers": workers, "threads": threads, "batch": batch, "pairs_per_s": rate}
+
+
+def test_a_server_takes_fewer_wider_instances_only_within_the_latency_trade():
+    # ViT-B on 2 cores: one 2-thread instance is within 5% of two 1-thread ones and answers
+    # a lone request in half the time; the bundled model: two instances are 1.55x, kept
+    vit_b = [_row(1, 2, 1, 1.56), _row(1, 2, 8, 1.30), _row(2, 1, 1, 1.61), _row(2, 1, 8, 1.26)]
+    assert tp.serving_choice({"chosen": vit_b[2], "measured": vit_b}) == vit_b[0]
+    small = [_row(1, 2, 1, 388.0), _row(1, 2, 8, 300.0), _row(2, 1, 1, 560.0), _row(2, 1, 8, 603.0)]
+    assert tp.serving_choice({"chosen": small[3], "measured": small}) == small[3]
+    edge = [_row(1, 2, 1, 94.9), _row(2, 1, 1, 100.0)]  # just outside the 5% trade
+    assert tp.serving_choice({"chosen": edge[1], "measured": edge}) == edge[1]
+    edge[0]["pairs_per_s"] = 95.1
+    assert tp.serving_choice({"chosen": edge[1], "measured": edge}) == edge[0]
+    # rows a hand-edited plan breaks are not taken
+    broken = [{"workers": 1, "threads": "2", "batch": 1, "pairs_per_s": 200.0}, edge[1]]
+    assert tp.serving_choice({"chosen": edge[1], "measured": broken}) == edge[1]
+
+
+def test_serve_runs_an_unbatched_plan_one_request_per_execution(tiny_export, cache, tmp_path):
+    from dit_deploy.serving.server import ServeOptions, write_serving_repository
+    from dit_deploy.serving.triton_repo import parse_config
+
+    rows = [_row(1, 2, 1, 1.56), _row(2, 1, 1, 1.61)]
+    _write_plan(tiny_export, rows[1], rows)
+    opts = ServeOptions(export_dir=tiny_export)
+    policy = opts.policy()
+    assert (policy.instances, policy.threads, policy.preferred_batch) == (1, 2, 1)
+    assert "one request per execution" in policy.why and "best 1.6" in policy.why
+    repo = write_serving_repository(opts, tmp_path / "repo", policy)
+    config = parse_config((repo / "dit_pipeline" / "config.pbtxt").read_text())
+    assert list(config.dynamic_batching.preferred_batch_size) == [1]
+    assert config.max_batch_size == 8  # clients may still send batches of up to 8
+    assert config.instance_group[0].count == 1
+    batched = [_row(1, 2, 8, 300.0), _row(2, 1, 8, 603.0)]
+    _write_plan(tiny_export, batched[1], batched)
+    policy = opts.policy()
+    assert (policy.instances, policy.preferred_batch) == (2, None)
+    repo = write_serving_repository(opts, tmp_path / "repo2", policy)
+    config = parse_config((repo / "dit_pipeline" / "config.pbtxt").read_text())
+    assert list(config.dynamic_batching.preferred_batch_size) == []

@@ -263,6 +263,28 @@ def recorded_plan(export: Path, backend: str = "onnxruntime", precision: str = "
     return plan, ""
 
 
+#: what a server gives up of the best measured pairs/s for fewer, wider instances (a lone
+#: request then gets more cores): measured on 2 cores (AVX512-VNNI), ViT-B FP32 gave 1.56
+#: pairs/s as one 2-thread instance and 1.61 as two 1-thread ones, at 637 vs 1214 ms for a
+#: lone request; the bundled model 388 vs 603 pairs/s, where the two instances stay
+LATENCY_TRADE = 0.05
+
+
+def serving_choice(plan: dict[str, Any]) -> dict[str, Any]:
+    """The measured row a server runs: the fewest workers (the most threads each) whose
+    pairs/s is within :data:`LATENCY_TRADE` of the plan's best, then the highest pairs/s.
+    Its ``batch`` is the batch size worth forming (1: batching lost throughput here)."""
+    best = plan["chosen"]["pairs_per_s"]
+    rows = [
+        r
+        for r in plan.get("measured", [])
+        if isinstance(r, dict) and isinstance(r.get("pairs_per_s"), (int, float))
+        and r["pairs_per_s"] >= (1 - LATENCY_TRADE) * best
+        and all(isinstance(r.get(k), int) and r[k] >= 1 for k in ("workers", "threads", "batch"))
+    ]  # fmt: skip
+    return min(rows, key=lambda r: (r["workers"], -r["pairs_per_s"]), default=plan["chosen"])
+
+
 def plan_for(export: Path, backend: str = "onnxruntime", precision: str = "fp32",
              layout: str | None = None, seconds: float = DEFAULT_SECONDS,
              log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip

@@ -47,8 +47,11 @@ def register(subparsers) -> None:
 
 
 def format_plan(plan: dict) -> str:
-    """The measured table, the winner marked, and what it was measured for."""
-    chosen = plan["chosen"]
+    """The measured table, the winner (batch jobs) and serve's row marked, and what it was
+    measured for."""
+    from .throughput import serving_choice
+
+    chosen, served = plan["chosen"], serving_choice(plan)
     lines = [
         f"throughput plan: {plan['backend']} {plan['backend_version']} {plan['precision']} "
         f"{plan['layout']}; {plan['kernels']}, {plan['cores']} cores ({plan['cpu'] or 'CPU'}); "
@@ -56,7 +59,8 @@ def format_plan(plan: dict) -> str:
         f"  {'workers':>7} {'threads':>7} {'batch':>5} {'pairs/s':>9}",
     ]
     for row in plan["measured"]:
-        mark = "  <- chosen" if row == chosen else ""
+        marks = [m for m, r in (("chosen", chosen), ("serve", served)) if row == r]
+        mark = f"  <- {', '.join(marks)}" if marks else ""
         lines.append(f"  {row['workers']:>7} {row['threads']:>7} {row['batch']:>5} "
                      f"{row['pairs_per_s']:>9.1f}{mark}")  # fmt: skip
     return "\n".join(lines)

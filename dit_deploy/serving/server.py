@@ -49,6 +49,8 @@ class BatchingPolicy:
     threads: int | None  # CPU threads per instance (None: the runtime's own)
     max_queue_delay_us: int
     why: str
+    #: 1: Triton executes one request at a time per instance (batching measured slower)
+    preferred_batch: int | None = None
 
 
 def batching_policy(device: str, cores: int | None = None) -> BatchingPolicy:
@@ -57,8 +59,9 @@ def batching_policy(device: str, cores: int | None = None) -> BatchingPolicy:
     CPU: one instance per core, one thread each, no queue delay. Measured on 2 cores (the
     bundled model, 8 concurrent clients): 360 requests/s against 234 for one instance of 2
     threads, whose batches of 4 bought nothing; a queue delay only adds to every request's
-    latency (1 ms at concurrency 1). For one stream of requests on a big model, one instance
-    with every core (``--instances 1``) answers each request faster. GPU (Triton's usual
+    latency (1 ms at concurrency 1). This is the default without a throughput plan; with
+    one, :meth:`ServeOptions.policy` takes its serving row (on a big model: one instance
+    with every core, unbatched, whose lone requests take half the time). GPU (Triton's usual
     advice, not yet measured here): two instances (one copies while the other computes) and
     a short delay, so concurrent requests meet in one batch.
     """
@@ -152,10 +155,10 @@ class ServeOptions:
         )
         overridden = (self.instances, self.threads, self.max_queue_delay_us) != (None,) * 3
         why = "from the command line" if overridden else base.why
-        return BatchingPolicy(instances, threads, delay, why)
+        return BatchingPolicy(instances, threads, delay, why, base.preferred_batch)
 
     def _measured(self, base: BatchingPolicy) -> BatchingPolicy:
-        from ..runtime.throughput import recorded_plan
+        from ..runtime.throughput import recorded_plan, serving_choice
 
         plan, why = recorded_plan(self.export_dir, self.backend, self.precision, self.layout)
         if plan is None:
@@ -163,11 +166,14 @@ class ServeOptions:
                 base.instances, base.threads, base.max_queue_delay_us,
                 f"{base.why} ({why}: `dit-deploy tune {self.export_dir}` measures it)",
             )  # fmt: skip
-        w, t = plan["chosen"]["workers"], plan["chosen"]["threads"]
+        row = serving_choice(plan)
+        w, t, b = row["workers"], row["threads"], row["batch"]
+        unbatched = ", one request per execution" if b == 1 else ""
         return BatchingPolicy(
-            w, t, 0, f"CPU: {w} instance(s) x {t} thread(s), no queue delay: the throughput "
-            f"plan measured on this machine ({plan['chosen']['pairs_per_s']:.1f} pairs/s, "
-            f"{plan['created']})",
+            w, t, 0, f"CPU: {w} instance(s) x {t} thread(s), no queue delay{unbatched}: the "
+            f"throughput plan measured on this machine ({row['pairs_per_s']:.1f} pairs/s; "
+            f"best {plan['chosen']['pairs_per_s']:.1f}, {plan['created']})",
+            preferred_batch=1 if b == 1 else None,
         )  # fmt: skip
 
 
@@ -248,6 +254,7 @@ def write_serving_repository(opts: ServeOptions, out: Path, policy: BatchingPoli
             kind="cpu" if opts.device == "cpu" else "gpu",
             gpus=gpus,
             max_queue_delay_us=policy.max_queue_delay_us,
+            preferred_batch=policy.preferred_batch,
             max_pixels=opts.max_pixels,
             max_image_bytes=opts.max_image_bytes,
             runtime=opts.backend,

@@ -70,6 +70,9 @@ class RepoOptions:
     instances: int = 1
     kind: str = "gpu"
     max_queue_delay_us: int = 2000
+    #: the dynamic batcher's preferred size (1: one request per execution, larger client
+    #: batches still accepted up to max_batch); None: Triton's largest batch it can form
+    preferred_batch: int | None = None
     max_pixels: int | None = None
     max_image_bytes: int | None = None
     force: bool = False
@@ -91,6 +94,11 @@ class RepoOptions:
             raise ConfigError("--runtime tensorrt runs on GPUs only; use --kind gpu")
         if self.max_batch < 1 or self.instances < 1 or self.max_queue_delay_us < 0:
             raise ConfigError("--max-batch and --instances must be >= 1, the delay >= 0")
+        if self.preferred_batch is not None and not 1 <= self.preferred_batch <= self.max_batch:
+            raise ConfigError(
+                f"preferred batch {self.preferred_batch} must be within 1..--max-batch "
+                f"{self.max_batch}"
+            )
         if self.out.exists() and not self.force:
             raise ConfigError(f"{self.out} exists; pass --force to replace it")
 
@@ -121,8 +129,10 @@ def _model_config(
         gpus = " gpus: [ " + ", ".join(str(g) for g in opts.gpus) + " ]"
     text = f'name: "{name}"\n{header}\nmax_batch_size: {opts.max_batch}\n'
     text += _io("input", inputs) + _io("output", outputs)
+    preferred = f" preferred_batch_size: [ {opts.preferred_batch} ]" if opts.preferred_batch else ""
     text += (
-        f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} }}\n"
+        f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us}"
+        f"{preferred} }}\n"
         f"instance_group [ {{ count: {opts.instances} kind: KIND_{kind.upper()}{gpus} }} ]\n"
     )
     for key, value in (parameters or {}).items():
