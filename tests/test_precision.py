@@ -108,6 +108,10 @@ def test_fp16_graph_properties(quantized):
         types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
         islands = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
         assert islands
+        # attention's position-bias matmuls (batched constant tables) compute in FP32 too
+        tables = set(batched_constant_matmuls(model))
+        assert bool(tables) == (role in ("dit_encoder", "dit_fused")), role
+        islands += [n for n in model.graph.node if n.name in tables]
         for node in islands:  # computes in FP32: FP32 in, FP32 out
             assert types.get(node.input[0], TensorProto.FLOAT) == TensorProto.FLOAT, node.name
             assert types.get(node.output[0], TensorProto.FLOAT) == TensorProto.FLOAT, node.name

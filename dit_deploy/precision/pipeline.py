@@ -197,8 +197,9 @@ def _convert_one(
         "dit.precision_tools": json.dumps(_tool_versions(), sort_keys=True),
     }
     if opts.precision == "fp16":
-        nodes = (*opts.fp32_nodes, *extra)
-        model = convert_fp16(onnx.load(str(src)), opts.fp32_ops, nodes)
+        model = onnx.load(str(src))
+        nodes = (*opts.fp32_nodes, *extra, *batched_constant_matmuls(model))
+        model = convert_fp16(model, opts.fp32_ops, nodes)
         detail: dict[str, object] = {"fp32_ops": list(opts.fp32_ops), "fp32_nodes": list(nodes)}
         problems = fp16_problems(model, opts.fp32_ops)
     else:
