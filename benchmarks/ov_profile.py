@@ -98,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     path = args.export / f"{args.graph}{suffix}.onnx"
     if not path.is_file():
         p.error(f"{path} not found: export the layout / quantize to {args.precision} first")
-    result = profile(path, args.threads, args.calls)
+    if args.json and not os.access(args.json.parent if str(args.json.parent) else ".", os.W_OK):
+        p.error(f"--json {args.json}: its directory does not exist or is not writable")
+    try:
+        result = profile(path, args.threads, args.calls)
+    except RuntimeError as exc:  # OpenVINO: a corrupt graph or an op it cannot compile
+        p.error(f"OpenVINO cannot run {path}: {str(exc).strip().splitlines()[-1]}")
     total = sum(r["ms"] for r in result["rows"])
     print(f"{path}: wall {result['wall_ms']:.1f} ms (median of {args.calls}, unprofiled); "
           f"profiled node times sum to {total:.1f} ms")  # fmt: skip
@@ -108,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from dit_deploy.atomic import write_text_atomic
 
-        write_text_atomic(args.json, json.dumps({"graph": str(path), **result}, indent=1))
+        try:
+            write_text_atomic(args.json, json.dumps({"graph": str(path), **result}, indent=1))
+        except OSError as exc:
+            p.error(f"--json {args.json}: cannot write it ({exc.strerror or exc})")
     return 0
 
 
