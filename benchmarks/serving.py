@@ -326,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         if pa is None:
             p.error("perf_analyzer not found: bash scripts/install_perf_analyzer.sh "
                     "(or --no-perf-analyzer)")  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        probe = args.out / ".writable"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        p.error(f"--out {args.out}: cannot write there ({exc.strerror or exc})")
     from dit_deploy.bench.server_load import bundled_pairs
     from dit_deploy.serving.perf_data import write_perf_input_data
 

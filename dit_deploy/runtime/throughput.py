@@ -241,6 +241,13 @@ def tune(export: Path, backend: str = "onnxruntime", precision: str = "fp32",
     return plan
 
 
+def _valid_row(row: object) -> bool:
+    """A plan row a run can take: positive integer workers, threads and batch."""
+    return isinstance(row, dict) and all(
+        isinstance(row.get(k), int) and row[k] >= 1 for k in ("workers", "threads", "batch")
+    )
+
+
 def recorded_plan(export: Path, backend: str = "onnxruntime", precision: str = "fp32",
                   layout: str | None = None) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
     """(the recorded plan, "") when one matches this export and machine, else (None, why)."""
@@ -253,9 +260,7 @@ def recorded_plan(export: Path, backend: str = "onnxruntime", precision: str = "
     except (OSError, ValueError) as exc:
         return None, f"the recorded plan {path} is unreadable ({exc})"
     chosen = plan.get("chosen") if isinstance(plan, dict) else None
-    if not isinstance(chosen, dict) or not all(
-        isinstance(chosen.get(k), int) and chosen[k] >= 1 for k in ("workers", "threads", "batch")
-    ):
+    if not _valid_row(chosen):
         return None, f"the recorded plan {path} is malformed (no workers/threads/batch chosen)"
     stale = [k for k, v in key.items() if plan.get(k) != v]
     if stale:
@@ -278,9 +283,8 @@ def serving_choice(plan: dict[str, Any]) -> dict[str, Any]:
     rows = [
         r
         for r in plan.get("measured", [])
-        if isinstance(r, dict) and isinstance(r.get("pairs_per_s"), (int, float))
+        if _valid_row(r) and isinstance(r.get("pairs_per_s"), (int, float))
         and r["pairs_per_s"] >= (1 - LATENCY_TRADE) * best
-        and all(isinstance(r.get(k), int) and r[k] >= 1 for k in ("workers", "threads", "batch"))
     ]  # fmt: skip
     return min(rows, key=lambda r: (r["workers"], -r["pairs_per_s"]), default=plan["chosen"])
 
