@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -95,17 +96,37 @@ def stand_ins(tmp_path_factory) -> Path:
     return out
 
 
+PLANTED = "planted"  # gpu-cu12 under the old ``dev`` pin: must not resolve
+
+
+@pytest.fixture(scope="module")
+def resolved(stand_ins, tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """Extra (and :data:`PLANTED`) -> ``gpu_check.sh --dry-run`` (rc, output), the four
+    resolutions run side by side: each is a pip process that is mostly CPU (about 45 s on a
+    2-core EPYC), and one after another they were the suite's slowest minute and a half."""
+    from test_gpu_check import _run
+
+    constraint = tmp_path_factory.mktemp("planted") / "constraint.txt"
+    constraint.write_text("cuda-python>=13\n")
+    jobs = {e: (("--extra", e), {}) for e in GPU_EXTRAS}
+    jobs[PLANTED] = (("--extra", "gpu-cu12"), {"PIP_CONSTRAINT": str(constraint)})
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {
+            name: pool.submit(
+                _run, tmp_path_factory.mktemp(name), *args, find_links=stand_ins, **env
+            )
+            for name, (args, env) in jobs.items()
+        }
+        return {name: f.result() for name, f in futures.items()}
+
+
 @pytest.mark.parametrize("extra", GPU_EXTRAS)
-def test_gpu_check_dry_run_resolves_each_extra_to_one_tensorrt_and_cuda_major(
-    extra, stand_ins, tmp_path
-):
+def test_gpu_check_dry_run_resolves_each_extra_to_one_tensorrt_and_cuda_major(extra, resolved):
     """``scripts/gpu_check.sh --dry-run --extra X`` resolves what its install step installs
     (``.[torch,export,dev,X]``: dev once pinned cuda-python >= 13, which made gpu-cu12
     unresolvable) and prints every version."""
-    from test_gpu_check import _run
-
     trt, trt_major, cuda_major, with_ort = GPU_EXTRAS[extra]
-    rc, text = _run(tmp_path, "--extra", extra, find_links=stand_ins)
+    rc, text = resolved[extra]
     assert rc == 0, text[-2000:]
     [line] = [ln for ln in text.splitlines() if ln.startswith("resolves (")]
     found = dict(item.split("==") for item in line.split(": ", 1)[1].split())
@@ -123,14 +144,8 @@ def test_gpu_check_dry_run_resolves_each_extra_to_one_tensorrt_and_cuda_major(
         assert "onnxruntime-gpu" not in found
 
 
-def test_gpu_check_dry_run_fails_on_a_set_that_cannot_resolve(stand_ins, tmp_path):
+def test_gpu_check_dry_run_fails_on_a_set_that_cannot_resolve(resolved):
     """Planted: the old ``dev`` pin (cuda-python >= 13) beside gpu-cu12, as a constraint."""
-    from test_gpu_check import _run
-
-    constraint = tmp_path / "constraint.txt"
-    constraint.write_text("cuda-python>=13\n")
-    rc, text = _run(
-        tmp_path, "--extra", "gpu-cu12", find_links=stand_ins, PIP_CONSTRAINT=str(constraint)
-    )
+    rc, text = resolved[PLANTED]
     assert rc == 1, text[-2000:]
     assert "resolves: FAIL (" in text and "cuda-python" in text

@@ -4,6 +4,7 @@ sensitivity once and tries the split layout's plan on the fused graph before sea
 from __future__ import annotations
 
 import onnx
+import pytest
 
 from dit_deploy.precision.int8 import DEFAULT_OP_TYPES
 from dit_deploy.precision.layout_alias import FUSED_PREFIX, fused_twins
@@ -54,3 +55,6 @@ def test_int8_auto_measures_each_node_once_and_gives_the_fused_graph_the_split_p
         assert not any(line.startswith("int8 fused (prefix)") for line in lines)
     fused = onnx.load(out / read_manifest(out).graph("dit_fused", "int8").file)
     assert set(plan.roles["dit_fused"].nodes).isdisjoint(quantized_nodes(fused))
+    # its share of the FLOPs counts every product, INT8 or not: the split graphs' FLOPs
+    split_total = sum(plan.roles[r].total_flops for r in FUSED_PREFIX)
+    assert plan.roles["dit_fused"].total_flops == pytest.approx(split_total, rel=1e-9)

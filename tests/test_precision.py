@@ -18,7 +18,11 @@ from onnx import TensorProto, numpy_helper
 from dit_deploy.cli import verb_main
 from dit_deploy.errors import ArtifactError, ConfigError
 from dit_deploy.precision.graph_checks import fp16_problems, int8_problems
-from dit_deploy.precision.int8 import Int8Options, batched_constant_matmuls
+from dit_deploy.precision.int8 import (
+    Int8Options,
+    batched_constant_matmuls,
+    decoder_attention_matmuls,
+)
 from dit_deploy.precision.pipeline import QuantizeFailed, QuantizeOptions, run_quantize
 from dit_deploy.precision.samples import PairSource
 from dit_deploy.precision.verify import Floor
@@ -154,6 +158,24 @@ def test_int8_graph_properties(quantized):
         tables = batched_constant_matmuls(model)
         assert bool(tables) == (role in ("dit_encoder", "dit_fused")), (role, tables)
         assert not any(set(n.input) & dq_out for n in model.graph.node if n.name in tables)
+        # the mask decoder's attention and final mask product stay FP32; the image encoder's
+        # attention is INT8 (both operands through Q/DQ)
+        decoder = decoder_attention_matmuls(onnx.load(out / f"{role}.onnx"), role)
+        assert bool(decoder) == (role in ("mask_decoder", "dit_fused")), (role, decoder)
+        assert not any(set(n.input) & dq_out for n in model.graph.node if n.name in decoder)
+        act_dq = {
+            n.output[0]
+            for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] not in inits
+        }
+        both_int8 = [
+            n.name for n in model.graph.node if n.op_type == "MatMul" and set(n.input) <= act_dq
+        ]
+        if role in ("dit_encoder", "dit_fused"):
+            assert both_int8 and not set(both_int8) & set(decoder), (role, both_int8)
+        if role == "dit_fused":
+            split = decoder_attention_matmuls(onnx.load(out / "mask_decoder.onnx"), "mask_decoder")
+            assert decoder == ["/decoder" + name for name in split]
 
 
 def test_predictor_runs_each_precision(quantized):

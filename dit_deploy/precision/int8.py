@@ -284,6 +284,34 @@ def batched_constant_matmuls(model) -> list[str]:
     ]
 
 
+def decoder_attention_matmuls(model, role: str) -> list[str]:
+    """The mask decoder's activation x activation MatMuls (its attention between the prompt
+    tokens and the image, and the final hypernetwork x upscaled-embedding product that *is*
+    the mask logits): every such MatMul of the ``mask_decoder`` graph, and of the fused
+    graph the ones under its decoder (``layout_alias.FUSED_PREFIX``). INT8 keeps them FP32:
+    a few prompt tokens make them a negligible share of the FLOPs at any image size, while
+    their INT8 error lands in the logits. On the bundled model plain INT8 agrees with FP32 at
+    0.960-0.962 with them quantized and 0.980-0.982 without (the final product alone: 0.972-
+    0.975; the image encoder's attention kept FP32 instead: 0.961-0.965, at +43% OpenVINO
+    latency at ViT-B; docs/benchmarks.md, "INT8 per ISA")."""
+    from .layout_alias import FUSED, FUSED_PREFIX
+
+    decoder = "mask_decoder"
+    if role not in (decoder, FUSED):
+        return []
+    prefix = FUSED_PREFIX[decoder] + "/" if role == FUSED else ""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and n.name.startswith(prefix)
+        and len(n.input) > 1
+        and not constants & {n.input[0], n.input[1]}
+    ]
+
+
 def restore_float_inputs(model, op_types: Sequence[str], exclude: Sequence[str] = ()) -> int:
     """Give every op that is not quantized its FP32 input back.
 

@@ -43,6 +43,7 @@ from .int8 import (
     StreamingCalibrationReader,
     batched_constant_matmuls,
     cache_file,
+    decoder_attention_matmuls,
     default_cache_dir,
     quantize_int8,
     unknown_nodes,
@@ -214,7 +215,8 @@ def _convert_one(
         graph = onnx.load(str(src), load_external_data=False)
         names = {n.name for n in graph.graph.node}
         excluded = [n for n in (*opts.int8.exclude, *extra) if n in names]
-        excluded += [n for n in batched_constant_matmuls(graph) if n not in excluded]
+        fixed = (*batched_constant_matmuls(graph), *decoder_attention_matmuls(graph, role))
+        excluded += [n for n in fixed if n not in excluded]
         del graph
         int8 = Int8Options(**{**vars(opts.int8), "exclude": tuple(excluded)})
         reader = None

@@ -264,14 +264,21 @@ def sensitivities(
 
     flops, ranked = {}, {}
     for role in ctx.roles:
+        products = {n.name for n in fp32_models[role].graph.node if n.op_type in COMPUTE_OPS}
         twins = split_twins(ranked, qmodels) if role == FUSED else None
         if twins is not None:  # the same nodes: each measured once, in the split layout
-            flops[role] = {twin: flops[r][name] for (r, name), twin in twins.items()}
+            # every product counts, INT8 or not (those INT8 never takes included): the share
+            # of the FLOPs is the fused graph's, as the split graphs' is theirs
+            flops[role] = {
+                FUSED_PREFIX[r] + name: f
+                for r in FUSED_PREFIX
+                for name, f in flops[r].items()
+                if FUSED_PREFIX[r] + name in products
+            }
             errors = {twin: ranked[r][1][name] for (r, name), twin in twins.items()}
             ranked[role] = (max(ranked[r][0] for r in FUSED_PREFIX), errors)
             log(f"{role}: sensitivities of its nodes' twins in the split graphs")
             continue
-        products = {n.name for n in fp32_models[role].graph.node if n.op_type in COMPUTE_OPS}
         flops[role] = {n: f for n, f in node_flops(fp32_models[role]).items() if n in products}
         cache = None
         if cache_dir is not None:
