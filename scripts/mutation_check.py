@@ -366,6 +366,20 @@ MUTATIONS = (
         "chosen = table[0]",
         ("tests/test_throughput.py",),
     ),
+    Mutation(
+        "int8: the mask decoder's attention stays FP32",
+        "dit_deploy/precision/pipeline.py",
+        "*decoder_attention_matmuls(graph, role))",
+        ")",
+        ("tests/test_precision.py::test_int8_graph_properties",),
+    ),
+    Mutation(
+        "int8 --auto: the fused graph's FLOP share counts every product",
+        "dit_deploy/precision/sensitivity.py",
+        "                if FUSED_PREFIX[r] + name in products\n",
+        "                if (r, name) in twins\n",
+        ("tests/test_layout_alias.py",),
+    ),
 )
 
 
