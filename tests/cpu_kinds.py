@@ -14,9 +14,10 @@ from dit_deploy.runtime.cpu_numerics import this_machine
 
 FAMILY = this_machine().family
 
-# tiny model, 12 verification pairs: INT8 mask agreement 0.932-0.936 on AVX2 and VNNI
-INT8_MIN_MASK_IOU = {"default": 0.92}
-# INT8 max |logit error| / max |FP32 logit|: 0.142-0.155 on both kinds
+# tiny model, 12 verification pairs: INT8 mask agreement 0.947 since the mask decoder's
+# attention stays FP32 (0.932-0.941 before), ONNX Runtime's the same on AVX2 and VNNI
+INT8_MIN_MASK_IOU = {"default": 0.93}
+# INT8 max |logit error| / max |FP32 logit|: 0.143 (0.119-0.155 before) on both kinds
 INT8_MAX_REL_LOGIT_ERROR = {"default": 0.2}
 # OpenVINO's INT8 vs ONNX Runtime's on the same Q/DQ graph (tiny model, 4 images): the sign
 # of the low-res logits agrees on 0.9957 of the pixels on both kinds (the same value)
