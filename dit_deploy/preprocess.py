@@ -23,6 +23,11 @@ from .errors import ImageError, InputError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 100_000_000
+# the raster formats an image file may be in (Pillow's format ids; "JPEG" also opens the
+# multi-picture JPEGs of phone cameras, as MPO). Without the list Pillow also parses a dozen
+# rarer formats and hands EPS/PostScript to Ghostscript, for any bytes a file or client sends.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+IMAGE_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
@@ -149,7 +154,8 @@ def load_image(
     the authors' ``Image.open(p).convert('RGB')`` does); palette, CMYK, YCbCr -> RGB via
     Pillow; 16-bit ('I;16*', 'I' clipped to [0, 65535], uint16 arrays) -> ``value >> 8``
     (Pillow's own ``convert('RGB')`` would clip at 255 instead); float ('F', float arrays) ->
-    ``round(x * 255)``. Multi-frame files give their first frame.
+    ``round(x * 255)``. Multi-frame files give their first frame. Files must be in one of
+    :data:`IMAGE_FORMATS`.
 
     Raises:
         ImageError: missing or undecodable file, unsupported shape/dtype/mode, empty image,
@@ -188,7 +194,7 @@ def _load_file(path: Path, max_pixels: int, input_size: int | None) -> np.ndarra
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     try:
-        im = Image.open(path)
+        im = Image.open(path, formats=IMAGE_FORMATS)
     except _PILLOW_ERRORS as exc:
         raise _decode_error(what, exc) from exc
     with im:
@@ -216,7 +222,7 @@ def _decode_error(what: str, exc: BaseException) -> ImageError:
             "PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels if you trust it."
         )
     return ImageError(
-        f"cannot decode {what}: {exc}. It is not an image Pillow can read, or it is "
+        f"cannot decode {what}: {exc}. It is not a {IMAGE_FORMATS_TEXT} file, or it is "
         "truncated; re-save or re-download it."
     )
 

@@ -282,3 +282,43 @@ def test_bad_source_type_and_letterbox_input() -> None:
         load_image(42)
     with pytest.raises(ImageError, match="uint8 RGB"):
         letterbox(np.zeros((4, 4), np.uint8))
+
+
+def test_only_the_listed_raster_formats_are_opened(tmp_path) -> None:
+    """A PostScript header is refused by name, never handed to Ghostscript; GIF and an
+    MPO-class JPEG still load, from a path, from bytes and as dataset images alike."""
+    from dit_deploy.data.types import load_rgb
+    from dit_deploy.errors import DatasetError
+    from dit_deploy.serving import contract
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n"
+    (tmp_path / "a.eps").write_bytes(eps)
+    with pytest.raises(ImageError, match="JPEG, PNG, WebP, BMP, TIFF or GIF") as info:
+        load_image(tmp_path / "a.eps")
+    assert "Ghostscript" not in str(info.value)
+    with pytest.raises(ImageError, match="send JPEG, PNG, WebP, BMP, TIFF or GIF") as info:
+        contract.decode_image(eps, contract.SERVE_MAX_PIXELS, 96)
+    assert "Ghostscript" not in str(info.value)
+    with pytest.raises(DatasetError, match="cannot be read") as info:
+        load_rgb(tmp_path / "a.eps")
+    assert "Ghostscript" not in str(info.value)
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(ico, format="ICO")
+    with pytest.raises(ImageError, match="not an image file"):
+        contract.decode_image(ico.getvalue(), contract.SERVE_MAX_PIXELS, 96)
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[5:15, 10:20] = (255, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "a.gif")
+    gif = load_image(tmp_path / "a.gif")
+    assert gif.shape == (20, 30, 3) and tuple(gif[10, 15]) == (255, 0, 0)
+    assert np.array_equal(load_rgb(tmp_path / "a.gif"), gif)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    assert load_image(tmp_path / "a.jpg").shape == (20, 30, 3)
+    second = Image.fromarray(rgb[::-1].copy())
+    Image.fromarray(rgb).save(
+        tmp_path / "m.jpg", format="MPO", quality=95, save_all=True, append_images=[second]
+    )
+    with Image.open(tmp_path / "m.jpg") as im:
+        assert im.format == "MPO"  # what phone cameras write
+    assert np.array_equal(load_image(tmp_path / "m.jpg"), load_image(tmp_path / "a.jpg"))

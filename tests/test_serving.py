@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +47,8 @@ from dit_deploy.serving.errors import (  # noqa: E402
     ServerUnavailableError,
 )
 
-SAMPLES = Path(__file__).parents[1] / "dit_deploy" / "assets" / "samples"
+ROOT = Path(__file__).parents[1]
+SAMPLES = ROOT / "dit_deploy" / "assets" / "samples"
 PAIRS = [
     (SAMPLES / "chelsea.jpg", "the cat"),
     (SAMPLES / "coffee.jpg", "the coffee cup"),
@@ -328,6 +330,27 @@ def test_sixteen_concurrent_requests_are_batched(servers, reference):
     assert executions < requests, f"{executions} executions for {requests} requests"
 
 
+def test_the_readme_curl_recipe_gets_json_a_parser_reads(servers, reference):
+    """The README's plain-HTTP block, run by bash against a served model: a binary IMAGE
+    tensor in, strict JSON out (SCORE and MASK_RLE), the in-process mask."""
+    if shutil.which("curl") is None:
+        pytest.skip("no curl on this machine")
+    block = re.search(
+        r"<!-- curl:.*?-->\s*```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S
+    )
+    assert block, "the README's curl block is gone"
+    script = block.group(1).replace("http://127.0.0.1:8000", servers["fp32"].http)
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode(errors="replace") + r.stdout[-500:].decode(
+        errors="replace"
+    )
+    reply = json.loads(r.stdout, parse_constant=lambda name: pytest.fail(f"{name} on the wire"))
+    out = {o["name"]: o["data"][0] for o in reply["outputs"]}
+    ref = reference["fp32"][1]  # PAIRS[1]: coffee.jpg, "the coffee cup"
+    assert out["SCORE"] == pytest.approx(float(np.float32(ref.score)), rel=1e-6)
+    assert np.array_equal(decode_rle(out["MASK_RLE"]), ref.mask)
+
+
 @pytest.mark.parametrize("deployment", ["fp32", "repo"])
 def test_bad_requests_fail_alone_and_the_server_keeps_serving(servers, reference, deployment):
     """``serve`` and a generated repository: one contract, one error behaviour."""
@@ -437,8 +460,6 @@ def _no_nan(token: str):
 
 
 def _perf_analyzer() -> str:
-    import shutil
-
     venv_bin = Path(sys.executable).parent
     found = shutil.which("perf_analyzer", path=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
     if found is None:
@@ -531,6 +552,20 @@ def test_one_request_cannot_cost_more_than_the_default_budget(servers, reference
     too_big = b"\x89PNG" + bytes(33 * 2**20)
     with pytest.raises(RequestError, match="more than this server's"):
         client.predict(too_big, "the cat")
+    # the budget is the request's: two images at the limit each are refused together
+    import tritonclient.http as httpclient
+
+    at_limit = io.BytesIO()
+    Image.new("1", (4096, 4096)).save(at_limit, format="PNG")
+    image = httpclient.InferInput("IMAGE", [2, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[at_limit.getvalue()]] * 2, dtype=object))
+    text = httpclient.InferInput("TEXT", [2, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"the cat"]] * 2, dtype=object))
+    raw = httpclient.InferenceServerClient(server.http.removeprefix("http://"))
+    start = time.monotonic()
+    with pytest.raises(Exception, match="2 images have 33554432 pixels together"):
+        raw.infer("dit", [image, text])
+    assert time.monotonic() - start < 1.0
     assert np.array_equal(client.predict(*PAIRS[0]).mask, reference["int8"][0].mask)
 
 
@@ -717,7 +752,6 @@ def _repo(export: Path, out: Path, *extra: str) -> Path:
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "python"])
 def test_every_config_parses_against_tritons_model_config(export, tmp_path, backend):
-    import shutil
 
     from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 
@@ -813,7 +847,6 @@ def _fake_engine(
 
 
 def test_triton_repo_refuses_what_it_cannot_write(export, tmp_path, capsys):
-    import shutil
 
     from dit_deploy.cli import main
 
@@ -884,7 +917,6 @@ def test_python_repository_runs_in_the_bundled_tritonserver(export, reference, t
 def test_gpu_repositories_in_a_full_tritonserver(export, reference, tmp_path, backend):
     """Needs a full tritonserver (the NGC container's /opt/tritonserver, or $TRITONSERVER) with
     the onnxruntime and tensorrt backends, on a GPU machine; the plan is built here first."""
-    import shutil
 
     from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 

@@ -409,3 +409,21 @@ def test_readiness_probe_reads_a_non_http_listener_as_not_ready():
     finally:
         thread.join(10)
         listener.close()
+
+
+def test_pipeline_budget_is_per_request_not_per_image(export, monkeypatch):
+    """Rows each under the budget but over it together are refused before decoding."""
+    cat = (SAMPLES / "chelsea.jpg").read_bytes()  # 451 x 300 = 135300 pixels
+    by_pixels = _pipeline(export, monkeypatch, max_pixels="200000")
+    one, two = by_pixels.execute(
+        [FakeRequest([cat], ["the cat"]), FakeRequest([cat, cat], ["the cat", "the dog"])]
+    )
+    assert one.error is None and two.outputs == {} and two.error.code == "INVALID_ARG"
+    assert "2 images have 270600 pixels together" in two.error.message
+    assert "max_pixels of 200000" in two.error.message
+    by_bytes = _pipeline(export, monkeypatch, max_image_bytes=str(len(cat) + 10))
+    one, two = by_bytes.execute(
+        [FakeRequest([cat], ["the cat"]), FakeRequest([cat, cat], ["the cat", "the dog"])]
+    )
+    assert one.error is None and two.error.code == "INVALID_ARG"
+    assert f"2 images have {2 * len(cat)} bytes together" in two.error.message

@@ -75,6 +75,8 @@ def load_rgb(path: Path, what: str = "image") -> np.ndarray:
     """Read ``path`` with Pillow and convert it to uint8 (H, W, 3) RGB."""
     from PIL import Image, UnidentifiedImageError
 
+    from ..preprocess import IMAGE_FORMATS
+
     if not path.is_file():
         hint = (
             f"the image directory {path.parent} does not exist either"
@@ -85,7 +87,7 @@ def load_rgb(path: Path, what: str = "image") -> np.ndarray:
             f"{what} is missing: {path} ({hint}); pass image_dir=... if the images live elsewhere"
         )
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
             return np.array(im.convert("RGB"), dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as e:
         raise DatasetError(f"{what} cannot be read: {path}: {e}") from e

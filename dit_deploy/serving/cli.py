@@ -76,13 +76,14 @@ def _model_options(p: argparse.ArgumentParser, instances_default: int | None = 1
         "--max-pixels",
         type=positive_int,
         default=c.SERVE_MAX_PIXELS,
-        help="per-request budget: refuse images with more pixels (read from the header)",
+        help="per-request budget: refuse a request whose images have more pixels together "
+        "(read from the headers, before decoding)",
     )
     p.add_argument(
         "--max-image-bytes",
         type=positive_int,
         default=c.MAX_IMAGE_BYTES,
-        help="per-request budget: refuse larger encoded images",
+        help="per-request budget: refuse a request whose encoded images have more bytes together",
     )
 
 

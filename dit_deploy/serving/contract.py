@@ -5,7 +5,7 @@ Model ``dit``; a batch dimension first on every tensor (dynamic batching):
 ======== ======= ===== ==========================================================
 tensor   type    dims  meaning
 ======== ======= ===== ==========================================================
-IMAGE    BYTES   [1]   the encoded image file (JPEG, PNG, WebP, BMP, TIFF, ...)
+IMAGE    BYTES   [1]   the encoded image file (JPEG, PNG, WebP, BMP, TIFF or GIF)
 TEXT     BYTES   [1]   the referring expression, UTF-8
 MASK_PNG BYTES   [1]   the mask at the ORIGINAL image size, 1-bit grayscale PNG (0 / 255)
 MASK_RLE BYTES   [1]   the same mask as COCO compressed RLE, JSON (pycocotools reads it)
@@ -20,9 +20,10 @@ deployments (``dit-deploy serve`` and a ``triton-repo`` repository) answer the s
 generic client (tritonclient, curl, perf_analyzer) needs to know nothing of this project. A
 wrong tensor type or shape is refused by Triton itself, for that request only.
 
-Cost bounds. One request may not cost more than :data:`MAX_IMAGE_BYTES` of encoded image and
-``max_pixels`` decoded pixels (served default :data:`SERVE_MAX_PIXELS`), both refused before
-anything is decoded (the pixel count comes from the file's header).
+Cost bounds. One request, all its rows together, may not cost more than ``max_bytes`` of
+encoded images (default :data:`MAX_IMAGE_BYTES`) and ``max_pixels`` decoded pixels (served
+default :data:`SERVE_MAX_PIXELS`), both refused before anything is decoded (the pixel counts
+come from the files' headers): :func:`request_budget_error`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from PIL import Image
 from ..errors import ImageError, InputError, TextError
 from ..mask_codec import encode_png, rle_json
 from ..postprocess import MaskResult
-from ..preprocess import DEFAULT_MAX_PIXELS, load_image
+from ..preprocess import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, IMAGE_FORMATS_TEXT, load_image
 
 MODEL_NAME = "dit"
 IMAGE, TEXT = "IMAGE", "TEXT"
@@ -77,17 +78,53 @@ def decode_image(
             "file (the server's --max-image-bytes sets the limit)"
         )
     try:
-        im = Image.open(io.BytesIO(raw))
+        im = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"IMAGE exceeds Pillow's decompression-bomb limit: {exc}") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
         reason = str(exc).split(" <_io.")[0]  # Pillow names the BytesIO object: noise here
         raise ImageError(
             f"IMAGE ({len(raw)} bytes) is not an image file Pillow can read ({reason}); "
-            "send JPEG, PNG, WebP, BMP or TIFF bytes"
+            f"send {IMAGE_FORMATS_TEXT} bytes"
         ) from None
     with im:
         return load_image(im, max_pixels=max_pixels, input_size=input_size)
+
+
+def _header_pixels(value: object) -> int:
+    """Pixels an encoded image's header declares; 0 where it has none (its row fails alone)."""
+    if not isinstance(value, (bytes, np.bytes_)):
+        return 0
+    try:
+        with Image.open(io.BytesIO(bytes(value)), formats=IMAGE_FORMATS) as im:
+            return im.width * im.height
+    except Exception:  # noqa: BLE001 - undecodable rows are reported by decode_image
+        return 0
+
+
+def request_budget_error(images: Sequence[object], max_pixels: int, max_bytes: int) -> str:
+    """Why a request's images together exceed the per-request budget ("" when they fit).
+
+    A one-row request is left to :func:`decode_image`, whose message names its one image.
+    Only headers are read: nothing is decoded.
+    """
+    if len(images) < 2:
+        return ""
+    total = sum(len(x) for x in images if isinstance(x, (bytes, np.bytes_, str)))
+    if total > max_bytes:
+        return (
+            f"the request's {len(images)} images have {total} bytes together, more than this "
+            f"server's per-request budget of {max_bytes} (--max-image-bytes); send fewer or "
+            "smaller images per request"
+        )
+    pixels = sum(_header_pixels(x) for x in images)
+    if pixels > max_pixels:
+        return (
+            f"the request's {len(images)} images have {pixels} pixels together, more than "
+            f"this server's per-request max_pixels of {max_pixels} (--max-pixels); send fewer "
+            "or smaller images per request"
+        )
+    return ""
 
 
 def decode_text(data: object) -> str:

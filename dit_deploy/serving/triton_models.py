@@ -168,6 +168,9 @@ def _checked_rows(pb, request, input_size, max_pixels, max_bytes, check_text):
             f"IMAGE has {len(images)} rows but TEXT has {len(texts)}; send one per pair",
             pb.TritonError.INVALID_ARG,
         )
+    over = c.request_budget_error(images, max_pixels, max_bytes)
+    if over:
+        return pb.TritonError(over, pb.TritonError.INVALID_ARG)
     rows = c.validate_rows(images, texts, input_size, max_pixels, check_text, max_bytes)
     bad = [f"row {i}: {r.error}" if len(rows) > 1 else r.error
            for i, r in enumerate(rows) if r.error]  # fmt: skip
