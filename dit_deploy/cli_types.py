@@ -22,6 +22,46 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """A parser of integers in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_int_list(text: str) -> str:
+    """Comma-separated integers >= 1 (``1,4,8``), kept as written for the verb to split."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers such as 1,4,8"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
+    return ",".join(str(v) for v in values)
+
+
 def auto_or_positive_int(text: str) -> int | None:
     """``auto`` (None: decided by the command, e.g. measured) or an integer >= 1."""
     return None if text.strip().lower() == "auto" else positive_int(text)
@@ -48,6 +88,19 @@ points = _float_in(0.0, 100.0, " points")
 points.__doc__ = "An mIoU change in points, in [0, 100]."
 window_seconds = _float_in(0.1, 600.0, " s")
 window_seconds.__doc__ = "A measuring window in seconds, in [0.1, 600]."
+percentile = _float_in(0.0, 100.0)
+percentile.__doc__ = "A percentile, in [0, 100]."
+
+
+def positive_float(text: str) -> float:
+    """A number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def non_negative_float(text: str) -> float:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .cli_types import HelpFormatter, positive_int
+from .cli_types import HelpFormatter, positive_float, positive_int, positive_int_list
 from .errors import DITError
 from .hints import command
 
@@ -56,8 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-size", type=positive_int, default=100, help="evaluation pairs")
     p.add_argument("--calib-size", type=positive_int, default=64, help="INT8 calibration pairs")
-    p.add_argument("--batch", default="1,4", help="batch sizes to benchmark")
-    p.add_argument("--budget", type=float, default=3.0, help="seconds per latency measurement")
+    p.add_argument(
+        "--batch", type=positive_int_list, default="1,4", help="batch sizes to benchmark"
+    )
+    p.add_argument(
+        "--budget", type=positive_float, default=3.0, help="seconds per latency measurement"
+    )
     p.add_argument("--gallery-size", type=positive_int, default=6, help="examples per gallery")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all)")
 

@@ -235,6 +235,22 @@ def test_cli_writes_table_and_json_and_reuses_calibration_cache(fp32_export, tmp
     assert all(g["detail"]["cache_hit"] for g in second["graphs"])
 
 
+def test_json_to_stdout_is_the_report_alone_with_a_printing_calibrator(
+    fp32_export, tmp_path, capsys
+):
+    """``--json -``: ONNX Runtime's entropy calibrator prints its progress; that goes to
+    stderr, and stdout parses as the JSON report."""
+    out = _copy(fp32_export, tmp_path / "e")
+    argv = [str(out), "--precision", "int8", "--calib-size", "4", "--eval-size", "4"]
+    argv += ["--method", "entropy", "--keep-fp32", "text_encoder", "--quiet"]
+    argv += ["--latency-runs", "0", "--min-mask-iou", "0", "--max-miou-drop", "100"]
+    argv += ["--cache-dir", str(tmp_path / "c"), "--json", "-"]
+    assert quantize_main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["precision"] == "int8"
+    assert "histogram" in captured.err.lower() or "threshold" in captured.err.lower()
+
+
 def test_exclude_leaves_node_unquantized_and_unknown_names_are_refused(fp32_export, tmp_path):
     out = _copy(fp32_export, tmp_path / "e")
     graph = onnx.load(out / "mask_decoder.onnx")

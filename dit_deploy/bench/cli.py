@@ -10,6 +10,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ..cli_types import non_negative_float, positive_float, positive_int, positive_int_list
 from ..errors import ConfigError
 from .report import print_table, write_reports
 from .run import DEFAULT_MODEL, RUNS, BenchOptions, run_bench
@@ -75,25 +76,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=DEFAULTS.split, help="dataset split (default: %(default)s)")
     p.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=DEFAULTS.limit,
         help="evaluate the first N pairs (default: %(default)s)",
     )
     p.add_argument(
-        "--batch", default=DEFAULTS.batch, help="comma-separated batch sizes (default: %(default)s)"
+        "--batch",
+        type=positive_int_list,
+        default=DEFAULTS.batch,
+        help="comma-separated batch sizes (default: %(default)s)",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads per cell (default: all cores)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads per cell (default: all cores)",
     )
     p.add_argument(
         "--budget",
-        type=float,
+        type=positive_float,
         default=DEFAULTS.budget,
         help="seconds of timed runs per batch size (%(default)s)",
     )
     p.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=DEFAULTS.rounds,
         help="interleaved rounds: every cell runs a slice of its budget in each round, so "
         "drift hits all cells alike; speed-ups are computed round by round. All cells stay "
@@ -101,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--noise-limit",
-        type=float,
+        type=non_negative_float,
         default=DEFAULTS.noise_limit,
         help="flag a cell noisy when its round-to-round spread (IQR/median) of latency or "
         "speed-up exceeds this (%(default)s)",
@@ -123,11 +130,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--server", metavar="URL", help="load-test a DIT Triton server at this URL")
     s.add_argument(
         "--concurrency",
+        type=positive_int_list,
         default="1,4,16",
         help="requests in flight per level (default: %(default)s)",
     )
     s.add_argument(
-        "--duration", type=float, default=20.0, help="seconds per level (default: %(default)s)"
+        "--duration",
+        type=positive_float,
+        default=20.0,
+        help="seconds per level (default: %(default)s)",
     )
     s.add_argument("--metrics-url", help="Triton's metrics (default: http://HOST:8002/metrics)")
     s.add_argument("--compare", type=Path, metavar="EXPORT_DIR", help="also run in-process")

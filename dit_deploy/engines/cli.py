@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..cli_types import HelpFormatter, int_in, positive_float, positive_int
 from ..runtime.backends.table import backend_row
 from .build import LAYOUTS, EngineOptions
 
@@ -26,7 +27,8 @@ path may be shared by several GPU types without mixing their timings.
 Each <role>.<precision>.engine gets a <role>.<precision>.engine.json sidecar (TensorRT
 version, GPU, compute capability, profile, I/O, sha256 of the source ONNX, preprocessing
 constants), checked whenever the engine loads.
-Exit codes: 0 built, 2 no GPU/TensorRT/cuda-python here, bad arguments or a bad export.
+Exit codes: 0 built; 1 no GPU/TensorRT/cuda-python here or a bad export (one line naming
+it and the fix); 2 bad options.
 """
 
 
@@ -46,14 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="which graphs to build (default: %(default)s)",
     )
     p.add_argument(
-        "--max-batch", type=int, default=8, help="profile maximum (default: %(default)s)"
-    )
-    p.add_argument("--opt-batch", type=int, help="profile optimum (default: max-batch // 2)")
-    p.add_argument(
-        "--min-batch", type=int, default=1, help="profile minimum (default: %(default)s)"
+        "--max-batch", type=positive_int, default=8, help="profile maximum (default: %(default)s)"
     )
     p.add_argument(
-        "--workspace-gb", type=float, default=4.0, help="workspace pool, GiB (default: %(default)s)"
+        "--opt-batch", type=positive_int, help="profile optimum (default: max-batch // 2)"
+    )
+    p.add_argument(
+        "--min-batch", type=positive_int, default=1, help="profile minimum (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workspace-gb",
+        type=positive_float,
+        default=4.0,
+        help="workspace pool, GiB (default: %(default)s)",
     )
     p.add_argument(
         "--timing-cache",
@@ -63,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--builder-opt-level",
-        type=int,
+        type=int_in(0, 5),
         default=3,
         help="builder optimisation 0..5 (default: %(default)s)",
     )
@@ -150,7 +157,7 @@ def register(subparsers) -> None:
         "FP32/FP16/INT8 ONNX graphs, with an optimisation profile over the batch axis, and "
         "write a JSON sidecar beside each engine.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(handler=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli_types import fraction, int_in, non_negative_float
 from ..errors import ConfigError
 from ..runtime.manifest import LAYOUT_ROLES
 from .validate import Tolerance
@@ -28,17 +29,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pretrained", help="our model directory or a bundled model name")
     tol = p.add_argument_group("validation against PyTorch")
     tol.add_argument(
-        "--atol", type=float, default=Tolerance.atol, help="absolute tolerance (%(default)s)"
+        "--atol",
+        type=non_negative_float,
+        default=Tolerance.atol,
+        help="absolute tolerance (%(default)s)",
     )
     tol.add_argument(
         "--rtol",
-        type=float,
+        type=non_negative_float,
         default=Tolerance.rtol,
         help="relative tolerance, times max|reference| (%(default)s)",
     )
     tol.add_argument(
         "--min-mask-iou",
-        type=float,
+        type=fraction,
         default=Tolerance.min_mask_iou,
         help="minimum IoU of thresholded masks (%(default)s)",
     )
@@ -103,7 +107,7 @@ def register(subparsers) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
-        "--opset", type=int, default=17, help="ONNX opset, 17..20 (default: %(default)s)"
+        "--opset", type=int_in(17, 20), default=17, help="ONNX opset, 17..20 (default: %(default)s)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(handler=export_from_args)

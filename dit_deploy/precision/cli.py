@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import write_text_atomic
-from ..cli_types import fraction, points, positive_int
+from ..cli_types import fraction, non_negative_int, percentile, points, positive_int
 from ..errors import ConfigError
 from ..progress import Progress
 from ..runtime.backends.table import derived_precisions
@@ -137,7 +138,7 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     )
     cal.add_argument(
         "--percentile",
-        type=float,
+        type=percentile,
         default=99.999,
         help="for --method percentile (default: %(default)s)",
     )
@@ -234,7 +235,7 @@ def _add_verification_arguments(p: argparse.ArgumentParser) -> None:
     )
     ver.add_argument(
         "--latency-runs",
-        type=int,
+        type=non_negative_int,
         default=10,
         help="timed runs per chain, 0 to skip (default: %(default)s)",
     )
@@ -373,12 +374,12 @@ def _options(args: argparse.Namespace):
     )
 
 
-def _write_json(target: Path | None, data: dict) -> None:
+def _write_json(target: Path | None, data: dict, stdout=None) -> None:
     if target is None:
         return
     text = json.dumps(data, indent=2, default=str) + "\n"
     if str(target) == "-":
-        sys.stdout.write(text)
+        (stdout or sys.stdout).write(text)
     else:
         write_text_atomic(target, text)
 
@@ -395,9 +396,19 @@ def _check_json_target(target: Path | None) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Options -> :class:`QuantizeOptions` -> :func:`run_quantize`; prints the table."""
+    """Options -> :class:`QuantizeOptions` -> :func:`run_quantize`; prints the table, or with
+    ``--json -`` the JSON report alone on stdout."""
     _check_json_target(args.json)
-    log = (lambda _m: None) if str(args.json) == "-" else print
+    if str(args.json) != "-":
+        return _run(args, print, sys.stdout)
+    stdout = sys.stdout
+    # ONNX Runtime's entropy and percentile calibrators print their progress: to stderr, so
+    # that stdout carries the JSON report and nothing else
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(args, lambda _m: None, stdout)
+
+
+def _run(args: argparse.Namespace, log: Callable[[str], None], stdout) -> int:
     from .pipeline import QuantizeFailed, run_quantize
 
     opts = _options(args)
@@ -407,10 +418,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         result = run_quantize(args.export_dir, opts, log, _progress_factory(args.quiet))
     except QuantizeFailed as failed:
         log(format_table(failed.result, args.verbose))
-        _write_json(args.json, failed.result.to_dict())
+        _write_json(args.json, failed.result.to_dict(), stdout)
         raise
     log(format_table(result, args.verbose))
-    _write_json(args.json, result.to_dict())
+    _write_json(args.json, result.to_dict(), stdout)
     files = ", ".join(g.file for g in result.graphs)
     if any("execution" in g.detail for g in result.graphs):
         log(

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..atomic import write_bytes_atomic
-from ..cli_types import HelpFormatter, port, positive_int
+from ..cli_types import HelpFormatter, non_negative_int, port, positive_float, positive_int
 from ..errors import ConfigError
 from ..runtime.backends import backend_names, backend_row, precisions
 from ..runtime.manifest import LAYOUT_ROLES
@@ -126,7 +126,7 @@ def _register_serve(subparsers) -> None:
     p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus /metrics")
     p.add_argument(
         "--max-queue-delay-us",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="how long Triton waits to fill a batch (None: the device's batching policy)",
     )
@@ -163,7 +163,7 @@ def _register_client(subparsers) -> None:
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--out", type=Path, default=Path("mask.png"), help="mask PNG to write")
     p.add_argument("--rle", type=Path, default=None, help="also write COCO RLE JSON here")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
     p.set_defaults(handler=run_client)
 
@@ -188,7 +188,7 @@ def _register_triton_repo(subparsers) -> None:
         "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "python")
     )
     p.add_argument("--kind", default="gpu", choices=("gpu", "cpu"), help="instance kind")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=2000)
     p.add_argument(
         "--runtime",
         default="onnxruntime",

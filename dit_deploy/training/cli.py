@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..cli_types import HelpFormatter
+from ..cli_types import HelpFormatter, non_negative_int, positive_int
 from ..runtime.manifest import LAYOUT_ROLES
 
 TRAIN_EXAMPLES = """examples:
@@ -58,7 +58,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=s, help="dit-deploy model directory to fine-tune")
     p.add_argument("--output", default=s, help="output directory (output_dir)")
     p.add_argument("--resume", default=s, help="checkpoint directory to resume (<output>/last)")
-    p.add_argument("--epochs", type=int, default=s, help="optim.epochs")
+    p.add_argument("--epochs", type=positive_int, default=s, help="optim.epochs")
     p.add_argument(
         "--text-blind",
         metavar="TEXT",
@@ -177,10 +177,16 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         choices=tuple(LAYOUT_ROLES),
         help="runtime: the graphs (default: fused if exported, else split)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per forward")
-    p.add_argument("--workers", type=int, default=2, help="torch: data-loading processes")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: library's)")
-    p.add_argument("--max-samples", type=int, default=None, help="first N expressions only")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="pairs per forward")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=2, help="torch: data-loading processes"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads (default: library's)"
+    )
+    p.add_argument(
+        "--max-samples", type=positive_int, default=None, help="first N expressions only"
+    )
     p.add_argument("--text-blind", default=None, metavar="TEXT", help="replace every expression")
     p.add_argument("--json", action="store_true", help="print one JSON object, not a table")
 
