@@ -209,3 +209,15 @@ def test_an_error_from_a_data_loader_worker_is_its_own_one_line():
     )
     assert one_line(worker) == "image of ref_id=390 is missing: a.png; pass image_dir"
     assert one_line(DatasetError("two\nlines")) == "two lines"
+
+
+def test_validate_checks_the_recorded_hashes_before_it_runs(tiny_export, tmp_path, capsys):
+    """A graph changed after export is an error naming it (what every other verb says), not
+    a pass: validate re-checks what the manifest recorded, not whatever files are there."""
+    export = copy_export(tiny_export, tmp_path / "e")
+    graph = export / "mask_decoder.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    rc = cli(["validate", str(export), "--checkpoint", "never-loaded.pth"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "mask_decoder.onnx" in err and "changed since it was written" in err

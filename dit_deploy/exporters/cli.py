@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli_types import fraction, int_in, non_negative_float
+from ..cli_types import HelpFormatter, fraction, int_in, non_negative_float
 from ..errors import ConfigError
 from ..runtime.manifest import LAYOUT_ROLES
 from .validate import Tolerance
@@ -15,6 +15,15 @@ EPILOG = """examples:
       --text-encoder bert-base-uncased/ --out exports/refcoco_vit_b --layout split
   dit-deploy export --pretrained dit-tiny-synthetic --out exports/tiny --layout both
   dit-deploy validate exports/tiny --pretrained dit-tiny-synthetic
+"""
+
+VALIDATE_EPILOG = """examples:
+  dit-deploy validate exports/tiny --pretrained dit-tiny-synthetic
+  dit-deploy validate exports/refcoco_vit_b --checkpoint dit_refcoco.pth \
+      --config layer_wise_vit_b --text-encoder bert-base-uncased/
+
+The graphs and vocabulary are first checked against the manifest's sha256: a changed file is
+an error naming it, before anything runs.
 """
 
 
@@ -115,10 +124,10 @@ def register(subparsers) -> None:
         "validate",
         help="re-run an export directory against the PyTorch model",
         description="Re-run an export directory in ONNX Runtime (CPU) against the PyTorch model.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=VALIDATE_EPILOG,
+        formatter_class=HelpFormatter,
     )
-    v.add_argument("export_dir", type=Path)
+    v.add_argument("export_dir", type=Path, help="the export directory to re-check")
     _model_args(v)
     v.set_defaults(handler=validate_from_args)
 
@@ -146,7 +155,10 @@ def validate_from_args(args: argparse.Namespace) -> int:
     from .onnx_export import default_validation_pairs, validate_directory
     from .validate import raise_on_failures
 
-    manifest = Export.open(args.export_dir).manifest
+    export = Export.open(args.export_dir)
+    for layout in export.layouts:  # what the manifest recorded is what runs, or an error
+        export.verify(export.roles(layout), "fp32")
+    manifest = export.manifest
     model, _ = _load_model(args)
     pairs = _pairs(args) or default_validation_pairs()
     checks = validate_directory(
