@@ -105,6 +105,15 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _path_hint(exc: OSError) -> str:
+    """The fix for a path the filesystem refused, by what it said."""
+    if isinstance(exc, IsADirectoryError):
+        return "give a file path there, not a directory"
+    if isinstance(exc, PermissionError):
+        return "check its permissions, or choose a path you can write"
+    return "check the path (a directory that exists, is writable, and is not a file)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is global: accepted before or after the verb
@@ -148,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         print(
             f"dit-deploy {args.verb}: error: cannot use{where}: {exc.strerror or exc}; "
-            "check the path (a directory that exists, is writable, and is not a file)",
+            f"{_path_hint(exc)}",
             file=sys.stderr,
         )
         return EXIT_USER_ERROR

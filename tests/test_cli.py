@@ -136,6 +136,15 @@ def test_an_unusable_output_path_is_one_line(tiny_export, tmp_path, capsys, argv
     assert ".tmp-" not in err  # the path asked for, not an atomic write's temporary name
 
 
+def test_an_output_file_that_is_a_directory_is_named_with_the_fix(tmp_path, capsys):
+    (tmp_path / "load.json").mkdir()
+    assert cli(["perf-data", str(tmp_path / "load.json"), "--bundled"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ".tmp-" not in err, err
+    assert f"cannot use {tmp_path / 'load.json'}: Is a directory; give a file path" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["load.json"]  # no temporary left
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

@@ -189,6 +189,10 @@ def _key(export: Path, backend: str, precision: str, layout: str | None) -> dict
     from .manifest import cached_sha256
     from .verified_on import backend_version
 
+    opened = Export.open(export)  # not an export: the typed error naming the fix
+    layout = opened.layout(layout)  # "auto" resolved: batch = serve
+    for role in opened.roles(layout):  # a missing precision is named before any measuring
+        opened.graph(role, precision)
     machine = this_machine()
     return {
         "schema": SCHEMA,
@@ -196,7 +200,7 @@ def _key(export: Path, backend: str, precision: str, layout: str | None) -> dict
         "backend": backend,
         "backend_version": backend_version(backend),
         "precision": precision,
-        "layout": Export.open(export).layout(layout),  # "auto" resolved: batch = serve
+        "layout": layout,
         "kernels": machine.family,
         "cpu": machine.cpu,
         "cores": os.cpu_count() or 1,

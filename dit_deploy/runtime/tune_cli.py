@@ -24,8 +24,10 @@ EPILOG = """examples:
 
 
 def register(subparsers) -> None:
-    from .backends import backend_names
+    from .backends import backend_names, backend_row
     from .manifest import LAYOUT_ROLES
+
+    cpu_backends = [n for n in backend_names() if "cpu" in backend_row(n).devices]
 
     p = subparsers.add_parser(
         "tune",
@@ -35,7 +37,8 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("export", type=Path, metavar="EXPORT_DIR", help="an export directory")
-    p.add_argument("--backend", default="onnxruntime", choices=backend_names(), help="runtime")
+    p.add_argument("--backend", default="onnxruntime", choices=cpu_backends,
+                   help="a runtime with a CPU path")  # fmt: skip
     p.add_argument("--precision", default="fp32", help="fp32, or a precision of the export")
     p.add_argument("--layout", choices=tuple(LAYOUT_ROLES), default=None,
                    help="graphs (None: fused if exported)")  # fmt: skip
