@@ -230,3 +230,24 @@ def test_validate_checks_the_recorded_hashes_before_it_runs(tiny_export, tmp_pat
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1, err
     assert "mask_decoder.onnx" in err and "changed since it was written" in err
+
+
+def test_a_manifest_naming_files_outside_its_export_is_refused(tiny_export, tmp_path, capsys):
+    """An export is self-contained: a graph named by a path (even one whose hash matches) is
+    refused by name, as the C++ reader does; so is a manifest that is not a JSON object."""
+    import json
+
+    export = copy_export(tiny_export, tmp_path / "e")
+    data = json.loads((export / "manifest.json").read_text())
+    data["graphs"]["dit_fused"]["file"] = f"../{tiny_export.name}/dit_fused.onnx"
+    (tmp_path / tiny_export.name).mkdir()
+    (export / "dit_fused.onnx").rename(tmp_path / tiny_export.name / "dit_fused.onnx")
+    (export / "manifest.json").write_text(json.dumps(data))
+    samples = Path(__file__).resolve().parents[1] / "dit_deploy" / "assets" / "samples"
+    argv = ["segment", str(samples / "coffee.jpg"), "the cup", "--export", str(export)]
+    assert cli(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "which is not a file of the export directory" in err, err
+    (export / "manifest.json").write_text("[1, 2]")
+    assert cli(argv) == 1
+    assert "is a JSON list, not the object a manifest is" in capsys.readouterr().err

@@ -127,10 +127,7 @@ std::vector<std::string> Manifest::layouts() const {
   return found;
 }
 
-std::string Manifest::path(const std::string& file) const {
-  if (!file.empty() && file[0] == '/') return file;
-  return directory + "/" + file;
-}
+std::string Manifest::path(const std::string& file) const { return directory + "/" + file; }
 
 Manifest read_manifest(const std::string& directory) {
   if (!is_dir(directory)) {
@@ -231,6 +228,21 @@ Manifest read_manifest(const std::string& directory) {
     if (!(m.pixel_std[c] > 0.0f)) {
       throw ArtifactError(path + ": pixel_std must be positive; re-export");
     }
+  }
+  // the export is self-contained: every file it names is a plain name in its directory
+  // (the Python reader's rule, runtime/manifest.py _own_file)
+  auto own_file = [&](const std::string& name, const std::string& what) {
+    if (name.empty() || name == "." || name == ".." ||
+        name.find_first_of("/\\") != std::string::npos) {
+      throw ArtifactError(path + " names " + what + " '" + name +
+                          "', which is not a file of the export directory (a plain file name, "
+                          "no path); re-export the model");
+    }
+  };
+  own_file(m.vocab_file, "its vocabulary");
+  for (const auto& [role, graph] : m.graphs) own_file(graph.file, "graph");
+  for (const auto& [precision, table] : m.precisions) {
+    for (const auto& [role, graph] : table) own_file(graph.file, "graph");
   }
   if (!is_file(m.path(m.vocab_file))) {
     throw ArtifactError(directory + " is missing its tokenizer vocabulary " + m.vocab_file +

@@ -213,4 +213,14 @@ TEST(missing_or_malformed_precision_graphs) {
   CHECK_THROWS(dit::ArtifactError, dit::read_manifest(d), "malformed");
 }
 
+TEST(files_outside_the_export_are_refused) {
+  std::string d = with_graphs(make_dir("outside"), {"dit_fused.onnx"});
+  for (const std::string name : {"../outside/dit_fused.fp16.onnx", "/etc/passwd", ".."}) {
+    write(d + "/manifest.json",
+          manifest_json(R"({"fp16": {"dit_fused": )" + graph(name, "fp16") + "}}"));
+    CHECK_THROWS(dit::ArtifactError, dit::read_manifest(d),
+                 "names graph '" + name + "', which is not a file of the export directory");
+  }
+}
+
 TEST_MAIN()

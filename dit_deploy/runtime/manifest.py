@@ -266,7 +266,12 @@ def read_manifest(directory: str | Path) -> Manifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
-    version = data.get("manifest_version") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ArtifactError(
+            f"{path} is a JSON {type(data).__name__}, not the object a manifest is; re-export "
+            "the model"
+        )
+    version = data.get("manifest_version")
     if version != MANIFEST_VERSION:
         raise ArtifactError(
             f"{path} has manifest version {version!r}, this dit-deploy reads version "
@@ -281,9 +286,28 @@ def read_manifest(directory: str | Path) -> Manifest:
     return manifest
 
 
+def _own_file(directory: Path, name: str, what: str) -> str:
+    """``name`` if it is a plain file name (the export is self-contained: no path, no ``..``),
+    else the typed error; the C++ reader applies the same rule."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ArtifactError(
+            f"{directory / MANIFEST_FILE} names {what} {name!r}, which is not a file of the "
+            "export directory (a plain file name, no path); re-export the model"
+        )
+    return name
+
+
 def check_files(directory: Path, manifest: Manifest) -> None:
-    """Every graph and the vocabulary ``manifest`` names exist in ``directory`` (typed
-    errors naming the fix); contents are :func:`verify_files`' job."""
+    """Every graph and the vocabulary ``manifest`` names exist in ``directory`` as plain file
+    names (typed errors naming the fix); contents are :func:`verify_files`' job."""
+    _own_file(directory, manifest.tokenizer["vocab_file"], "its vocabulary")
+    for graph in [*manifest.graphs.values(), *(g for t in manifest.precisions.values()
+                                               for g in t.values())]:  # fmt: skip
+        _own_file(directory, graph.file, "graph")
+    for name in ("precision_plan", "verification_pairs"):
+        entry = getattr(manifest, name)
+        if entry:
+            _own_file(directory, entry["file"], name.replace("_", " "))
     vocab = directory / manifest.tokenizer["vocab_file"]
     if not vocab.is_file():
         raise ArtifactError(
