@@ -191,6 +191,8 @@ def _exif_transpose(im: Image.Image, what: str) -> Image.Image:
 
 def _load_file(path: Path, max_pixels: int, input_size: int | None) -> np.ndarray:
     what = f"image file {path}"
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory; give an image file")
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     try:

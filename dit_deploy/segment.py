@@ -14,10 +14,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import write_bytes_atomic
 from .cli_types import HelpFormatter, positive_int
 from .errors import ArtifactError, ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAIN_JOB_EXPORT = Path("runs") / "dit-deploy" / "export"
 BUNDLED_MODEL = "dit-tiny-synthetic"
@@ -68,14 +72,16 @@ def default_export(log, model: str | None = None) -> Path:
 
 
 def segment(
-    predictor, image: Path, texts: list[str], out_dir: Path
+    predictor, image: Path, texts: list[str], out_dir: Path, rgb: np.ndarray | None = None
 ) -> tuple[list[Segmented], float]:
     """Run ``texts`` on ``image`` as one batch; write the PNGs. Returns the results and the
-    batch's milliseconds (the graphs, pre- and post-processing)."""
+    batch's milliseconds (the graphs, pre- and post-processing). ``rgb``: the image as
+    ``load_image`` reads it, when the caller has it already (the overlays' background)."""
     from .mask_codec import encode_png
     from .preprocess import load_image
 
-    rgb = load_image(image)  # once, for the overlays (the Predictor loads it the same way)
+    if rgb is None:  # once, for the overlays (the Predictor loads it the same way)
+        rgb = load_image(image)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = predictor.predict_batch([(image, t) for t in texts])
@@ -141,12 +147,15 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    from .preprocess import load_image
+
     if args.export and args.model:
         raise ConfigError("pass --export or --model, not both")
+    rgb = load_image(args.image)  # a bad image is named before any export is made
     export = args.export or default_export(log, args.model)
     predictor = Predictor(export, backend=args.backend, precision=args.precision,
                           device=args.device, threads=args.threads)  # fmt: skip
-    results, ms = segment(predictor, args.image, list(args.texts), args.out_dir)
+    results, ms = segment(predictor, args.image, list(args.texts), args.out_dir, rgb)
     if args.json:
         doc = {"image": str(args.image), "export": str(export), "backend": args.backend,
                "precision": predictor.precision, "ms": round(ms, 2),

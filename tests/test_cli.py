@@ -251,3 +251,15 @@ def test_a_manifest_naming_files_outside_its_export_is_refused(tiny_export, tmp_
     (export / "manifest.json").write_text("[1, 2]")
     assert cli(argv) == 1
     assert "is a JSON list, not the object a manifest is" in capsys.readouterr().err
+
+
+def test_segment_names_a_bad_image_before_it_exports_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    assert cli(["segment", str(tmp_path / "missing.jpg"), "the cat"]) == 1
+    assert cli(["segment", str(tmp_path), "the cat"]) == 1
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith(f"image file not found: {tmp_path / 'missing.jpg'}"), err
+    assert err[1].endswith(f"{tmp_path} is a directory; give an image file"), err
+    assert not (tmp_path / "runs").exists()  # no bundled export was made first
