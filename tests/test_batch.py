@@ -28,7 +28,7 @@ from dit_deploy.batch.pipeline import build_dataset
 from dit_deploy.cli import main as cli_main
 from dit_deploy.data import open_dataset
 from dit_deploy.data.synthetic import generate
-from dit_deploy.errors import BackendUnavailableError
+from dit_deploy.errors import BackendUnavailableError, DatasetError
 from dit_deploy.mask_codec import decode_png, decode_rle
 from dit_deploy.metrics import RISMetrics
 from dit_deploy.runtime import Predictor
@@ -483,3 +483,18 @@ def test_an_address_where_nothing_listens_fails_in_one_line_within_seconds(
     assert r.returncode == 1 and time.monotonic() - start < 30
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and f"no Ray cluster answers at 127.0.0.1:{port}" in err[0]
+
+
+def test_a_missing_source_is_named_before_the_throughput_plan_is_measured(
+    export_dir, tmp_path, monkeypatch
+):
+    import dit_deploy.runtime.throughput as throughput
+
+    def measured(*_args, **_kwargs):
+        raise AssertionError("the plan was measured before the source was read")
+
+    monkeypatch.setattr(throughput, "plan_for", measured)
+    options = BatchOptions(str(tmp_path / "missing.jsonl"), tmp_path / "out", export_dir)
+    with pytest.raises(DatasetError, match="neither a file nor a dataset split"):
+        run_batch(options, log=lambda _: None)
+    assert not (tmp_path / "out").exists()

@@ -192,8 +192,8 @@ def run_batch(options: BatchOptions, log: Callable[[str], None] = print) -> dict
     started = time.perf_counter()
     require_ray()  # fail fast, naming the extra, when Ray Data is not installed
     layout, export_record = _resolve_export(options)
+    source = read_source(options.source, options.data)  # before the throughput plan's minute
     options, throughput = resolve_throughput(options, layout, log)
-    source = read_source(options.source, options.data)
     plan = ShardPlan(len(source), options.shard_size)
     job = job_record(source, options.shard_size, export_record, options.png)
     out = options.out
