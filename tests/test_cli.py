@@ -263,3 +263,10 @@ def test_segment_names_a_bad_image_before_it_exports_anything(tmp_path, monkeypa
     assert err[0].endswith(f"image file not found: {tmp_path / 'missing.jpg'}"), err
     assert err[1].endswith(f"{tmp_path} is a directory; give an image file"), err
     assert not (tmp_path / "runs").exists()  # no bundled export was made first
+
+
+def test_a_missing_checkpoint_is_named_before_the_vocabulary(tmp_path, capsys):
+    argv = ["export", "--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")]
+    assert cli(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint not found: {tmp_path / 'none.pth'}" in err

@@ -137,7 +137,7 @@ def test_failed_validation_writes_nothing_and_lists_every_output(model, tmp_path
 
 
 def test_existing_directory_needs_overwrite(model, export_dir):
-    with pytest.raises(ArtifactError, match="exists; pass overwrite=True"):
+    with pytest.raises(ArtifactError, match="exists; pass --overwrite"):
         run_export(model, export_dir, log=lambda *_: None)
 
 

@@ -170,7 +170,8 @@ def build(
     data_dir, image_dir = root / DATASET_NAME, root / "images" / "train2014"
     if (data_dir / "instances.json").exists() and not overwrite:
         raise DatasetError(
-            f"{data_dir} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
+            f"{data_dir} already holds a dataset; pass --overwrite (Python: overwrite=True) "
+            "to replace it"
         )
     data_dir.mkdir(parents=True, exist_ok=True)
     image_dir.mkdir(parents=True, exist_ok=True)

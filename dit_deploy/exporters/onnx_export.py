@@ -282,7 +282,9 @@ def run_export(
     out_dir = Path(out_dir)
     recover(out_dir, log)
     if out_dir.exists() and not overwrite:
-        raise ArtifactError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ArtifactError(
+            f"{out_dir} exists; pass --overwrite (Python: overwrite=True) to replace it"
+        )
     tol = tolerance or Tolerance()
     pairs = list(pairs) if pairs is not None else default_validation_pairs()
     roles = LAYOUTS[layout]

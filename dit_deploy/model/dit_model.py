@@ -40,7 +40,8 @@ def _vocab_from(text_encoder: str | Path | None, vocab: str | Path | None) -> Pa
     if text_encoder is not None:
         return Path(text_encoder) / ckpt.VOCAB_FILE
     raise ConfigError(
-        "no tokenizer vocabulary: pass text_encoder=<BERT directory with vocab.txt> or vocab=<file>"
+        "no tokenizer vocabulary: pass --text-encoder DIR (the BERT directory with vocab.txt) "
+        "or --vocab FILE (Python: text_encoder= or vocab=)"
     )
 
 
@@ -84,6 +85,8 @@ class DITModel:
         BERT directory the model was trained from and supplies the vocabulary and a
         shape check.
         """
+        if not Path(checkpoint).is_file():  # named before the vocabulary or the config
+            raise CheckpointError(f"checkpoint not found: {checkpoint}")
         cfg = _resolve_config(config, **overrides)
         if text_encoder is not None:
             ckpt.check_text_encoder_matches(cfg, text_encoder)

@@ -376,8 +376,8 @@ def verify_file(path: Path, recorded: str, what: str) -> None:
     if recorded and cached_sha256(path) != recorded:
         raise ArtifactError(
             f"{path} ({what}) changed since it was written: its sha256 differs from the one "
-            f"recorded in {MANIFEST_FILE}. Re-create it (re-export / re-quantize), or pass "
-            "verify=False only if you trust the modified file"
+            f"recorded in {MANIFEST_FILE}. Re-create it (re-export / re-quantize); from Python, "
+            "Predictor(..., verify=False) skips the check, only for a file you trust"
         )
 
 

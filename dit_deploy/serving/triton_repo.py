@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArtifactError, ConfigError, DITError
+from ..hints import command
 from ..runtime.engine_sidecar import engine_file, read_sidecar, sidecar_path
 from ..runtime.export import Export
 from ..runtime.manifest import LAYOUT_ROLES, Manifest
@@ -349,10 +350,10 @@ def _checked_engine(opts: RepoOptions, manifest: Manifest) -> Path:
     """
     spec = manifest.graph("dit_fused", opts.precision)
     engine = opts.export_dir / engine_file(spec.file)
-    rebuild = (
-        f"python export/to_trt.py {opts.export_dir} --precision {opts.precision} "
-        f"--layout fused --max-batch {opts.max_batch}"
-    )
+    rebuild = command(
+        "engines", opts.export_dir, "--precision", opts.precision, "--layout", "fused",
+        "--max-batch", str(opts.max_batch),
+    )  # fmt: skip
     if not engine.is_file():
         raise ArtifactError(
             f"{opts.export_dir} has no TensorRT engine {engine.name}; build it on a GPU of the "
