@@ -578,6 +578,8 @@ def test_unreachable_server_is_a_typed_error_naming_the_url():
             client.predict(*PAIRS[0])
         assert time.monotonic() - start < 10
         assert not client.is_ready()
+        with pytest.raises(ServerUnavailableError, match="not ready after 1 s; last: cannot reach"):
+            client.wait_ready(1.0)  # the reason, not only the time-out
 
 
 # -- lifecycle: kill and drain -----------------------------------------------------------

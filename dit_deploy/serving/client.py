@@ -205,10 +205,18 @@ class DITClient:
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until :meth:`is_ready`; :class:`ServerUnavailableError` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while not self.is_ready():
+        while True:
+            try:
+                kwargs = self._timeout()
+                if self._call(self._client().is_model_ready, self.model, **kwargs):
+                    return
+                last = f"the server answers, but model '{self.model}' is not loaded"
+            except ServerError as exc:
+                last = str(exc)
             if time.monotonic() > deadline:
                 raise ServerUnavailableError(
-                    f"model '{self.model}' at {self.url} not ready after {timeout_s:.0f} s",
+                    f"model '{self.model}' at {self.url} not ready after {timeout_s:.0f} s; "
+                    f"last: {last}",
                     url=self.url,
                 )
             time.sleep(0.2)
