@@ -853,7 +853,12 @@ def test_triton_repo_refuses_what_it_cannot_write(export, tmp_path, capsys):
     from dit_deploy.cli import main
 
     assert main(["triton-repo", str(export), str(tmp_path / "r"), "--backend", "tensorrt"]) == 1
-    assert "no TensorRT engine" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no TensorRT engine" in err
+    assert f"dit-deploy engines {export} --precision fp32 --layout fused" in err  # the fix
+    argv = ["triton-repo", str(export), str(tmp_path / "r"), "--layout", "split"]
+    assert main(argv) == 1  # --layout is the python backend's: never silently dropped
+    assert "--layout applies to --backend python only" in capsys.readouterr().err
     src = tmp_path / "export"
     shutil.copytree(export, src)
     _fake_engine(src, "fp32", max_batch=4)

@@ -39,7 +39,7 @@ CLIENT_EPILOG = """examples:
 REPO_EPILOG = """examples:
   dit-deploy triton-repo runs/dit-deploy/export models/ --backend onnxruntime --kind cpu
   dit-deploy triton-repo runs/dit-deploy/export models/ --backend tensorrt --precision fp16
-  dit-deploy triton-repo runs/dit-deploy/export models/ --backend python --runtime openvino \
+  dit-deploy triton-repo runs/dit-deploy/export models/ --backend python --runtime openvino \\
       --kind cpu                               # one python model, what 'dit-deploy serve' runs
 then, on a GPU machine (the python models need dit-deploy inside the container):
   docker run --gpus all --rm -p 8000-8002:8000-8002 -v $PWD/models:/models -v $PWD:/src \\
@@ -52,7 +52,7 @@ PERF_EPILOG = """examples:
   dit-deploy perf-data load.json horse.jpg "the gray horse" cat.png "the cat on the left"
   dit-deploy perf-data load.json --bundled          # the bundled sample photographs
 then:
-  perf_analyzer -m dit -u 127.0.0.1:8001 -i grpc --input-data load.json \
+  perf_analyzer -m dit -u 127.0.0.1:8001 -i grpc --input-data load.json \\
       --concurrency-range 1:8:2 --measurement-interval 5000
 """
 
@@ -185,10 +185,18 @@ def _register_triton_repo(subparsers) -> None:
     _model_options(p)
     p.add_argument("out", type=Path, metavar="OUT", help="the repository directory to write")
     p.add_argument(
-        "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "python")
+        "--backend",
+        default="onnxruntime",
+        choices=("onnxruntime", "tensorrt", "python"),
+        help="Triton backend of the model (python: the Predictor on --runtime)",
     )
     p.add_argument("--kind", default="gpu", choices=("gpu", "cpu"), help="instance kind")
-    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=2000)
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=non_negative_int,
+        default=2000,
+        help="how long Triton waits to fill a batch",
+    )
     p.add_argument(
         "--runtime",
         default="onnxruntime",
@@ -196,9 +204,17 @@ def _register_triton_repo(subparsers) -> None:
         help="--backend python: runtime",
     )
     p.add_argument(
-        "--layout", choices=tuple(LAYOUT_ROLES), default=None, help="--backend python: graphs"
+        "--layout",
+        choices=tuple(LAYOUT_ROLES),
+        default=None,
+        help="--backend python: graphs (None: fused if exported)",
     )
-    p.add_argument("--threads", type=positive_int, default=None, help="--backend python: CPU")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="--backend python: CPU threads per instance (None: the runtime's default)",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(handler=run_triton_repo)
 

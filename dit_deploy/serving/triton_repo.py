@@ -93,6 +93,13 @@ class RepoOptions:
             raise ConfigError("TensorRT engines run on GPUs only; use --kind gpu")
         if self.backend == "python" and self.runtime == "tensorrt" and self.kind == "cpu":
             raise ConfigError("--runtime tensorrt runs on GPUs only; use --kind gpu")
+        if self.backend != "python" and (self.layout or self.threads):
+            given = " and ".join(f for f, v in (("--layout", self.layout),
+                                                ("--threads", self.threads)) if v)  # fmt: skip
+            raise ConfigError(
+                f"{given} applies to --backend python only; the {self.backend} ensemble runs "
+                "the fused graph with Triton's own backend (drop it, or use --backend python)"
+            )
         if self.max_batch < 1 or self.instances < 1 or self.max_queue_delay_us < 0:
             raise ConfigError("--max-batch and --instances must be >= 1, the delay >= 0")
         if self.preferred_batch is not None and not 1 <= self.preferred_batch <= self.max_batch:
