@@ -701,6 +701,14 @@ def test_client_verb_unreachable_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"127.0.0.1:{port}" in err[0]
     assert not (tmp_path / "m.png").exists()
+    # what every server refuses is named before connecting, not as "cannot reach"
+    (tmp_path / "notes.txt").write_text("not an image")
+    for image, text, reason in ((tmp_path / "notes.txt", "x", "is not an image file"),
+                                (PAIRS[0][0], "  ", "TEXT is empty")):  # fmt: skip
+        argv = ["client", f"http://127.0.0.1:{port}", str(image), text]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and reason in err and "cannot reach" not in err, err
 
 
 def test_serve_refuses_bad_options_before_starting(export, capsys):

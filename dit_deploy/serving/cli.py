@@ -268,13 +268,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     from ..mask_codec import encode_png, rle_json
-    from .client import DITClient
+    from ..preprocess import DEFAULT_MAX_PIXELS
+    from .client import DITClient, image_bytes
 
     if args.timeout <= 0:
         raise ConfigError(f"--timeout must be > 0; got {args.timeout}")
+    # what any server would refuse is named here, before connecting (the pixel budget is the
+    # server's own: only Pillow's limit applies locally)
+    data = image_bytes(args.image)
+    c.decode_text(args.text.encode("utf-8", "surrogateescape"))
+    c.decode_image(data, DEFAULT_MAX_PIXELS, input_size=16, max_bytes=len(data) or 1)
     client = DITClient(args.url, timeout_s=args.timeout)
     start = time.perf_counter()
-    result = client.predict(args.image, args.text)
+    result = client.predict(data, args.text)
     ms = (time.perf_counter() - start) * 1e3
     _write(args.out, encode_png(result.mask))
     if args.rle:
