@@ -128,7 +128,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     def _get_help_string(self, action: argparse.Action) -> str | None:
         # a help text that states its default in words keeps it, once
         text = action.help or ""
-        if "(default" in text or "(None:" in text:
+        if "(default" in text or "(None:" in text or action.required:  # required: no default
             return text
         return super()._get_help_string(action)
 

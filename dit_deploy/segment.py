@@ -119,9 +119,14 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("image", type=Path, metavar="IMAGE", help="a JPEG, PNG, WebP, BMP or TIFF")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="a JPEG, PNG, WebP, BMP, TIFF or GIF")
     p.add_argument("texts", nargs="+", metavar="TEXT", help="referring expressions")
-    p.add_argument("--export", type=Path, default=None, help="export directory (None: above)")
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="export directory (None: the main job's, else the bundled model's; see below)",
+    )
     p.add_argument(
         "--model",
         default=None,

@@ -159,8 +159,8 @@ def _register_client(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("url", metavar="URL", help="http://HOST:PORT or grpc://HOST:PORT")
-    p.add_argument("image", type=Path, metavar="IMAGE")
-    p.add_argument("text", metavar="TEXT")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="an image file (JPEG, PNG, ...)")
+    p.add_argument("text", metavar="TEXT", help="the referring expression")
     p.add_argument("--out", type=Path, default=Path("mask.png"), help="mask PNG to write")
     p.add_argument("--rle", type=Path, default=None, help="also write COCO RLE JSON here")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds")
