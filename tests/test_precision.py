@@ -251,6 +251,16 @@ def test_json_to_stdout_is_the_report_alone_with_a_printing_calibrator(
     assert "histogram" in captured.err.lower() or "threshold" in captured.err.lower()
 
 
+def test_an_op_type_the_graphs_lack_is_refused_before_any_work(fp32_export, tmp_path, capsys):
+    out = _copy(fp32_export, tmp_path / "e")
+    before = _snapshot(out)
+    argv = [str(out), "--precision", "int8", "--op-types", "MatMul", "matmul", "--quiet"]
+    assert quantize_main([*argv, "--cache-dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "--op-types matmul: no such op in" in err and "case-sensitive" in err, err
+    assert _snapshot(out) == before and not (tmp_path / "c").exists()
+
+
 def test_exclude_leaves_node_unquantized_and_unknown_names_are_refused(fp32_export, tmp_path):
     out = _copy(fp32_export, tmp_path / "e")
     graph = onnx.load(out / "mask_decoder.onnx")

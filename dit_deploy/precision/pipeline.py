@@ -38,6 +38,7 @@ from .fp16 import DEFAULT_FP32_OPS, convert_fp16
 from .graph_checks import fp16_problems, int8_problems
 from .install import GraphOutcome, execution_candidate, execution_of, install, verification
 from .int8 import (
+    DEFAULT_OP_TYPES,
     Int8Options,
     Int8Result,
     StreamingCalibrationReader,
@@ -252,19 +253,32 @@ def _convert_one(
 def _check_int8(
     export_dir: Path, manifest: Manifest, roles: Sequence[str], opts: QuantizeOptions
 ) -> None:
-    """INT8 needs calibration pairs, and every ``--exclude`` node must exist (ConfigError)."""
+    """INT8 needs calibration pairs, every ``--op-types`` op must occur in the graphs and
+    every ``--exclude`` node must exist (ConfigError, before any work)."""
     if opts.precision == "int8" and opts.calib is None:
         raise ConfigError("INT8 needs calibration pairs (--calib-data, or generated scenes)")
-    if opts.precision == "int8" and opts.int8.exclude:
-        import onnx
+    if opts.precision != "int8":
+        return
+    import onnx
 
-        names = [
-            n.name
-            for r in roles
-            for n in onnx.load(
-                str(export_dir / manifest.graphs[r].file), load_external_data=False
-            ).graph.node
-        ]
+    nodes = [
+        n
+        for r in roles
+        for n in onnx.load(
+            str(export_dir / manifest.graphs[r].file), load_external_data=False
+        ).graph.node
+    ]
+    present = {n.op_type for n in nodes}
+    # the defaults may be absent (a graph without Gemm); a named op that is absent is a typo
+    absent = [t for t in opts.int8.op_types if t not in present and t not in DEFAULT_OP_TYPES]
+    if absent:
+        compute = sorted(present & {"MatMul", "Gemm", "Conv", "ConvTranspose"})
+        raise ConfigError(
+            f"--op-types {' '.join(absent)}: no such op in {', '.join(roles)} (op types are "
+            f"case-sensitive ONNX names; these graphs' products are {' '.join(compute)})"
+        )
+    if opts.int8.exclude:
+        names = [n.name for n in nodes]
         missing = unknown_nodes(names, opts.int8.exclude)
         if missing:
             raise ConfigError(
