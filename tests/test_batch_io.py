@@ -100,6 +100,15 @@ def test_output_directory_refuses_another_job_and_overwrite_clears_it(tmp_path):
     assert part_file(out, 0).exists()
     with pytest.raises(BatchJobError, match="differs in: input_sha256"):
         open_output(out, {**job, "input_sha256": "b"}, overwrite=False, log=print)
+    export = {"precision": "fp32", "layout": "fused", "graphs_sha256": {"dit_fused": "1"}}
+    other = tmp_path / "exported"
+    open_output(other, {**job, "export": export}, overwrite=False, log=print)
+    int8 = {**export, "precision": "int8", "graphs_sha256": {"dit_fused": "2"}}
+    with pytest.raises(BatchJobError, match=r"differs in: export precision \('fp32' -> 'int8'\)"):
+        open_output(other, {**job, "export": int8}, overwrite=False, log=print)
+    requantized = {**export, "graphs_sha256": {"dit_fused": "3"}}
+    with pytest.raises(BatchJobError, match=r"differs in: export graphs \(re-exported"):
+        open_output(other, {**job, "export": requantized}, overwrite=False, log=print)
     lines: list[str] = []
     open_output(out, {**job, "input_sha256": "b"}, overwrite=True, log=lines.append)
     assert not part_file(out, 0).exists() and "removed the previous results" in lines[0]

@@ -118,6 +118,24 @@ def job_record(source: SourceRows, shard_size: int, export: dict[str, Any], png:
     }
 
 
+def _differences(previous: dict, job: dict) -> list[str]:
+    """What makes ``job`` another job than ``previous``: top-level fields, or the export's own
+    (``export precision ('fp32' -> 'int8')``; its graphs' hashes only when nothing else
+    explains them). The source's name is for people: the same rows by another path resume."""
+    out = []
+    for key, now in job.items():
+        was = previous.get(key)
+        if key == "source" or was == now:
+            continue
+        if not (isinstance(was, dict) and isinstance(now, dict)):
+            out.append(key)
+            continue
+        subs = [f"{key} {k} ({was.get(k)!r} -> {v!r})" for k, v in now.items()
+                if was.get(k) != v and k != "graphs_sha256"]  # fmt: skip
+        out += subs or [f"{key} graphs (re-exported or re-quantized)"]
+    return out
+
+
 def open_output(
     out: Path, job: dict[str, Any], overwrite: bool, log: Callable[[str], None]
 ) -> None:
@@ -140,8 +158,7 @@ def open_output(
             raise BatchJobError(
                 f"{path} is unreadable ({exc}); pass --overwrite to start this job afresh"
             ) from exc
-        # the source's name is for people: the same rows given by another path still resume
-        different = [k for k in job if k != "source" and previous.get(k) != job[k]]
+        different = _differences(previous, job)
         if different:
             raise BatchJobError(
                 f"{out} holds the results of a different job (it differs in: "
