@@ -242,6 +242,14 @@ def test_malicious_pickle_is_refused(refer_root: Path) -> None:
         ReferDataset(refer_root, "refcoco", "val")
 
 
+def test_a_truncated_pickle_is_called_truncated_not_dangerous(refer_root: Path) -> None:
+    path = refer_root / "refcoco" / "refs(unc).p"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DatasetError, match="truncated or corrupt, re-download it") as info:
+        ReferDataset(refer_root, "refcoco", "val")
+    assert "running code" not in str(info.value)
+
+
 def test_python2_style_pickle_loads(tmp_path: Path) -> None:
     # Protocol 2 with a set and bytes: the globals a py2/py3 protocol-2 pickle may use.
     root = make_refer_fixture(tmp_path / "p2")

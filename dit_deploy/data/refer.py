@@ -89,8 +89,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+            raise _DisallowedGlobal(f"global {module}.{name} is not allowed")
         return super().find_class(module, name)
+
+
+class _DisallowedGlobal(pickle.UnpicklingError):
+    """A refs pickle names a global outside the allow-list."""
 
 
 def load_refs_pickle(path: Path) -> list[dict[str, Any]]:
@@ -105,10 +109,14 @@ def load_refs_pickle(path: Path) -> list[dict[str, Any]]:
     try:
         data = path.read_bytes()
         refs = _RestrictedUnpickler(io.BytesIO(data), encoding="utf-8").load()
-    except pickle.UnpicklingError as e:
+    except _DisallowedGlobal as e:
         raise DatasetError(
             f"refusing to load {path}: {e}. A refs file may hold only lists, dicts, strings and "
             "numbers; this one would construct other objects (possibly running code)"
+        ) from e
+    except pickle.UnpicklingError as e:  # truncated or not a pickle at all
+        raise DatasetError(
+            f"cannot read refs file {path}: {e}; it is truncated or corrupt, re-download it"
         ) from e
     except (
         OSError,
