@@ -126,6 +126,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report-dir", type=Path, help=f"where to write reports (default: {RUNS}/<model>)"
     )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    _server_arguments(p)
+
+
+def _server_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("server load test (dit_deploy.bench.server_load)")
     s.add_argument("--server", metavar="URL", help="load-test a DIT Triton server at this URL")
     s.add_argument(

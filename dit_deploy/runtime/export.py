@@ -136,6 +136,14 @@ class Export:
 
     def graph(self, role: str, precision: str = "fp32") -> GraphSpec:
         """The graph that runs ``role`` at ``precision`` (typed error naming the fix)."""
+        if precision != "fp32" and precision not in self.manifest.precisions:
+            from .backends.table import precisions as known
+
+            if precision not in known():  # no command makes it: name what exists instead
+                raise ArtifactError(
+                    f"unknown precision {precision!r}; precisions are {', '.join(known())} "
+                    f"(this export has {', '.join(self.precisions)})"
+                )
         return self.manifest.graph(role, precision, self.path)
 
     def graph_path(self, role: str, precision: str = "fp32") -> Path:
