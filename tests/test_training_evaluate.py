@@ -103,10 +103,14 @@ def test_evaluate_cli_json_and_one_line_errors(model_and_export, capsys) -> None
         (["--model", str(model_dir), "--backend", "onnxruntime"], "not an export directory"),
         (["--model", str(model_dir), "--precision", "int8", "--device", "cpu"], "--precision"),
         (["--model", str(export_dir), "--precision", "int7"], "int7"),
-        (["--model", str(model_dir), "--batch-size", "0"], "--batch-size"),
     ]
     for extra, match in cases:
         assert main_evaluate([*extra, *args]) == 1, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0]
         assert err[0].startswith("dit-deploy evaluate: error: ")
+    with pytest.raises(SystemExit) as info:  # a bad number is refused while parsing
+        main_evaluate(["--model", str(model_dir), *args, "--batch-size", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert "argument --batch-size: must be >= 1, got 0" in err[0]
