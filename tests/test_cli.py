@@ -270,3 +270,40 @@ def test_a_missing_checkpoint_is_named_before_the_vocabulary(tmp_path, capsys):
     assert cli(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"checkpoint not found: {tmp_path / 'none.pth'}" in err
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """(where, command) for every ``dit-deploy ...`` line of each verb's --help examples and
+    of the README's and docs' bash blocks (continuations joined; ``&&`` chains split;
+    lines with a ``<placeholder>`` or ``...`` left out)."""
+    import argparse
+
+    root = Path(__file__).resolve().parents[1]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    texts = [(f"dit-deploy {verb} --help", p.epilog or "") for verb, p in sub.choices.items()]
+    texts.append(("dit-deploy --help", parser.epilog or ""))
+    for md in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        texts += [(md.name, b) for b in re.findall(r"```bash\n(.*?)```", md.read_text(), re.S)]
+    found = []
+    for where, text in texts:
+        for line in text.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                part = part.strip().removeprefix(".venv/bin/")
+                if part.startswith("dit-deploy ") and "<" not in part and "..." not in part:
+                    found.append((where, part))
+    return found
+
+
+def test_every_documented_command_parses(capsys):
+    """The examples users copy: each one's verb and options exist and its values parse."""
+    commands = _documented_commands()
+    assert len(commands) >= 60, len(commands)
+    parser = build_parser()
+    bad = []
+    for where, command in commands:
+        try:
+            parser.parse_args(shlex.split(command, comments=True)[1:])
+        except SystemExit:
+            bad.append(f"{where}: {command}: {capsys.readouterr().err.strip()}")
+    assert not bad, "\n".join(bad)
