@@ -380,6 +380,34 @@ MUTATIONS = (
         "                if (r, name) in twins\n",
         ("tests/test_layout_alias.py",),
     ),
+    Mutation(
+        "serving: the budget is the request's, not each image's",
+        "dit_deploy/serving/triton_models.py",
+        "    if over:\n        return pb.TritonError(over, pb.TritonError.INVALID_ARG)",
+        "    if False:\n        return pb.TritonError(over, pb.TritonError.INVALID_ARG)",
+        ("tests/test_serving_unit.py::test_pipeline_budget_is_per_request_not_per_image",),
+    ),
+    Mutation(
+        "images: only the listed raster formats are opened",
+        "dit_deploy/preprocess.py",
+        "        im = Image.open(path, formats=IMAGE_FORMATS)",
+        "        im = Image.open(path)",
+        ("tests/test_preprocess.py::test_only_the_listed_raster_formats_are_opened",),
+    ),
+    Mutation(
+        "manifest: files outside the export are refused",
+        "dit_deploy/runtime/manifest.py",
+        '    if not name or "/" in name',
+        "    if not name",
+        ("tests/test_cli.py::test_a_manifest_naming_files_outside_its_export_is_refused",),
+    ),
+    Mutation(
+        "validate: the recorded hashes are checked first",
+        "dit_deploy/exporters/cli.py",
+        '        export.verify(export.roles(layout), "fp32")',
+        "        pass",
+        ("tests/test_cli.py::test_validate_checks_the_recorded_hashes_before_it_runs",),
+    ),
 )
 
 
