@@ -6,46 +6,62 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import re
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
+def _number(text: str, kind: type, unit: str = "") -> Any:
+    """``kind(text)``, or argparse's error naming what was expected."""
+    what = "an integer" if kind is int else "a finite number"
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}{unit}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}{unit}")
     return value
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _bounded(
+    kind: type, low: float, high: float | None = None, unit: str = "", strict: bool = False
+) -> Callable[[str], Any]:
+    """A parser of ``kind`` values >= ``low`` (> with ``strict``), and <= ``high`` if given."""
+
+    def parse(text: str) -> Any:
+        value = _number(text, kind, unit)
+        if high is not None and not low <= value <= high:
+            span = f"{low}..{high}" if kind is int else f"[{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be in {span}{unit}, got {value}")
+        if value < low or (strict and value == low):
+            sign = ">" if strict else ">="
+            raise argparse.ArgumentTypeError(f"must be {sign} {low:g}, got {value}")
+        return value
+
+    return parse
+
+
+def _named(parse: Callable[[str], Any], doc: str) -> Callable[[str], Any]:
+    parse.__doc__ = doc
+    return parse
+
+
+positive_int = _named(_bounded(int, 1), "An integer >= 1.")
+non_negative_int = _named(_bounded(int, 0), "An integer >= 0.")
+positive_float = _named(_bounded(float, 0.0, strict=True), "A number > 0.")
+non_negative_float = _named(_bounded(float, 0.0), "A number >= 0.")
+fraction = _named(_bounded(float, 0.0, 1.0), "A number in [0, 1].")
+points = _named(_bounded(float, 0.0, 100.0, " points"), "An mIoU change in points, in [0, 100].")
+window_seconds = _named(
+    _bounded(float, 0.1, 600.0, " s"), "A measuring window in s, in [0.1, 600]."
+)
+percentile = _named(_bounded(float, 0.0, 100.0), "A percentile, in [0, 100].")
 
 
 def int_in(low: int, high: int) -> Callable[[str], int]:
     """A parser of integers in [low, high]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
-        return value
-
-    return parse
+    return _bounded(int, low, high)
 
 
 def positive_int_list(text: str) -> str:
@@ -65,53 +81,6 @@ def positive_int_list(text: str) -> str:
 def auto_or_positive_int(text: str) -> int | None:
     """``auto`` (None: decided by the command, e.g. measured) or an integer >= 1."""
     return None if text.strip().lower() == "auto" else positive_int(text)
-
-
-def _float_in(low: float, high: float, unit: str = "") -> Callable[[str], float]:
-    """A parser of numbers in [low, high] (``unit`` names them in messages)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number{unit}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}]{unit}, got {value}")
-        return value
-
-    return parse
-
-
-fraction = _float_in(0.0, 1.0)
-fraction.__doc__ = "A number in [0, 1]."
-points = _float_in(0.0, 100.0, " points")
-points.__doc__ = "An mIoU change in points, in [0, 100]."
-window_seconds = _float_in(0.1, 600.0, " s")
-window_seconds.__doc__ = "A measuring window in seconds, in [0.1, 600]."
-percentile = _float_in(0.0, 100.0)
-percentile.__doc__ = "A percentile, in [0, 100]."
-
-
-def positive_float(text: str) -> float:
-    """A number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def port(text: str) -> int:

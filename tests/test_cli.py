@@ -307,3 +307,14 @@ def test_every_documented_command_parses(capsys):
         except SystemExit:
             bad.append(f"{where}: {command}: {capsys.readouterr().err.strip()}")
     assert not bad, "\n".join(bad)
+
+
+def test_number_options_refuse_nan_and_infinity(capsys):
+    from dit_deploy.cli import main
+
+    for argv in (["bench", "--budget", "nan"], ["bench", "--duration", "inf"],
+                 ["export", "--pretrained", "m", "--out", "o", "--atol", "nan"]):  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and "is not a finite number" in err
