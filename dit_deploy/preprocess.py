@@ -160,7 +160,13 @@ def load_image(
     Raises:
         ImageError: missing or undecodable file, unsupported shape/dtype/mode, empty image,
             too many pixels, or a short side that vanishes at ``input_size``.
+        InputError: ``max_pixels`` or ``input_size`` is not a positive integer.
     """
+    for name, value in (("max_pixels", max_pixels), ("input_size", input_size)):
+        if value is None and name == "input_size":
+            continue
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(source, np.ndarray):
         what = f"image array of shape {source.shape}"
         if source.ndim in (2, 3):

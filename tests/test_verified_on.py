@@ -226,6 +226,37 @@ def test_damaged_stored_pairs_are_refused(verified, tmp_path):
         check_here(out, manifest, "int8", "fused", p.low_res_logits, AVX2)
 
 
+def test_stored_pairs_of_other_fp32_graphs_and_impossible_agreements_are_refused(
+    verified, tmp_path
+):
+    """What re-verification reads is checked first: the references' FP32 graphs are this
+    export's, and a recorded agreement is an IoU in [0, 1]."""
+    import hashlib
+
+    from dit_deploy.runtime.verified_on import StoredPairs, write_pairs
+
+    out = _copy(verified, tmp_path / "stale")
+    _edit_manifest(out, lambda d: d["verified"]["int8"]["on"][0].update(numerics="x86-int8-vnni"))
+    _edit_manifest(out, lambda d: d["verified"]["int8"].update(scheme={"weight_bits": 8}))
+    pairs = read_pairs(out, read_manifest(out))
+    others = {role: "0" * 64 for role in pairs.fp32_sha256}
+    digest = write_pairs(out, StoredPairs(pairs.feeds, pairs.reference, others))
+    assert digest == hashlib.sha256((out / PAIRS_FILE).read_bytes()).hexdigest()
+    _edit_manifest(out, lambda d: d["verification_pairs"].update(sha256=digest))
+    manifest = read_manifest(out)
+    with (
+        Predictor(out, precision="int8", layout="fused", verify=False) as p,
+        pytest.raises(ArtifactError, match="computed with other FP32 graphs than its dit_encoder, dit_fused"),
+    ):
+        check_here(out, manifest, "int8", "fused", p.low_res_logits, AVX2)
+    bad = _copy(verified, tmp_path / "agreement")
+    _edit_manifest(
+        bad, lambda d: d["verified"]["int8"]["on"][0]["stored_pairs_agreement"].update(fused=-3)
+    )
+    with pytest.raises(ArtifactError, match=r"stored_pairs_agreement.fused must be in \[0, 1\]"):
+        read_manifest(bad)
+
+
 def test_verify_cli_adds_this_machine(verified, tmp_path, capsys):
     out = _copy(verified, tmp_path / "cli")
     _edit_manifest(

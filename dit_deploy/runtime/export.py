@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, InputError
 from ..tokenizer import WordPieceTokenizer
 from .manifest import (
     LAYOUT_ROLES,
@@ -71,6 +71,10 @@ class Export:
         file and the fix. Parsed once per version of its manifest in this process."""
         if isinstance(source, Export):
             return source
+        if not isinstance(source, (str, os.PathLike)):
+            raise InputError(
+                f"an export is a directory path (str or Path), got {type(source).__name__}"
+            )
         path = Path(source)
         key = str(path.resolve())
         with cls._lock:
@@ -117,6 +121,11 @@ class Export:
     def layout(self, requested: str | None = None) -> str:
         """``requested``, or the default (fused if exported, else split); typed error when
         the export lacks it."""
+        if requested is not None and requested not in LAYOUT_ROLES:
+            raise InputError(
+                f"layout {requested!r}: use one of {', '.join(LAYOUT_ROLES)} (None: fused if "
+                "exported)"
+            )
         available = self.layouts
         layout = requested or next((x for x in preferred_layouts() if x in available), "split")
         if layout not in available:
@@ -139,8 +148,8 @@ class Export:
         if precision != "fp32" and precision not in self.manifest.precisions:
             from .backends.table import precisions as known
 
-            if precision not in known():  # no command makes it: name what exists instead
-                raise ArtifactError(
+            if not isinstance(precision, str) or precision not in known():  # no command makes it
+                raise InputError(
                     f"unknown precision {precision!r}; precisions are {', '.join(known())} "
                     f"(this export has {', '.join(self.precisions)})"
                 )

@@ -342,6 +342,14 @@ def _check_values(manifest: Manifest, path: Path) -> None:
         )
     if not math.isfinite(manifest.mask_threshold):
         problems.append(f"field mask_threshold must be finite, got {manifest.mask_threshold!r}")
+    for precision, record in manifest.verified.items():
+        for entry in record.get("on", []):
+            for layout, value in entry.get("stored_pairs_agreement", {}).items():
+                if not 0.0 <= value <= 1.0:  # an agreement is an IoU
+                    problems.append(
+                        f"verified.{precision} stored_pairs_agreement.{layout} must be in "
+                        f"[0, 1], got {value!r}"
+                    )
     if problems:
         raise ArtifactError(f"{path}: " + "; ".join(problems) + "; re-export the model")
 
@@ -365,8 +373,15 @@ def cached_sha256(path: Path) -> str:
 
 
 def verify_file(path: Path, recorded: str, what: str) -> None:
-    """Raise ArtifactError if ``path``'s sha256 differs from the recorded one (if any)."""
-    if recorded and cached_sha256(path) != recorded:
+    """Raise ArtifactError if ``path``'s sha256 differs from the recorded one, or if none is
+    recorded (an unrecorded hash would turn the check off without a word)."""
+    if not recorded:
+        raise ArtifactError(
+            f"{MANIFEST_FILE} records no sha256 for {path} ({what}), so it cannot be checked; "
+            "re-export (or re-quantize) to record it; from Python, Predictor(..., verify=False) "
+            "skips the check, only for a file you trust"
+        )
+    if cached_sha256(path) != recorded:
         raise ArtifactError(
             f"{path} ({what}) changed since it was written: its sha256 differs from the one "
             f"recorded in {MANIFEST_FILE}. Re-create it (re-export / re-quantize); from Python, "

@@ -15,7 +15,9 @@ per-call state, and the backends may be shared.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import numbers
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,18 @@ from .graph_chain import GraphChain
 from .verified_on import check_here
 
 MAX_PAIRS_PER_CALL = 100_000
+# more threads than this only queue on the cores (ONNX Runtime took minutes to open 3000)
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 log = logging.getLogger(__name__)
+
+
+def _count(value: object, name: str, most: int | None = None) -> int:
+    """``value`` as an int >= 1 (and <= ``most``), or the InputError naming ``name``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if most is not None and value > most:
+        raise InputError(f"{name} must be at most {most} (4 per CPU here), got {value}")
+    return int(value)
 
 
 def check_pairs(pairs: object) -> list[tuple[ImageSource, str]]:
@@ -80,12 +93,17 @@ class Predictor:
         verify: bool = True,
         backend_options: dict | None = None,
     ) -> None:
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise InputError(f"max_batch must be a positive integer, got {max_batch!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+        max_batch = _count(max_batch, "max_batch")
+        if threads is not None:
+            threads = _count(threads, "threads", most=MAX_THREADS)
+        for name, value in (("backend", backend), ("precision", precision)):
+            if not isinstance(value, str):
+                raise InputError(f"{name} must be a name (str), got {value!r}")
+        if backend_options is not None and not isinstance(backend_options, Mapping):
+            kind = type(backend_options).__name__
+            raise InputError(f"backend_options must be a dict, got {kind}")
         row = backend_row(backend)
-        device = device or row.default_device
+        device = row.default_device if device is None else device
         kind = parse_device(device)[0]  # cpu, cuda, cuda:N, tensorrt[:N]; others refused here
         if kind not in row.devices:
             raise InputError(
@@ -98,7 +116,7 @@ class Predictor:
         self.backend_name, self.device, self._row = backend, device, row
         self._threads, self._cuda_graph = threads, cuda_graph
         self.backend_options = dict(backend_options or {})
-        self.max_batch = max_batch
+        self.max_batch, self._verify = max_batch, verify
         self.chain = GraphChain(self.layout, self._open)
         # the artifact first: a changed or missing file is reported before backends load
         for role in self.chain.roles:
@@ -124,6 +142,8 @@ class Predictor:
         """The backend table's artifact for ``role`` (``<role>[.<precision>].onnx``, or a
         built engine), opened by the table's opener."""
         spec = self.export.graph(role, self.precision)
+        if self._verify:  # every open, a reopen after close() too: the file may have changed
+            self.export.verify((role,), self.precision)
         mode = check_execution(self.backend_name, spec.execution)
         path = self._row.artifact_path(self.export_dir, spec)
         if not path.is_file():

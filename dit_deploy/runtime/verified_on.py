@@ -203,6 +203,13 @@ def reverify(
     pairs = read_pairs(directory, manifest)
     if layout not in pairs.reference:
         raise ArtifactError(f"{directory}'s verification pairs have no {layout} references")
+    stale = sorted(r for r, g in manifest.graphs.items() if pairs.fp32_sha256.get(r) != g.sha256)
+    if stale:  # references of other FP32 graphs would judge these against the wrong masks
+        raise ArtifactError(
+            f"{directory}'s verification pairs were computed with other FP32 graphs than its "
+            f"{', '.join(stale)}; re-run "
+            + command("quantize", directory, "--precision", precision)
+        )
     recorded = [
         r["stored_pairs_agreement"][layout]
         for r in manifest.verified[precision]["on"]

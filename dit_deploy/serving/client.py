@@ -30,9 +30,10 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, ImageError
+from ..errors import ConfigError, ImageError, TextError
 from ..mask_codec import decode_png, decode_rle
 from ..postprocess import MaskResult
+from ..preprocess import load_image
 from . import contract as c
 from .errors import RequestError, ServerError, ServerTimeoutError, ServerUnavailableError
 
@@ -44,19 +45,21 @@ _TIMEOUT = ("deadline exceeded", "timed out", "timeout")
 
 def image_bytes(image: ImageInput) -> bytes:
     """The bytes sent as IMAGE: a file's own bytes (decoded server-side exactly as a local
-    ``load_image(path)``), or a lossless PNG of a PIL image / uint8 array."""
+    ``load_image(path)``), or a lossless PNG of a PIL image / array as ``load_image`` reads
+    it (EXIF orientation applied, 16-bit and float converted, alpha dropped: the server then
+    sees what an in-process Predictor would)."""
     if isinstance(image, bytes):
         return image
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise ImageError(f"{path} is a directory; give an image file")
         if not path.is_file():
             raise ImageError(f"image file not found: {path}")
         return path.read_bytes()
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if isinstance(image, Image.Image):
+    if isinstance(image, (np.ndarray, Image.Image)):
         buf = io.BytesIO()
-        image.save(buf, format="PNG")
+        Image.fromarray(load_image(image)).save(buf, format="PNG")
         return buf.getvalue()
     raise ImageError(
         f"cannot send a {type(image).__name__}; pass a path, bytes, a PIL image or an array"
@@ -65,13 +68,17 @@ def image_bytes(image: ImageInput) -> bytes:
 
 def parse_url(url: str) -> tuple[str, str]:
     """``("http" | "grpc", "host:port")``; no scheme means HTTP."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "grpc") or not parts.hostname or not parts.port:
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        port = parts.port  # raises ValueError when out of range
+    except (TypeError, ValueError):
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "grpc") or not parts.hostname or not port:
         raise ConfigError(
             f"server URL {url!r} must look like http://HOST:PORT or grpc://HOST:PORT "
             "(e.g. http://127.0.0.1:8000, grpc://127.0.0.1:8001)"
         )
-    return parts.scheme, f"{parts.hostname}:{parts.port}"
+    return parts.scheme, f"{parts.hostname}:{port}"
 
 
 def classify(exc: BaseException, url: str) -> ServerError:
@@ -151,8 +158,10 @@ class DITClient:
         self.url = f"{self.protocol}://{self.address}"
         if output not in ("rle", "png"):
             raise ConfigError(f"output must be 'rle' or 'png'; got {output!r}")
-        if concurrency < 1 or timeout_s <= 0:
-            raise ConfigError("concurrency must be >= 1 and timeout_s > 0")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < float("inf"):
+            raise ConfigError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
         self.timeout_s, self.concurrency, self.model = timeout_s, concurrency, model
         self.mask_output = c.MASK_RLE if output == "rle" else c.MASK_PNG
         self._local = threading.local()
@@ -237,11 +246,13 @@ class DITClient:
         Raises :class:`RequestError` when the server refused the row (Triton's 400 /
         INVALID_ARGUMENT), and the other :class:`ServerError` types as :func:`classify`.
         """
+        if not isinstance(text, str):  # str(b"cat") would send "b'cat'"
+            raise TextError(f"a referring expression must be a str, got {type(text).__name__}")
         tc = self._module()
         data = image_bytes(image)
         inputs = [tc.InferInput(c.IMAGE, [1, 1], "BYTES"), tc.InferInput(c.TEXT, [1, 1], "BYTES")]
         inputs[0].set_data_from_numpy(np.array([[data]], dtype=object))
-        inputs[1].set_data_from_numpy(np.array([[str(text).encode("utf-8")]], dtype=object))
+        inputs[1].set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=object))
         names = list(outputs)
         if self.protocol == "http":
             wanted = [tc.InferRequestedOutput(n, binary_data=True) for n in names]
@@ -282,6 +293,9 @@ class DITClient:
                     return exc
                 raise
 
+        from ..runtime.predictor import check_pairs  # the in-process Predictor's own rule
+
+        pairs = check_pairs(pairs)
         if len(pairs) <= 1:
             return [one(p) for p in pairs]
         with ThreadPoolExecutor(min(self.concurrency, len(pairs))) as pool:

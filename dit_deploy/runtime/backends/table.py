@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import BackendUnavailableError, PrecisionUnavailableError
+from ...errors import BackendUnavailableError, InputError, PrecisionUnavailableError
 from ..manifest import GRAPH_PRECISIONS
 
 if TYPE_CHECKING:
@@ -138,7 +138,15 @@ class BackendRow:
 
     def open(self, request: GraphRequest) -> Backend:
         """Open one graph (the backend's own typed errors for what it cannot do)."""
-        return _resolve(self.opener)(request)
+        try:
+            return _resolve(self.opener)(request)
+        except TypeError as exc:  # an option the backend does not take: the caller's mistake
+            unknown = [k for k in request.options if f"argument '{k}'" in str(exc)]
+            if not unknown:
+                raise
+            raise InputError(
+                f"backend_options {unknown}: the {self.name} backend takes no such option ({exc})"
+            ) from None
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -202,7 +210,7 @@ def backend_names() -> tuple[str, ...]:
 
 def backend_row(name: str) -> BackendRow:
     """The row of ``name`` (typed error naming the choices)."""
-    row = TABLE.get(name)
+    row = TABLE.get(name) if isinstance(name, str) else None
     if row is None:
         raise BackendUnavailableError(
             f"unknown backend {name!r}; available: {', '.join(backend_names())}"
