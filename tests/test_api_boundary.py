@@ -62,9 +62,7 @@ def test_a_reopen_after_close_checks_the_hashes_again(tiny_export, tmp_path):
     assert np.array_equal(predictor.predict(SAMPLE, "the cup").mask, first.mask)
 
 
-def test_a_hash_the_manifest_does_not_record_is_an_error_not_a_skipped_check(
-    tiny_export, tmp_path
-):
+def test_a_hash_the_manifest_does_not_record_is_an_error_not_a_skipped_check(tiny_export, tmp_path):
     for part in ("graph", "vocabulary"):
         export = copy_export(tiny_export, tmp_path / part)
         data = json.loads((export / "manifest.json").read_text())
@@ -120,4 +118,3 @@ def test_client_sends_arrays_and_pil_images_as_the_predictor_reads_them(tmp_path
         sent = np.asarray(Image.open(io.BytesIO(image_bytes(pil))))
     assert sent.shape == (60, 20, 3)
     assert np.array_equal(sent, load_image(tmp_path / "r.jpg"))
-
