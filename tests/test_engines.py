@@ -434,6 +434,11 @@ def fused_export(tmp_path) -> Path:
         TensorSpec("attention_mask", "int64", ["batch", 4]),
     ]
     outs = [TensorSpec("low_res_logits", "float32", ["batch", 3, 8, 8])]
+    from dit_deploy.hashing import sha256_file
+
+    def sha(name: str) -> str:  # recorded as an export records them: the runtime checks each
+        return sha256_file(out / name)
+
     Manifest(
         config_name="tiny",
         variant="layer_wise",
@@ -442,9 +447,11 @@ def fused_export(tmp_path) -> Path:
         mask_threshold=0.0,
         pixel_mean=[0.485, 0.456, 0.406],
         pixel_std=[0.229, 0.224, 0.225],
-        tokenizer={"vocab_file": "vocab.txt", "lowercase": True, "max_tokens": 4},
-        graphs={"dit_fused": GraphSpec("dit_fused.onnx", ins, outs)},
+        tokenizer={"vocab_file": "vocab.txt", "lowercase": True, "max_tokens": 4,
+                   "sha256": sha("vocab.txt")},
+        graphs={"dit_fused": GraphSpec("dit_fused.onnx", ins, outs, sha256=sha("dit_fused.onnx"))},
         precisions={"fp16": {"dit_fused": GraphSpec("dit_fused.fp16.onnx", ins, outs,
+                                                    sha256=sha("dit_fused.fp16.onnx"),
                                                     precision="fp16")}},
     ).write(out)  # fmt: skip
     return out
