@@ -643,6 +643,14 @@ def test_server_killed_mid_load_gives_typed_errors_without_hanging(disposable):
         assert "127.0.0.1" in str(exc)
     with pytest.raises(ServerUnavailableError, match=server.http):
         DITClient(server.http, timeout_s=3).predict(*PAIRS[0])
+    # a SIGKILL leaves the python backend's shared memory (RAM) behind; the next serve
+    # removes what dead serve processes left, by the pid in the regions' prefix
+    from dit_deploy.serving.server import SHM_DIR, remove_stale_shm, shm_prefix
+
+    left = list(SHM_DIR.glob(f"{shm_prefix(server.proc.pid)}*"))
+    assert left, "the killed server's regions do not carry its prefix"
+    assert remove_stale_shm() >= len(left)
+    assert not any(p.exists() for p in left)
 
 
 @pytest.mark.slow

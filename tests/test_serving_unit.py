@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sysconfig
 from pathlib import Path
 
@@ -318,6 +319,8 @@ def test_serve_runs_tritonserver_with_open_statistics_unless_a_token_is_set(tmp_
     assert f"--model-repository={tmp_path / 'repo'}" in args
     assert "--strict-readiness=true" in args and "--http-address=127.0.0.1" in args
     assert not any("restricted" in a for a in args)  # perf_analyzer needs no secret
+    prefix = f"dit_deploy_serve_{os.getpid()}_"  # its shared memory is named after this process
+    assert f"--backend-config=python,shm-region-prefix-name={prefix}" in args
     args = tritonserver_args(
         ServeOptions(Path("x"), host="0.0.0.0", api_token="s3"), tmp_path, tmp_path / "l"
     )
@@ -427,3 +430,20 @@ def test_pipeline_budget_is_per_request_not_per_image(export, monkeypatch):
     )
     assert one.error is None and two.error.code == "INVALID_ARG"
     assert f"2 images have {2 * len(cat)} bytes together" in two.error.message
+
+
+def test_stale_shared_memory_of_dead_serve_processes_is_removed(tmp_path):
+    import subprocess
+
+    from dit_deploy.serving.server import remove_stale_shm, shm_prefix
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now
+    names = [f"{shm_prefix(gone.pid)}a", f"{shm_prefix(os.getppid())}b", f"{shm_prefix()}c",
+             "triton_python_backend_shm_region_d", "dit_deploy_serve_x_e"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"\0")
+    assert remove_stale_shm(tmp_path) == 1  # only the dead process's
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+    assert remove_stale_shm(tmp_path, own=True) == 1  # this process's, once its server is gone
+    assert not (tmp_path / names[2]).exists() and (tmp_path / names[1]).exists()

@@ -214,6 +214,46 @@ def urls(opts: ServeOptions) -> dict[str, str]:
     }
 
 
+# the python backend's shared-memory regions (tmpfs: RAM) of a serve process are named
+# ``<SHM_PREFIX><its pid>_...``: a SIGKILL leaves them behind, the next serve removes them
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "dit_deploy_serve_"
+
+
+def shm_prefix(pid: int | None = None) -> str:
+    """The python backend's region prefix of the serve process ``pid`` (default: this one)."""
+    return f"{SHM_PREFIX}{pid or os.getpid()}_"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def remove_stale_shm(directory: Path = SHM_DIR, own: bool = False) -> int:
+    """Remove the regions of serve processes that are gone (``own``: this process's too,
+    once its tritonserver has exited); returns how many were removed."""
+    removed = 0
+    for path in directory.glob(f"{SHM_PREFIX}*"):
+        pid = path.name[len(SHM_PREFIX) :].split("_", 1)[0]
+        if not pid.isdigit():
+            continue
+        mine = int(pid) == os.getpid()
+        if own if mine else not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def tritonserver_args(opts: ServeOptions, repo: Path, log_file: Path) -> list[str]:
     """tritonserver's arguments after the binary and ``--backend-directory``.
 
@@ -223,7 +263,8 @@ def tritonserver_args(opts: ServeOptions, repo: Path, log_file: Path) -> list[st
     for a public bind, and pass it to perf_analyzer with ``-H dit-api-token:SECRET``.
     """
     args = [f"--model-repository={repo}", "--strict-readiness=true",
-            f"--exit-timeout-secs={opts.drain_s}", f"--log-file={log_file}"]  # fmt: skip
+            f"--exit-timeout-secs={opts.drain_s}", f"--log-file={log_file}",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix()}"]  # fmt: skip
     for name, port in (("http", opts.http_port), ("grpc", opts.grpc_port),
                        ("metrics", opts.metrics_port)):  # fmt: skip
         args += [f"--{name}-address={opts.host}", f"--{name}-port={port}"]
@@ -332,6 +373,9 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
 
     export = _preflight(opts)
     policy = opts.policy()
+    stale = remove_stale_shm()
+    if stale:
+        log(f"dit-deploy serve: removed {stale} shared-memory region(s) of killed servers")
     work = Path(tempfile.mkdtemp(prefix="dit-deploy-serve-"))
     log_file = opts.log_file or Path(tempfile.gettempdir()) / f"dit-deploy-serve-{os.getpid()}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -388,6 +432,8 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         shutil.rmtree(work, ignore_errors=True)
+        if proc is not None and proc.poll() is not None:
+            remove_stale_shm(own=True)  # what a killed tritonserver left
 
 
 def _load_failure(log_file: Path) -> str:
