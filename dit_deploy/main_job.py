@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .atomic import write_text_atomic
 from .cli_types import HelpFormatter, positive_float, positive_int, positive_int_list
-from .errors import DITError
+from .errors import ArtifactError, DITError
 from .hints import command
 
 STEPS = ("export", "quantize", "engines", "bench", "gallery")
@@ -132,6 +132,12 @@ class Job:
         from .precision.samples import PairSource
         from .runtime.backends.table import backend_row, default_backend, derived_precisions
 
+        if not (self.export_dir / "manifest.json").is_file():  # before generating any data
+            raise ArtifactError(
+                f"{self.export_dir} holds no export yet: run the export step first ("
+                + command("run", "--only", "export,quantize", "--out", self.args.out)
+                + ")"
+            )
         data = self.data()
         for precision in derived_precisions():
             skip = backend_row(default_backend(precision)).unavailable_reason(precision)

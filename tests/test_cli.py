@@ -318,3 +318,11 @@ def test_number_options_refuse_nan_and_infinity(capsys):
             main(argv)
         err = capsys.readouterr().err
         assert info.value.code == 2 and err.count("\n") == 1 and "is not a finite number" in err
+
+
+def test_run_quantize_without_an_export_says_to_export_first(tmp_path, capsys):
+    assert cli(["run", "--only", "quantize", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no export yet" in err, err
+    assert f"dit-deploy run --only export,quantize --out {tmp_path / 'r'}" in err
+    assert not (tmp_path / "r" / "data").exists()  # nothing generated before the refusal
