@@ -207,7 +207,8 @@ class OnnxRuntimeBackend(Backend):
         if wanted[0] not in available:
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {wanted[0]} (available: {available}); "
-                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use device='cpu'"
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu "
+                "(Python: device='cpu')"
             )
         options = ort.SessionOptions()
         if threads:

@@ -110,8 +110,8 @@ class OpenVINOBackend(Backend):
         ov = _openvino()
         if device != "cpu":
             raise BackendUnavailableError(
-                f"the openvino backend runs on device='cpu' here, not {device!r}; "
-                "use backend='onnxruntime' or 'tensorrt' for NVIDIA GPUs"
+                f"the openvino backend runs on the CPU here (--device cpu), not {device!r}; "
+                "use --backend onnxruntime or tensorrt for NVIDIA GPUs"
             )
         if execution not in EXECUTIONS:
             raise ConfigError(

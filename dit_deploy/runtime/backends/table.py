@@ -275,7 +275,7 @@ def check_execution(name: str, execution: str) -> str:
     if wanted != name:
         raise PrecisionUnavailableError(
             f"this precision is an execution mode of {wanted} ({execution}): open it with "
-            f"backend={wanted!r}, or choose precision "
+            f"--backend {wanted} (Python: backend={wanted!r}), or choose precision "
             f"{'/'.join(backend_row(name).precisions)} for {name}"
         )
     return precision
