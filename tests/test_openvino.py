@@ -109,7 +109,7 @@ def test_metadata_threads_streams_and_bad_settings(tiny_export):
         open_backend("openvino", graph, streams=0)
     with pytest.raises(ConfigError, match="hint"):
         open_backend("openvino", graph, hint="FAST")
-    with pytest.raises(BackendUnavailableError, match="runs on the CPU here \(--device cpu\)"):
+    with pytest.raises(BackendUnavailableError, match=r"runs on the CPU here \(--device cpu\)"):
         open_backend("openvino", graph, device="cuda")
     with pytest.raises(Exception, match="graph not found"):
         open_backend("openvino", tiny_export / "nope.onnx")
