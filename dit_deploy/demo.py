@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .cli_types import HelpFormatter, port
-from .errors import ConfigError, DITError, InputError
+from .errors import ConfigError, DITError, InputError, TextError
 
 SAMPLES = ("coffee.jpg", "chelsea.jpg")
 MAX_UPLOAD = 32 * 2**20
+# expressions per request: each returns an overlay PNG of the image's size (8.5 MB of JSON
+# at 4096 x 4096), so one request's response and memory stay bounded
+MAX_EXPRESSIONS = 16
 
 EPILOG = """examples:
   dit-deploy demo                                  # the main job's export, or the bundled model
@@ -80,6 +83,13 @@ class Segmenter:
         texts = [t.strip() for t in texts if t.strip()]
         if not texts:
             raise InputError("no expression: type one per line, e.g. 'the cup on the left'")
+        if len(texts) > MAX_EXPRESSIONS:
+            raise InputError(
+                f"{len(texts)} expressions in one request, more than {MAX_EXPRESSIONS}; send "
+                "them in several requests"
+            )
+        if any("\ufffd" in t for t in texts):  # what a form decoder makes of invalid UTF-8
+            raise TextError("the expressions are not valid UTF-8; send UTF-8 text")
         rgb = c.decode_image(image, c.SERVE_MAX_PIXELS, self.manifest.input_size)
         start = time.perf_counter()
         if self.server:
@@ -122,14 +132,25 @@ def make_app(segmenter: Segmenter):
 
     async def segment(request):
         try:
-            form = await request.post()
+            try:
+                form = await request.post()
+            except (ValueError, LookupError) as exc:  # malformed multipart, charset, UTF-8
+                reason = " ".join(str(exc).split())[:200]
+                raise InputError(
+                    f"the request body is not a readable form ({type(exc).__name__}: {reason}); "
+                    "send multipart/form-data with UTF-8 text fields"
+                ) from None
             upload = form.get("image")
             if getattr(upload, "file", None) is not None:
                 image = upload.file.read()
+            elif upload is not None:
+                raise InputError("image must be an uploaded file (a file field), not text")
             elif form.get("sample") in SAMPLES:
                 image = (samples / str(form["sample"])).read_bytes()
             else:
                 raise InputError("no image: upload one, or pick a sample")
+            if getattr(form.get("texts"), "file", None) is not None:
+                raise InputError("texts must be a text field (one expression per line), not a file")
             texts = str(form.get("texts", "")).splitlines()
             backend = str(form.get("backend") or "onnxruntime")
             precision = str(form.get("precision") or "fp32")

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -125,3 +126,52 @@ def test_a_bad_upload_shows_the_one_line_error(demo, browser, tmp_path):
     error = _wait(browser, lambda b: b.find_element(By.ID, "error").text or None)
     assert "is not an image file Pillow can read" in error and "\n" not in error
     assert not browser.find_elements(By.CSS_SELECTOR, "img.overlay")
+
+
+def _post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/api/segment", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _multipart(fields: list[tuple[str, bytes, str | None]], boundary: str = "XyZ") -> bytes:
+    """(name, value, filename or None) parts as multipart/form-data."""
+    out = b""
+    for name, value, filename in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += value + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_the_api_answers_every_malformed_request_with_400_and_keeps_serving(demo):
+    """A generic HTTP client's mistakes: each a 400 with a one-line reason, never a 500."""
+    form = "multipart/form-data; boundary=XyZ"
+    image = (SAMPLES / "coffee.jpg").read_bytes()
+    cases = [
+        (b"--XyZ", "multipart/form-data", "not a readable form"),  # no boundary
+        (b"--other\r\n\r\nx\r\n--other--\r\n", form, "not a readable form"),
+        (b"texts=a", "application/x-www-form-urlencoded; charset=foo-bar", "not a readable form"),
+        (b"sample=coffee.jpg&texts=%ff%fe", "application/x-www-form-urlencoded",
+         "not valid UTF-8"),
+        (_multipart([("sample", b"coffee.jpg", None), ("texts", b"the \xff\xfe cup", None)]),
+         form, "not a readable form"),
+        (_multipart([("sample", b"coffee.jpg", None), ("texts", b"the cup", "t.txt")]),
+         form, "texts must be a text field"),
+        (_multipart([("image", b"abc", None), ("texts", b"the cup", None)]),
+         form, "image must be an uploaded file"),
+        (_multipart([("image", image, "c.jpg"),
+                     ("texts", "\n".join(f"cup {i}" for i in range(17)).encode(), None)]),
+         form, "17 expressions in one request, more than 16"),
+    ]  # fmt: skip
+    for body, content_type, reason in cases:
+        status, reply = _post(demo, body, content_type)
+        assert status == 400 and reason in reply["error"], (reason, status, reply)
+    status, reply = _post(demo, _multipart([("image", image, "c.jpg"),
+                                            ("texts", b"the cup", None)]), form)  # fmt: skip
+    assert status == 200 and reply["results"][0]["text"] == "the cup"
