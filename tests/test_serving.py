@@ -649,6 +649,7 @@ def test_server_killed_mid_load_gives_typed_errors_without_hanging(disposable):
 
     left = list(SHM_DIR.glob(f"{shm_prefix(server.proc.pid)}*"))
     assert left, "the killed server's regions do not carry its prefix"
+    server.proc.wait(20)  # gone for good (as a shell reaps it; a zombie counts as gone too)
     assert remove_stale_shm() >= len(left)
     assert not any(p.exists() for p in left)
 
