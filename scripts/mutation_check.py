@@ -408,6 +408,38 @@ MUTATIONS = (
         "        pass",
         ("tests/test_cli.py::test_validate_checks_the_recorded_hashes_before_it_runs",),
     ),
+    Mutation(
+        "Predictor: every graph open re-checks its hash",
+        "dit_deploy/runtime/predictor.py",
+        "        if self._verify:  # every open",
+        "        if False:  # every open",
+        ("tests/test_api_boundary.py::test_a_reopen_after_close_checks_the_hashes_again",),
+    ),
+    Mutation(
+        "manifest: an unrecorded hash is an error",
+        "dit_deploy/runtime/manifest.py",
+        "    if not recorded:\n        raise ArtifactError(",
+        "    if not recorded:\n        return\n        raise ArtifactError(",
+        ("tests/test_api_boundary.py",),
+    ),
+    Mutation(
+        "serve: dead servers' shared memory is removed",
+        "dit_deploy/serving/server.py",
+        "        if own if mine else not _alive(int(pid)):",
+        "        if own and mine:",
+        (
+            "tests/test_serving_unit.py::test_stale_shared_memory_of_dead_serve_processes_is_removed",
+        ),
+    ),
+    Mutation(
+        "demo: a malformed form is a 400",
+        "dit_deploy/demo.py",
+        "            except (ValueError, LookupError) as exc:",
+        "            except KeyError as exc:",
+        (
+            "tests/test_demo.py::test_the_api_answers_every_malformed_request_with_400_and_keeps_serving",
+        ),
+    ),
 )
 
 
