@@ -447,3 +447,13 @@ def test_stale_shared_memory_of_dead_serve_processes_is_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
     assert remove_stale_shm(tmp_path, own=True) == 1  # this process's, once its server is gone
     assert not (tmp_path / names[2]).exists() and (tmp_path / names[1]).exists()
+
+
+def test_a_public_bind_without_a_token_is_warned_about():
+    from dit_deploy.serving.server import public_bind_warning
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert public_bind_warning(ServeOptions(Path("x"), host=host)) is None
+    for host in ("0.0.0.0", "::", "10.1.2.3", "myhost"):
+        assert "--api-token SECRET" in public_bind_warning(ServeOptions(Path("x"), host=host))
+    assert public_bind_warning(ServeOptions(Path("x"), host="0.0.0.0", api_token="s")) is None

@@ -225,6 +225,28 @@ def shm_prefix(pid: int | None = None) -> str:
     return f"{SHM_PREFIX}{pid or os.getpid()}_"
 
 
+def public_bind_warning(opts: ServeOptions) -> str | None:
+    """What to say when the server listens beyond this machine with its APIs open."""
+    if opts.api_token or _loopback(opts.host):
+        return None
+    return (
+        f"listening on {opts.host} with Triton's statistics, repository, trace and logging "
+        "APIs open to every client that reaches it; pass --api-token SECRET to restrict them"
+    )
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
     try:
@@ -373,6 +395,9 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print) -> int:
 
     export = _preflight(opts)
     policy = opts.policy()
+    warning = public_bind_warning(opts)
+    if warning:
+        log(f"dit-deploy serve: warning: {warning}")
     stale = remove_stale_shm()
     if stale:
         log(f"dit-deploy serve: removed {stale} shared-memory region(s) of killed servers")
