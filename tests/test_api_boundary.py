@@ -89,6 +89,8 @@ def test_client_checks_what_it_sends_before_any_network():
     for text in (None, b"the cup", 3):
         with pytest.raises(TextError, match="a referring expression must be a str"):
             client.predict(SAMPLE, text)
+    with pytest.raises(TextError, match="not valid Unicode .surrogates not allowed"):
+        client.predict(SAMPLE, "the cup \udcff")
     with pytest.raises(InputError, match="pair 0 must be an .image, text. 2-tuple"):
         client.predict_batch([str(SAMPLE), "the cup"])
     with pytest.raises(InputError, match="got NoneType"):

@@ -252,7 +252,12 @@ class DITClient:
         data = image_bytes(image)
         inputs = [tc.InferInput(c.IMAGE, [1, 1], "BYTES"), tc.InferInput(c.TEXT, [1, 1], "BYTES")]
         inputs[0].set_data_from_numpy(np.array([[data]], dtype=object))
-        inputs[1].set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=object))
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from os.fsdecode
+            reason = exc.reason
+            raise TextError(f"the expression is not valid Unicode ({reason}); send text") from None
+        inputs[1].set_data_from_numpy(np.array([[encoded]], dtype=object))
         names = list(outputs)
         if self.protocol == "http":
             wanted = [tc.InferRequestedOutput(n, binary_data=True) for n in names]
