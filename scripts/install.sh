@@ -38,6 +38,12 @@ if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
     || echo "install: chromium not installed; tests/test_demo.py will skip"
 fi
+# curl: the README's plain-HTTP recipe is run against a server (tests/test_serving.py).
+if ! command -v curl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; } \
+    || echo "install: curl not installed; the README's curl test will skip"
+fi
 # NVIDIA's perf_analyzer, the load generator the serving tests and docs/benchmarks.md run
 # against `dit-deploy serve` (on glibc < 2.38 with Debian 13's runtime beside it; see there).
 bash scripts/install_perf_analyzer.sh \
