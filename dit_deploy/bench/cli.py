@@ -151,12 +151,7 @@ def _server_arguments(p: argparse.ArgumentParser) -> None:
 def _server_main(args: argparse.Namespace) -> int:
     from . import server_load
 
-    try:
-        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"--concurrency takes integers like 1,4,16; got {args.concurrency!r}"
-        ) from None
+    levels = [int(x) for x in args.concurrency.split(",")]  # checked by positive_int_list
     opts = server_load.LoadOptions(
         url=args.server,
         concurrency=levels,
